@@ -1,0 +1,127 @@
+"""Errors raised by balsam_dask.
+
+Every error derives from :class:`BalsamDaskError`; most also derive from the matching
+builtin so callers can catch either. Messages name the bad value and show a correct form.
+
+Errors cross process boundaries (worker -> scheduler -> client), so each subclass passes
+every constructor argument positionally to ``super().__init__``: pickling re-creates the
+exception from ``self.args``.
+"""
+
+from __future__ import annotations
+
+
+class BalsamDaskError(Exception):
+    """Root of every error raised by balsam_dask."""
+
+
+class InvalidSpec(BalsamDaskError, ValueError):
+    """A task or resource specification is malformed or cannot fit any node."""
+
+
+class InvalidTags(InvalidSpec):
+    """Tags are not a mapping of short strings to scalars."""
+
+
+class StoreError(BalsamDaskError):
+    """The provenance store cannot be used."""
+
+
+class InvalidStoreURL(StoreError, ValueError):
+    """The store URL is malformed or names an unsupported database."""
+
+
+class StoreUnavailable(StoreError, ConnectionError):
+    """The store's database server does not answer."""
+
+
+class SchemaTooNew(StoreError):
+    """The store was created by a newer balsam_dask; refusing to misread it."""
+
+
+class SchemaMissing(StoreError):
+    """The store has no balsam_dask schema yet (run ``balsam-dask init``)."""
+
+
+class IllegalTransition(BalsamDaskError, ValueError):
+    """A task state change that the state machine forbids."""
+
+    def __init__(self, from_state: str | None, to_state: str, task_id: int | None = None) -> None:
+        super().__init__(from_state, to_state, task_id)
+        self.from_state = from_state
+        self.to_state = to_state
+        self.task_id = task_id
+
+    def __str__(self) -> str:
+        from balsam_dask.store.states import ALL_STATES, allowed_from
+
+        where = f" for task {self.task_id}" if self.task_id is not None else ""
+        for state in (self.from_state, self.to_state):
+            if state is not None and state not in ALL_STATES:
+                return f"unknown state {state!r}{where}; states are: {', '.join(ALL_STATES)}"
+        allowed = ", ".join(sorted(allowed_from(self.from_state))) or "none (final state)"
+        return (
+            f"illegal transition {self.from_state} -> {self.to_state}{where}; "
+            f"from {self.from_state} the allowed states are: {allowed}"
+        )
+
+
+class UnknownTask(BalsamDaskError, KeyError):
+    """No task with this id (or key) exists in the store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown task"
+
+
+class AppError(BalsamDaskError, RuntimeError):
+    """An application (executable) task exited with a non-zero return code."""
+
+    def __init__(self, command: str, returncode: int, stderr_tail: str = "", workdir: str = "") -> None:
+        super().__init__(command, returncode, stderr_tail, workdir)
+        self.command = command
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+        self.workdir = workdir
+
+    def __str__(self) -> str:
+        tail = f"\n--- stderr tail ---\n{self.stderr_tail}" if self.stderr_tail else ""
+        return f"command {self.command!r} exited with return code {self.returncode} (workdir {self.workdir}){tail}"
+
+
+class TaskTimeout(BalsamDaskError, TimeoutError):
+    """A task ran longer than its ``timeout`` and every allowed restart was used."""
+
+    def __init__(self, what: str, timeout: float, attempts: int) -> None:
+        super().__init__(what, timeout, attempts)
+        self.timeout = timeout
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        what, timeout, attempts = self.args
+        return f"{what} exceeded timeout={timeout:g}s on each of {attempts} attempt(s)"
+
+
+class TaskKilled(BalsamDaskError, RuntimeError):
+    """A task was killed on request (``client.kill`` or ``future.cancel``)."""
+
+
+class MPITaskError(BalsamDaskError, RuntimeError):
+    """A Python function run under MPI raised on one of its ranks."""
+
+    def __init__(self, rank: int, exc_type: str, message: str, traceback_text: str) -> None:
+        super().__init__(rank, exc_type, message, traceback_text)
+        self.rank = rank
+        self.exc_type = exc_type
+        self.message = message
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        return f"rank {self.rank} raised {self.exc_type}: {self.message}\n{self.traceback_text}"
+
+
+class LauncherError(BalsamDaskError, ValueError):
+    """An MPI launcher is unknown or cannot express the requested layout."""
+
+
+class AllocationError(BalsamDaskError, RuntimeError):
+    """A batch allocation could not be submitted, watched or cancelled."""

@@ -1,0 +1,435 @@
+"""``balsam_dask.Store``: the provenance store API (SQLite file or PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import URL
+
+from balsam_dask.errors import InvalidSpec, UnknownTask
+from balsam_dask.spec import TaskSpec
+from balsam_dask.store import queries as Q
+from balsam_dask.store.apply import ApplyStats, add_shape_counts, apply_ops, chunks
+from balsam_dask.store.engine import display, make_engine, read_tx, resolve_url, write_tx
+from balsam_dask.store.ids import IdAllocator
+from balsam_dask.store.models import allocations_t, sessions_t, shape_counts_t, tasks_t
+from balsam_dask.store.ops import (
+    AllocationRecord,
+    AllocationWrite,
+    EventRecord,
+    NewTask,
+    Op,
+    SessionRecord,
+    ShapeBacklog,
+    TaskRecord,
+    Transition,
+)
+from balsam_dask.store.schema import ensure_schema
+from balsam_dask.store.shapes import Shape, shape_of
+from balsam_dask.store.states import ALL_STATES, BACKLOG_STATES, UNFINISHED_STATES
+from balsam_dask.store.writer import BatchWriter
+
+#: A session that has not written a heartbeat for this long is presumed dead.
+SESSION_STALE_AFTER = 120.0
+
+
+class Store:
+    """The provenance store. ``Store()`` opens the default (``$BALSAM_DASK_STORE``, Dask
+    config ``balsam-dask.store``, or ``./balsam.db``), creating its schema if needed."""
+
+    def __init__(self, url: str | URL | None = None, *, create: bool = True, kind: str = "api") -> None:
+        self.url = resolve_url(url)
+        self.where = display(self.url)
+        self.engine = make_engine(self.url)
+        try:
+            self.revision = ensure_schema(self.engine, self.where, create=create)
+        except BaseException:
+            self.engine.dispose()
+            raise
+        self._kind = kind
+        self._session_id: int | None = None
+        self._ids: IdAllocator | None = None
+
+    def __repr__(self) -> str:
+        return f"Store({self.where!r})"
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    # --- sessions and ids ---
+    @property
+    def session_id(self) -> int:
+        """This process's session (opened on first use)."""
+        if self._session_id is None:
+            now = time.time()
+            with write_tx(self.engine) as conn:
+                res = conn.execute(
+                    sessions_t.insert().values(
+                        kind=self._kind,
+                        host=socket.gethostname(),
+                        pid=os.getpid(),
+                        started_at=now,
+                        heartbeat_at=now,
+                        info={},
+                    )
+                )
+                self._session_id = int(res.inserted_primary_key[0])
+            self._ids = IdAllocator(self._session_id)
+        return self._session_id
+
+    @property
+    def ids(self) -> IdAllocator:
+        if self._ids is None:
+            _ = self.session_id
+        assert self._ids is not None
+        return self._ids
+
+    def new_id(self) -> int:
+        return self.ids.next()
+
+    def heartbeat(self) -> None:
+        with write_tx(self.engine) as conn:
+            conn.execute(
+                update(sessions_t).where(sessions_t.c.id == self.session_id).values(heartbeat_at=time.time())
+            )
+
+    def sessions(self) -> list[SessionRecord]:
+        with read_tx(self.engine) as conn:
+            return [Q.session_record(r) for r in conn.execute(Q.sessions_select)]
+
+    def dead_sessions(self, stale_after: float = SESSION_STALE_AFTER) -> set[int]:
+        """Sessions that ended, stopped heart-beating, or whose process is gone."""
+        now, host = time.time(), socket.gethostname()
+        dead = set()
+        for s in self.sessions():
+            if s.id == self._session_id:
+                continue
+            if (
+                s.ended_at is not None
+                or now - s.heartbeat_at > stale_after
+                or (s.host == host and not _pid_alive(s.pid))
+            ):
+                dead.add(s.id)
+        return dead
+
+    def close(self) -> None:
+        """End this session and release connections."""
+        if self._session_id is not None:
+            with write_tx(self.engine) as conn:
+                conn.execute(
+                    update(sessions_t).where(sessions_t.c.id == self._session_id).values(ended_at=time.time())
+                )
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- writes ---
+    def apply(self, ops: Sequence[Op], *, replay: bool = False) -> ApplyStats:
+        """Apply a batch of operations in one transaction (all or nothing)."""
+        sid = self.session_id
+        with write_tx(self.engine) as conn:
+            return apply_ops(conn, ops, sid, replay=replay)
+
+    def writer(self, **options: Any) -> BatchWriter:
+        """A batching writer bound to this store's session (see ``writer.py``)."""
+        return BatchWriter(self, **options)
+
+    def create_tasks(self, tasks: Iterable[NewTask | TaskSpec]) -> list[int]:
+        """Create tasks in bulk (state CREATED); returns their ids in order."""
+        ops: list[NewTask] = []
+        for t in tasks:
+            if isinstance(t, TaskSpec):
+                tid = self.ids.next()
+                ops.append(NewTask(tid, t.name or f"task-{tid}", t))
+            elif isinstance(t, NewTask):
+                ops.append(t if t.id else t._replace(id=self.ids.next()))
+            else:
+                raise InvalidSpec(f"cannot create a task from {t!r}: pass TaskSpec or NewTask objects")
+        for part in chunks(ops, 20_000):
+            self.apply(part)
+        return [op.id for op in ops]
+
+    def transition(
+        self,
+        task_id: int,
+        to_state: str,
+        *,
+        message: str | None = None,
+        worker: str | None = None,
+        attempt: int | None = None,
+    ) -> None:
+        """Move one task to ``to_state`` now (checked against the state machine)."""
+        cur = self.task(task_id)
+        self.apply(
+            [
+                Transition(
+                    self.new_id(),
+                    task_id,
+                    cur.state,
+                    to_state,
+                    time.time(),
+                    cur.attempt if attempt is None else attempt,
+                    worker,
+                    None,
+                    message,
+                )
+            ]
+        )
+
+    def request_kill(self, ids: Iterable[int] | None = None, tags: Mapping[str, Any] | None = None) -> int:
+        """Ask the running scheduler to kill unfinished tasks; returns how many were marked."""
+        if ids is None and not tags:
+            raise InvalidSpec("request_kill needs ids=[...] or tags={...}")
+        conds = Q.task_filter(tags=tags, state=sorted(UNFINISHED_STATES))
+        with write_tx(self.engine) as conn:
+            if ids is not None:
+                ids = list(ids)
+                known = {r for (r,) in conn.execute(select(tasks_t.c.id).where(tasks_t.c.id.in_(ids)))}
+                missing = [i for i in ids if i not in known]
+                if missing:
+                    raise UnknownTask(f"no task with id {missing[0]} in {self.where}")
+                conds.append(tasks_t.c.id.in_(ids))
+            res = conn.execute(
+                update(tasks_t).where(*conds).values(kill_requested=True, updated_at=time.time())
+            )
+            return int(res.rowcount)
+
+    def kill_requests(self, session_id: int | None = None) -> list[int]:
+        conds = Q.task_filter(state=sorted(UNFINISHED_STATES), session_id=session_id)
+        with read_tx(self.engine) as conn:
+            q = select(tasks_t.c.id).where(tasks_t.c.kill_requested.is_(True), *conds)
+            return list(conn.execute(q).scalars())
+
+    def claim(
+        self,
+        limit: int | None = None,
+        *,
+        states: Iterable[str] = UNFINISHED_STATES,
+        durable_only: bool = True,
+        stale_after: float = SESSION_STALE_AFTER,
+    ) -> list[TaskRecord]:
+        """Atomically take ownership of unfinished tasks whose session is dead.
+
+        PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so concurrent claimers split the work.
+        SQLite: the whole claim runs under ``BEGIN IMMEDIATE`` (one writer at a time).
+        """
+        dead = self.dead_sessions(stale_after)
+        if not dead:
+            return []
+        me = self.session_id
+        conds = Q.task_filter(state=sorted(states))
+        conds.append(tasks_t.c.session_id.in_(sorted(dead)))
+        if durable_only:
+            conds.append(tasks_t.c.payload.is_not(None))
+        q = select(tasks_t.c.id).where(*conds).order_by(tasks_t.c.priority.desc(), tasks_t.c.id)
+        if limit is not None:
+            q = q.limit(limit)
+        with write_tx(self.engine) as conn:
+            if conn.dialect.name == "postgresql":
+                q = q.with_for_update(skip_locked=True)
+            ids = list(conn.execute(q).scalars())
+            for part in chunks(ids):
+                conn.execute(update(tasks_t).where(tasks_t.c.id.in_(part)).values(session_id=me))
+        return self.tasks(ids=ids, limit=None) if ids else []
+
+    # --- allocations ---
+    def add_allocation(
+        self,
+        *,
+        system: str,
+        nodes: int,
+        walltime: float,
+        state: str = "PENDING",
+        scheduler_id: str | None = None,
+        queue: str | None = None,
+        account: str | None = None,
+        message: str | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> int:
+        aid = self.new_id()
+        self.apply(
+            [
+                AllocationWrite(
+                    aid,
+                    {
+                        "system": system,
+                        "nodes": nodes,
+                        "walltime": walltime,
+                        "state": state,
+                        "scheduler_id": scheduler_id,
+                        "queue": queue,
+                        "account": account,
+                        "message": message,
+                        "info": info or {},
+                        "submitted_at": time.time(),
+                    },
+                )
+            ]
+        )
+        return aid
+
+    def update_allocation(self, alloc_id: int, **fields: Any) -> None:
+        self.allocation(alloc_id)
+        self.apply([AllocationWrite(alloc_id, fields)])
+
+    def allocation(self, alloc_id: int) -> AllocationRecord:
+        with read_tx(self.engine) as conn:
+            row = conn.execute(Q.allocations_select.where(allocations_t.c.id == alloc_id)).first()
+        if row is None:
+            raise UnknownTask(f"no allocation with id {alloc_id} in {self.where}")
+        return Q.allocation_record(row)
+
+    def allocations(self, state: str | Iterable[str] | None = None) -> list[AllocationRecord]:
+        q = Q.allocations_select
+        if state is not None:
+            q = q.where(allocations_t.c.state.in_([state] if isinstance(state, str) else list(state)))
+        with read_tx(self.engine) as conn:
+            return [Q.allocation_record(r) for r in conn.execute(q)]
+
+    # --- reads ---
+    def task(self, task_id: int) -> TaskRecord:
+        with read_tx(self.engine) as conn:
+            row = conn.execute(Q.task_select([tasks_t.c.id == task_id])).first()
+        if row is None:
+            raise UnknownTask(f"no task with id {task_id} in {self.where}")
+        return Q.task_record(row)
+
+    def tasks(
+        self,
+        *,
+        state: str | Iterable[str] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        key: str | None = None,
+        kind: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        ids: Iterable[int] | None = None,
+        limit: int | None = 100,
+        offset: int = 0,
+        after: int | None = None,
+        newest_first: bool = False,
+    ) -> list[TaskRecord]:
+        """Tasks matching every filter, ordered by id. Page with ``limit`` and ``after``
+        (the last id of the previous page; fast on any store size) or ``offset``."""
+        conds = Q.task_filter(
+            state=state, tags=tags, name=name, key=key, kind=kind, since=since, until=until, ids=ids
+        )
+        if after is not None:
+            conds.append(tasks_t.c.id < after if newest_first else tasks_t.c.id > after)
+        q = Q.task_select(conds).order_by(tasks_t.c.id.desc() if newest_first else tasks_t.c.id)
+        if limit is not None:
+            q = q.limit(limit)
+        if offset:
+            q = q.offset(offset)
+        with read_tx(self.engine) as conn:
+            return [Q.task_record(r) for r in conn.execute(q)]
+
+    def count(self, **filters: Any) -> int:
+        with read_tx(self.engine) as conn:
+            return int(conn.execute(Q.count_select(Q.task_filter(**filters))).scalar_one())
+
+    def history(self, task_id: int) -> list[EventRecord]:
+        """Every recorded state change of a task, oldest first."""
+        from balsam_dask.store.models import events_t
+
+        with read_tx(self.engine) as conn:
+            rows = conn.execute(Q.history_select.where(events_t.c.task_id == task_id)).all()
+            if not rows and conn.execute(select(tasks_t.c.id).where(tasks_t.c.id == task_id)).first() is None:
+                raise UnknownTask(f"no task with id {task_id} in {self.where}")
+        return [Q.event_record(r) for r in rows]
+
+    def events(self, task_ids: Iterable[int] | None = None) -> list[EventRecord]:
+        from balsam_dask.store.models import events_t
+
+        q = Q.history_select
+        if task_ids is not None:
+            q = q.where(events_t.c.task_id.in_(list(task_ids)))
+        with read_tx(self.engine) as conn:
+            return [Q.event_record(r) for r in conn.execute(q)]
+
+    def payload(self, task_id: int) -> bytes | None:
+        with read_tx(self.engine) as conn:
+            row = conn.execute(select(tasks_t.c.payload).where(tasks_t.c.id == task_id)).first()
+        if row is None:
+            raise UnknownTask(f"no task with id {task_id} in {self.where}")
+        return row[0]
+
+    def result_bytes(self, task_id: int) -> bytes | None:
+        """The stored result of a task: inline bytes, or read from its result file."""
+        with read_tx(self.engine) as conn:
+            row = conn.execute(
+                select(tasks_t.c.result, tasks_t.c.result_ref).where(tasks_t.c.id == task_id)
+            ).first()
+        if row is None:
+            raise UnknownTask(f"no task with id {task_id} in {self.where}")
+        if row.result is not None:
+            return bytes(row.result)
+        if row.result_ref:
+            with open(row.result_ref, "rb") as f:
+                return f.read()
+        return None
+
+    def summary(self) -> dict[str, int]:
+        """Task counts by state (from the shape counters: O(shapes), not O(tasks))."""
+        with read_tx(self.engine) as conn:
+            q = select(shape_counts_t.c.state, func.sum(shape_counts_t.c.count)).group_by(
+                shape_counts_t.c.state
+            )
+            got = {s: int(n) for s, n in conn.execute(q)}
+        return {s: got.get(s, 0) for s in ALL_STATES if got.get(s, 0)}
+
+    def backlog(self, states: Iterable[str] = BACKLOG_STATES | {"RUNNING"}) -> list[ShapeBacklog]:
+        """Tasks by resource shape and state: what the packing policy reads."""
+        wanted = Q.states_arg(list(states)) or []
+        q = select(shape_counts_t).where(shape_counts_t.c.state.in_(wanted), shape_counts_t.c.count > 0)
+        by_shape: dict[Shape, dict[str, int]] = {}
+        with read_tx(self.engine) as conn:
+            for r in conn.execute(q):
+                by_shape.setdefault(Shape(r.nodes, r.cores, r.gpus, r.walltime), {})[r.state] = int(r.count)
+        return [ShapeBacklog(s.nodes, s.cores, s.gpus, s.walltime, c) for s, c in sorted(by_shape.items())]
+
+    def rebuild_counts(self) -> None:
+        """Recompute the shape counters from the tasks table (repair tool)."""
+        q = select(
+            tasks_t.c.nodes,
+            tasks_t.c.cores,
+            tasks_t.c.gpus,
+            tasks_t.c.walltime,
+            tasks_t.c.state,
+            func.count(),
+        ).group_by(tasks_t.c.nodes, tasks_t.c.cores, tasks_t.c.gpus, tasks_t.c.walltime, tasks_t.c.state)
+        with write_tx(self.engine) as conn:
+            deltas: Counter[tuple[Shape, str]] = Counter()
+            for nodes, cores, gpus, walltime, state, n in conn.execute(q):
+                deltas[(shape_of(nodes, cores, gpus, walltime), state)] += n
+            conn.execute(shape_counts_t.delete())
+            add_shape_counts(conn, deltas)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie still answers signal 0: look at its state
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -1,0 +1,361 @@
+"""Apply a batch of write operations in one transaction.
+
+Order inside the batch: new tasks, then transitions (validated against the state
+machine and the tasks' current states), then field updates, allocations and
+heartbeats. Validation happens before the first write, so an illegal transition or
+an unknown task writes nothing. ``replay=True`` (a batch whose commit may or may not
+have happened, after a lost connection) first drops the operations already present.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Table, bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from balsam_dask.errors import IllegalTransition, UnknownTask
+from balsam_dask.store.models import allocations_t, events_t, sessions_t, shape_counts_t, tasks_t
+from balsam_dask.store.ops import (
+    UPDATABLE_TASK_FIELDS,
+    AllocationWrite,
+    Heartbeat,
+    NewTask,
+    Op,
+    TaskUpdate,
+    Transition,
+)
+from balsam_dask.store.shapes import Shape, shape_of
+from balsam_dask.store.states import LEGAL, State
+
+CHUNK = 2000
+_CREATED = State.CREATED.value
+
+
+@dataclass
+class ApplyStats:
+    tasks: int = 0
+    events: int = 0
+    updates: int = 0
+    skipped: int = 0
+
+
+def chunks(seq: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def existing_ids(conn: Connection, table: Table, ids: Sequence[int]) -> set[int]:
+    found: set[int] = set()
+    for part in chunks(ids):
+        found.update(conn.execute(select(table.c.id).where(table.c.id.in_(part))).scalars())
+    return found
+
+
+TASK_COLS = (
+    "id",
+    "key",
+    "name",
+    "kind",
+    "state",
+    "priority",
+    "nodes",
+    "ranks_per_node",
+    "threads_per_rank",
+    "cores",
+    "gpus",
+    "walltime",
+    "spec",
+    "tags",
+    "parents",
+    "attempt",
+    "payload",
+    "session_id",
+    "kill_requested",
+    "created_at",
+    "updated_at",
+)
+EVENT_COLS = (
+    "id",
+    "task_id",
+    "attempt",
+    "from_state",
+    "to_state",
+    "ts",
+    "worker",
+    "hosts",
+    "message",
+)
+_JSON_COLS = frozenset({"spec", "tags", "parents"})
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+@functools.lru_cache(maxsize=4)
+def raw_sql(dialect: str) -> dict[str, str]:
+    """Hot-path statements in the driver's own parameter style. Bulk writes go through
+    ``exec_driver_sql`` with tuples: SQLAlchemy's per-row parameter processing cost
+    more than the database itself (see benchmarks/store_bench.py)."""
+    pg = dialect == "postgresql"
+    ph = "%s" if pg else "?"
+
+    def mark(col: str) -> str:
+        return f"{ph}::jsonb" if pg and col in _JSON_COLS else ph
+
+    return {
+        "insert_task": f"INSERT INTO tasks ({', '.join(TASK_COLS)}) VALUES "
+        f"({', '.join(mark(c) for c in TASK_COLS)})",
+        "insert_event": f"INSERT INTO events ({', '.join(EVENT_COLS)}) VALUES "
+        f"({', '.join(ph for _ in EVENT_COLS)})",
+        "update_state": f"UPDATE tasks SET state = {ph}, attempt = {ph}, updated_at = {ph} WHERE id = {ph}",
+    }
+
+
+def _task_row(op: NewTask, session_id: int, now: float, cache: dict[int, tuple[Any, ...]]) -> tuple[Any, ...]:
+    """A task as a tuple in TASK_COLS order. Spec-derived columns are cached per spec
+    object: ``client.map`` creates many tasks that share one spec."""
+    spec = op.spec
+    created = op.created_at or now
+    parents = _dumps(list(op.parents)) if op.parents else "[]"
+    if spec is None:
+        return (
+            op.id,
+            op.key,
+            op.name,
+            op.kind or "dask",
+            _CREATED,
+            0,
+            1,
+            1,
+            1,
+            1,
+            0,
+            None,
+            "{}",
+            "{}",
+            parents,
+            0,
+            op.payload,
+            session_id,
+            False,
+            created,
+            created,
+        )
+    c = cache.get(id(spec))
+    if c is None:
+        r = spec.resources
+        c = cache[id(spec)] = (
+            spec.name,
+            spec.kind,
+            spec.priority,
+            r.nodes,
+            r.ranks_per_node,
+            r.threads_per_rank,
+            r.cores,
+            r.gpus,
+            r.walltime,
+            _dumps(spec.to_json()),
+            _dumps(dict(spec.tags)),
+        )
+    name, kind, prio, nodes, rpn, tpr, cores, gpus, wall, spec_j, tags_j = c
+    return (
+        op.id,
+        op.key,
+        op.name or name,
+        op.kind or kind,
+        _CREATED,
+        prio,
+        nodes,
+        rpn,
+        tpr,
+        cores,
+        gpus,
+        wall,
+        spec_j,
+        tags_j,
+        parents,
+        0,
+        op.payload,
+        session_id,
+        False,
+        created,
+        created,
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _shape_memo(raw: tuple[int, int, int, float | None]) -> Shape:
+    return shape_of(*raw)
+
+
+def add_shape_counts(conn: Connection, deltas: Counter[tuple[Shape, str]]) -> None:
+    """Add ``deltas`` to shape_counts (upsert), in key order so concurrent writers
+    lock the rows in the same order and cannot deadlock."""
+    rows = [
+        {"nodes": s.nodes, "cores": s.cores, "gpus": s.gpus, "walltime": s.walltime, "state": st, "count": n}
+        for (s, st), n in sorted(deltas.items())
+        if n
+    ]
+    if not rows:
+        return
+    ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(shape_counts_t)
+    stmt = ins.on_conflict_do_update(
+        index_elements=["nodes", "cores", "gpus", "walltime", "state"],
+        set_={"count": shape_counts_t.c.count + ins.excluded.count},
+    )
+    for row in rows:  # one statement each: upsert executemany is not portable
+        conn.execute(stmt, row)
+
+
+def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool = False) -> ApplyStats:
+    """Write ``ops`` through ``conn`` (already inside a write transaction)."""
+    now = time.time()
+    stats = ApplyStats()
+    new_tasks: list[NewTask] = []
+    transitions: list[Transition] = []
+    updates: list[TaskUpdate] = []
+    allocs: list[AllocationWrite] = []
+    beats: dict[int, float] = {}
+    for op in ops:
+        t = type(op)
+        if t is Transition:
+            transitions.append(op)  # type: ignore[arg-type]
+        elif t is NewTask:
+            new_tasks.append(op)  # type: ignore[arg-type]
+        elif t is TaskUpdate:
+            updates.append(op)  # type: ignore[arg-type]
+        elif t is AllocationWrite:
+            allocs.append(op)  # type: ignore[arg-type]
+        elif t is Heartbeat:
+            beats[op.session_id] = max(op.ts, beats.get(op.session_id, 0.0))  # type: ignore[union-attr]
+        else:
+            raise TypeError(f"not a store operation: {op!r}")
+
+    if replay:
+        n0 = len(new_tasks) + len(transitions)
+        if new_tasks:
+            seen = existing_ids(conn, tasks_t, [t.id for t in new_tasks])
+            new_tasks = [t for t in new_tasks if t.id not in seen]
+        if transitions:
+            seen = existing_ids(conn, events_t, [e.id for e in transitions])
+            transitions = [e for e in transitions if e.id not in seen]
+        stats.skipped = n0 - len(new_tasks) - len(transitions)
+
+    cache: dict[int, tuple[Any, ...]] = {}
+    task_rows = [_task_row(t, session_id, now, cache) for t in new_tasks]
+    deltas: Counter[tuple[Shape, str]] = Counter()
+    # current state and shape of every task the batch touches
+    state: dict[int, str] = {}
+    shape: dict[int, Shape] = {}
+    for row in task_rows:
+        tid = row[0]
+        state[tid] = _CREATED
+        s = shape_of(row[6], row[9], row[10], row[11])
+        shape[tid] = s
+        deltas[(s, _CREATED)] += 1
+    need = list(
+        {e.task_id for e in transitions if e.task_id not in state}
+        | {u.task_id for u in updates if u.task_id not in state}
+    )
+    raw_shape: dict[int, tuple[int, int, int, float | None]] = {}
+    ph = "%s" if conn.dialect.name == "postgresql" else "?"
+    for part in chunks(need):
+        q = f"SELECT id, state, nodes, cores, gpus, walltime FROM tasks WHERE id IN ({', '.join([ph] * len(part))})"
+        for tid, st, n, c, g, w in conn.exec_driver_sql(q, tuple(part)).fetchall():
+            state[tid] = st
+            raw_shape[tid] = (n, c, g, w)
+    if len(state) < len(need) + len(task_rows):
+        missing = next(t for t in need if t not in state)
+        raise UnknownTask(f"no task with id {missing} in the store")
+
+    initial = dict(state) if transitions else {}
+    attempt: dict[int, int] = {}
+    last_ts: dict[int, float] = {}
+    event_rows: list[tuple[Any, ...]] = []
+    legal = LEGAL
+    for e in transitions:
+        tid = e.task_id
+        cur = state[tid]
+        to = e.to_state
+        allowed = legal.get(cur)
+        if allowed is None or to not in allowed:
+            raise IllegalTransition(cur, to, tid)
+        # from_state: the store's state is the truth, whatever the writer believed
+        event_rows.append((e.id, tid, e.attempt, cur, to, e.ts, e.worker, e.hosts, e.message))
+        state[tid] = to
+        if e.attempt > attempt.get(tid, -1):
+            attempt[tid] = e.attempt
+        last_ts[tid] = e.ts
+    for u in updates:
+        bad = set(u.fields) - UPDATABLE_TASK_FIELDS
+        if bad:
+            raise ValueError(
+                f"cannot update task fields {sorted(bad)}; allowed: {sorted(UPDATABLE_TASK_FIELDS)}"
+            )
+
+    # --- writes ---
+    sql = raw_sql(conn.dialect.name)
+    if task_rows:
+        conn.exec_driver_sql(sql["insert_task"], task_rows)  # type: ignore[arg-type]
+        stats.tasks = len(task_rows)
+    if event_rows:
+        conn.exec_driver_sql(sql["insert_event"], event_rows)  # type: ignore[arg-type]
+        stats.events = len(event_rows)
+        rows = []
+        for tid, ts in last_ts.items():
+            st = state[tid]
+            rows.append((st, attempt[tid], ts, tid))
+            old = initial[tid]
+            if old != st:
+                sh = shape.get(tid)
+                if sh is None:
+                    sh = shape[tid] = _shape_memo(raw_shape[tid])
+                deltas[(sh, old)] -= 1
+                deltas[(sh, st)] += 1
+        conn.exec_driver_sql(sql["update_state"], rows)  # type: ignore[arg-type]
+    add_shape_counts(conn, deltas)
+    if updates:
+        _apply_updates(conn, updates, now)
+        stats.updates = len(updates)
+    if allocs:
+        _apply_allocations(conn, allocs, session_id, now)
+    for sid, ts in beats.items():
+        conn.execute(update(sessions_t).where(sessions_t.c.id == sid).values(heartbeat_at=ts))
+    return stats
+
+
+def _apply_updates(conn: Connection, updates: Sequence[TaskUpdate], now: float) -> None:
+    # group by the set of fields so each group is one executemany
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for u in updates:
+        names = tuple(sorted(u.fields))
+        row = {f"_{k}": v for k, v in u.fields.items()}
+        row["_id"] = u.task_id
+        row["_now"] = now
+        groups.setdefault(names, []).append(row)
+    for names, rows in groups.items():
+        values: dict[str, Any] = {k: bindparam(f"_{k}") for k in names}
+        values["updated_at"] = bindparam("_now")
+        stmt = update(tasks_t).where(tasks_t.c.id == bindparam("_id")).values(**values)
+        conn.execute(stmt, rows)
+
+
+def _apply_allocations(
+    conn: Connection, allocs: Sequence[AllocationWrite], session_id: int, now: float
+) -> None:
+    seen = existing_ids(conn, allocations_t, [a.id for a in allocs])
+    for a in allocs:
+        fields = dict(a.fields)
+        fields["updated_at"] = now
+        if a.id in seen:
+            conn.execute(update(allocations_t).where(allocations_t.c.id == a.id).values(**fields))
+        else:
+            fields.setdefault("session_id", session_id)
+            fields.setdefault("info", {})
+            conn.execute(allocations_t.insert().values(id=a.id, **fields))
+            seen.add(a.id)

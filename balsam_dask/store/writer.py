@@ -1,0 +1,212 @@
+"""The batching writer: the only path from the Dask event loop to the database.
+
+``put`` appends to a deque and returns (no lock, no I/O): it never blocks the caller's
+event loop. A thread flushes batches in one transaction each, when ``max_batch`` ops are
+queued or every ``max_delay`` seconds. If the database is unavailable it keeps the
+batch, backs off and retries; a batch whose commit is uncertain is replayed with
+``replay=True`` so nothing is written twice (ids are made by the session). A batch that
+the store rejects (an illegal transition: a bug upstream) is split until the bad ops
+are isolated; they are kept in ``rejected`` and logged, the rest is written.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from balsam_dask.errors import BalsamDaskError, StoreUnavailable
+from balsam_dask.store.engine import is_transient
+from balsam_dask.store.ops import Heartbeat, Op
+
+if TYPE_CHECKING:
+    from balsam_dask.store.api import Store
+
+log = logging.getLogger(__name__)
+
+
+class _Marker:
+    """Queued by ``flush``: set once everything queued before it is written."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+@dataclass
+class WriterStats:
+    written: int = 0
+    batches: int = 0
+    retries: int = 0
+    replays: int = 0
+    skipped_on_replay: int = 0
+    last_error: str | None = None
+    rejected: list[tuple[Op, str]] = field(default_factory=list)
+
+
+class BatchWriter:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_batch: int = 5000,
+        max_delay: float = 0.2,
+        heartbeat: float = 10.0,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 5.0,
+        name: str = "balsam-dask-writer",
+    ) -> None:
+        self.store = store
+        self.session_id = store.session_id
+        self.max_batch = max_batch
+        self.max_delay = max_delay
+        self.heartbeat = heartbeat
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.stats = WriterStats()
+        self._q: deque[Op | _Marker] = deque()
+        self._wake = threading.Event()
+        self._closing = False
+        self._urgent = False
+        self._give_up_at: float | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        atexit.register(self._atexit)
+
+    # --- producer side (any thread; never blocks) ---
+    def put(self, op: Op) -> None:
+        self._q.append(op)
+        if len(self._q) >= self.max_batch:
+            self._wake.set()
+
+    def put_many(self, ops: Iterable[Op]) -> None:
+        self._q.extend(ops)
+        if len(self._q) >= self.max_batch:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._q)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until everything queued before this call is written; False on timeout."""
+        if not self._thread.is_alive():
+            return not self._q
+        marker = _Marker()
+        self._q.append(marker)
+        self._urgent = True
+        self._wake.set()
+        return marker.done.wait(timeout)
+
+    def close(self, timeout: float | None = 60.0) -> None:
+        """Write everything queued, then stop. Raises StoreUnavailable if the database
+        stayed unreachable for ``timeout`` seconds (the unwritten ops are counted)."""
+        if self._closing:
+            self._thread.join(timeout)
+            return
+        self._give_up_at = None if timeout is None else time.monotonic() + timeout
+        self._closing = True
+        self._wake.set()
+        self._thread.join(None if timeout is None else timeout + 5)
+        atexit.unregister(self._atexit)
+        left = sum(1 for op in self._q if not isinstance(op, _Marker))
+        if left:
+            raise StoreUnavailable(
+                f"the store writer could not write {left} operations before closing "
+                f"(last error: {self.stats.last_error})"
+            )
+
+    def _atexit(self) -> None:
+        try:
+            self.close(timeout=10.0)
+        except BalsamDaskError as e:  # pragma: no cover - interpreter shutdown
+            log.error("%s", e)
+
+    # --- writer thread ---
+    def _run(self) -> None:
+        next_beat = time.monotonic() + self.heartbeat
+        while True:
+            if not self._q and not self._closing:
+                self._wake.wait(self.max_delay)
+            self._wake.clear()
+            if not (self._closing or self._urgent) and 0 < len(self._q) < self.max_batch:
+                # let a partial batch fill up for up to max_delay
+                self._wake.wait(self.max_delay)
+                self._wake.clear()
+            self._urgent = False
+            batch: list[Op] = []
+            markers: list[_Marker] = []
+            q = self._q
+            while q and len(batch) < self.max_batch:
+                item = q.popleft()
+                if isinstance(item, _Marker):
+                    markers.append(item)
+                    break
+                batch.append(item)
+            now = time.monotonic()
+            if now >= next_beat:
+                batch.append(Heartbeat(self.session_id, time.time()))
+                next_beat = now + self.heartbeat
+            if batch and not self._write(batch):
+                # gave up while closing: put the batch back so close() can count it
+                q.extendleft(reversed(batch))
+                return
+            for m in markers:
+                m.done.set()
+            if self._closing and not q:
+                return
+
+    def _write(self, batch: list[Op]) -> bool:
+        """Write one batch, retrying transient failures. False if it gave up (closing)."""
+        delay = self.backoff_initial
+        replay = False
+        while True:
+            try:
+                stats = self.store.apply(batch, replay=replay)
+            except Exception as e:
+                if is_transient(e):
+                    self.stats.retries += 1
+                    self.stats.last_error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+                    log.warning("store write failed (%s); retrying in %.2fs", self.stats.last_error, delay)
+                    replay = True
+                    if self._give_up_at is not None and time.monotonic() > self._give_up_at:
+                        return False
+                    time.sleep(delay)
+                    delay = min(delay * 2, self.backoff_max)
+                    continue
+                self._isolate(batch, replay, e)
+                return True
+            self.stats.batches += 1
+            self.stats.written += stats.tasks + stats.events + stats.updates
+            if replay:
+                self.stats.replays += 1
+                self.stats.skipped_on_replay += stats.skipped
+            return True
+
+    def _isolate(self, batch: list[Op], replay: bool, error: Exception) -> None:
+        """Split a rejected batch until the offending ops are found; write the rest."""
+        if len(batch) == 1:
+            self.stats.rejected.append((batch[0], f"{type(error).__name__}: {error}"))
+            log.error("store rejected %r: %s", batch[0], error)
+            return
+        mid = len(batch) // 2
+        for part in (batch[:mid], batch[mid:]):
+            try:
+                stats = self.store.apply(part, replay=replay)
+            except Exception as e:
+                if is_transient(e):
+                    self._write(part)
+                else:
+                    self._isolate(part, replay, e)
+            else:
+                self.stats.written += stats.tasks + stats.events + stats.updates
