@@ -1,0 +1,62 @@
+"""balsam_dask: a Dask-integrated high-throughput backend for supercomputers.
+
+Public names are imported lazily, so ``import balsam_dask`` (and the CLI) stays cheap
+and has no side effects; the Dask-facing parts load ``distributed`` on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from balsam_dask.errors import (
+    AppError,
+    BalsamDaskError,
+    IllegalTransition,
+    InvalidSpec,
+    InvalidTags,
+    MPITaskError,
+    SchemaTooNew,
+    StoreError,
+    StoreUnavailable,
+    TaskKilled,
+    TaskTimeout,
+    UnknownTask,
+)
+from balsam_dask.spec import NodeShape, Resources, TaskSpec
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Store": "balsam_dask.store.api",
+    "State": "balsam_dask.store.states",
+}
+
+__all__ = [
+    "AppError",
+    "BalsamDaskError",
+    "IllegalTransition",
+    "InvalidSpec",
+    "InvalidTags",
+    "MPITaskError",
+    "NodeShape",
+    "Resources",
+    "SchemaTooNew",
+    "State",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "TaskKilled",
+    "TaskSpec",
+    "TaskTimeout",
+    "UnknownTask",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'balsam_dask' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -93,12 +93,16 @@ class TaskTimeout(BalsamDaskError, TimeoutError):
 
     def __init__(self, what: str, timeout: float, attempts: int) -> None:
         super().__init__(what, timeout, attempts)
+        self.what = what
         self.timeout = timeout
         self.attempts = attempts
 
+    def __reduce__(self) -> tuple[type[TaskTimeout], tuple[str, float, int]]:
+        # OSError (TimeoutError's base) folds three args into errno/strerror/filename
+        return (type(self), (self.what, self.timeout, self.attempts))
+
     def __str__(self) -> str:
-        what, timeout, attempts = self.args
-        return f"{what} exceeded timeout={timeout:g}s on each of {attempts} attempt(s)"
+        return f"{self.what} exceeded timeout={self.timeout:g}s on each of {self.attempts} attempt(s)"
 
 
 class TaskKilled(BalsamDaskError, RuntimeError):

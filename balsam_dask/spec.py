@@ -35,9 +35,7 @@ _UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d
 
 def _positive_int(name: str, value: Any, example: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidSpec(
-            f"{name}={value!r} is invalid: it must be an integer >= {minimum} (for example {example})"
-        )
+        raise InvalidSpec(f"{name}={value!r} is invalid: it must be an integer >= {minimum} (for example {example})")
     return value
 
 
@@ -90,8 +88,7 @@ def validate_tags(tags: Any) -> tuple[tuple[str, str], ...]:
             v = str(v)
         else:
             raise InvalidTags(
-                f"tag {k}={v!r} is invalid: values must be str, int, float or bool, "
-                f'for example tags={{"{k}": "value"}}'
+                f'tag {k}={v!r} is invalid: values must be str, int, float or bool, for example tags={{"{k}": "value"}}'
             )
         if len(v) > MAX_TAG_LENGTH:
             raise InvalidTags(f"tag {k} is too long ({len(v)} characters; at most {MAX_TAG_LENGTH})")

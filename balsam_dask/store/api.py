@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import URL
 
-from balsam_dask.errors import InvalidSpec, UnknownTask
+from balsam_dask.errors import InvalidSpec, SchemaMissing, UnknownTask
 from balsam_dask.spec import TaskSpec
 from balsam_dask.store import queries as Q
 from balsam_dask.store.apply import ApplyStats, add_shape_counts, apply_ops, chunks
@@ -46,6 +46,10 @@ class Store:
     def __init__(self, url: str | URL | None = None, *, create: bool = True, kind: str = "api") -> None:
         self.url = resolve_url(url)
         self.where = display(self.url)
+        if not create and self.url.get_backend_name() == "sqlite" and not os.path.exists(self.url.database or ""):
+            raise SchemaMissing(
+                f"there is no store at {self.url.database}; create it with `balsam-dask init --store {self.where}`"
+            )
         self.engine = make_engine(self.url)
         try:
             self.revision = ensure_schema(self.engine, self.where, create=create)
@@ -80,7 +84,9 @@ class Store:
                         info={},
                     )
                 )
-                self._session_id = int(res.inserted_primary_key[0])
+                pk = res.inserted_primary_key
+                assert pk is not None
+                self._session_id = int(pk[0])
             self._ids = IdAllocator(self._session_id)
         return self._session_id
 
@@ -96,9 +102,7 @@ class Store:
 
     def heartbeat(self) -> None:
         with write_tx(self.engine) as conn:
-            conn.execute(
-                update(sessions_t).where(sessions_t.c.id == self.session_id).values(heartbeat_at=time.time())
-            )
+            conn.execute(update(sessions_t).where(sessions_t.c.id == self.session_id).values(heartbeat_at=time.time()))
 
     def sessions(self) -> list[SessionRecord]:
         with read_tx(self.engine) as conn:
@@ -123,9 +127,7 @@ class Store:
         """End this session and release connections."""
         if self._session_id is not None:
             with write_tx(self.engine) as conn:
-                conn.execute(
-                    update(sessions_t).where(sessions_t.c.id == self._session_id).values(ended_at=time.time())
-                )
+                conn.execute(update(sessions_t).where(sessions_t.c.id == self._session_id).values(ended_at=time.time()))
         self.engine.dispose()
 
     def __enter__(self) -> Store:
@@ -200,9 +202,7 @@ class Store:
                 if missing:
                     raise UnknownTask(f"no task with id {missing[0]} in {self.where}")
                 conds.append(tasks_t.c.id.in_(ids))
-            res = conn.execute(
-                update(tasks_t).where(*conds).values(kill_requested=True, updated_at=time.time())
-            )
+            res = conn.execute(update(tasks_t).where(*conds).values(kill_requested=True, updated_at=time.time()))
             return int(res.rowcount)
 
     def kill_requests(self, session_id: int | None = None) -> list[int]:
@@ -323,9 +323,7 @@ class Store:
     ) -> list[TaskRecord]:
         """Tasks matching every filter, ordered by id. Page with ``limit`` and ``after``
         (the last id of the previous page; fast on any store size) or ``offset``."""
-        conds = Q.task_filter(
-            state=state, tags=tags, name=name, key=key, kind=kind, since=since, until=until, ids=ids
-        )
+        conds = Q.task_filter(state=state, tags=tags, name=name, key=key, kind=kind, since=since, until=until, ids=ids)
         if after is not None:
             conds.append(tasks_t.c.id < after if newest_first else tasks_t.c.id > after)
         q = Q.task_select(conds).order_by(tasks_t.c.id.desc() if newest_first else tasks_t.c.id)
@@ -369,9 +367,7 @@ class Store:
     def result_bytes(self, task_id: int) -> bytes | None:
         """The stored result of a task: inline bytes, or read from its result file."""
         with read_tx(self.engine) as conn:
-            row = conn.execute(
-                select(tasks_t.c.result, tasks_t.c.result_ref).where(tasks_t.c.id == task_id)
-            ).first()
+            row = conn.execute(select(tasks_t.c.result, tasks_t.c.result_ref).where(tasks_t.c.id == task_id)).first()
         if row is None:
             raise UnknownTask(f"no task with id {task_id} in {self.where}")
         if row.result is not None:
@@ -384,9 +380,7 @@ class Store:
     def summary(self) -> dict[str, int]:
         """Task counts by state (from the shape counters: O(shapes), not O(tasks))."""
         with read_tx(self.engine) as conn:
-            q = select(shape_counts_t.c.state, func.sum(shape_counts_t.c.count)).group_by(
-                shape_counts_t.c.state
-            )
+            q = select(shape_counts_t.c.state, func.sum(shape_counts_t.c.count)).group_by(shape_counts_t.c.state)
             got = {s: int(n) for s, n in conn.execute(q)}
         return {s: got.get(s, 0) for s in ALL_STATES if got.get(s, 0)}
 
@@ -397,7 +391,9 @@ class Store:
         by_shape: dict[Shape, dict[str, int]] = {}
         with read_tx(self.engine) as conn:
             for r in conn.execute(q):
-                by_shape.setdefault(Shape(r.nodes, r.cores, r.gpus, r.walltime), {})[r.state] = int(r.count)
+                m = r._mapping
+                shape = Shape(m["nodes"], m["cores"], m["gpus"], m["walltime"])
+                by_shape.setdefault(shape, {})[m["state"]] = int(m["count"])
         return [ShapeBacklog(s.nodes, s.cores, s.gpus, s.walltime, c) for s, c in sorted(by_shape.items())]
 
     def rebuild_counts(self) -> None:

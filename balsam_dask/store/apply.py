@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -108,10 +108,8 @@ def raw_sql(dialect: str) -> dict[str, str]:
         return f"{ph}::jsonb" if pg and col in _JSON_COLS else ph
 
     return {
-        "insert_task": f"INSERT INTO tasks ({', '.join(TASK_COLS)}) VALUES "
-        f"({', '.join(mark(c) for c in TASK_COLS)})",
-        "insert_event": f"INSERT INTO events ({', '.join(EVENT_COLS)}) VALUES "
-        f"({', '.join(ph for _ in EVENT_COLS)})",
+        "insert_task": f"INSERT INTO tasks ({', '.join(TASK_COLS)}) VALUES ({', '.join(mark(c) for c in TASK_COLS)})",
+        "insert_event": f"INSERT INTO events ({', '.join(EVENT_COLS)}) VALUES ({', '.join(ph for _ in EVENT_COLS)})",
         "update_state": f"UPDATE tasks SET state = {ph}, attempt = {ph}, updated_at = {ph} WHERE id = {ph}",
     }
 
@@ -224,13 +222,13 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
     for op in ops:
         t = type(op)
         if t is Transition:
-            transitions.append(op)  # type: ignore[arg-type]
+            transitions.append(cast(Transition, op))
         elif t is NewTask:
-            new_tasks.append(op)  # type: ignore[arg-type]
+            new_tasks.append(cast(NewTask, op))
         elif t is TaskUpdate:
-            updates.append(op)  # type: ignore[arg-type]
+            updates.append(cast(TaskUpdate, op))
         elif t is AllocationWrite:
-            allocs.append(op)  # type: ignore[arg-type]
+            allocs.append(cast(AllocationWrite, op))
         elif t is Heartbeat:
             beats[op.session_id] = max(op.ts, beats.get(op.session_id, 0.0))  # type: ignore[union-attr]
         else:
@@ -294,17 +292,15 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
     for u in updates:
         bad = set(u.fields) - UPDATABLE_TASK_FIELDS
         if bad:
-            raise ValueError(
-                f"cannot update task fields {sorted(bad)}; allowed: {sorted(UPDATABLE_TASK_FIELDS)}"
-            )
+            raise ValueError(f"cannot update task fields {sorted(bad)}; allowed: {sorted(UPDATABLE_TASK_FIELDS)}")
 
     # --- writes ---
     sql = raw_sql(conn.dialect.name)
     if task_rows:
-        conn.exec_driver_sql(sql["insert_task"], task_rows)  # type: ignore[arg-type]
+        conn.exec_driver_sql(sql["insert_task"], task_rows)
         stats.tasks = len(task_rows)
     if event_rows:
-        conn.exec_driver_sql(sql["insert_event"], event_rows)  # type: ignore[arg-type]
+        conn.exec_driver_sql(sql["insert_event"], event_rows)
         stats.events = len(event_rows)
         rows = []
         for tid, ts in last_ts.items():
@@ -317,7 +313,7 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
                     sh = shape[tid] = _shape_memo(raw_shape[tid])
                 deltas[(sh, old)] -= 1
                 deltas[(sh, st)] += 1
-        conn.exec_driver_sql(sql["update_state"], rows)  # type: ignore[arg-type]
+        conn.exec_driver_sql(sql["update_state"], rows)
     add_shape_counts(conn, deltas)
     if updates:
         _apply_updates(conn, updates, now)
@@ -345,9 +341,7 @@ def _apply_updates(conn: Connection, updates: Sequence[TaskUpdate], now: float) 
         conn.execute(stmt, rows)
 
 
-def _apply_allocations(
-    conn: Connection, allocs: Sequence[AllocationWrite], session_id: int, now: float
-) -> None:
+def _apply_allocations(conn: Connection, allocs: Sequence[AllocationWrite], session_id: int, now: float) -> None:
     seen = existing_ids(conn, allocations_t, [a.id for a in allocs])
     for a in allocs:
         fields = dict(a.fields)

@@ -60,13 +60,10 @@ def normalize_url(url: str | URL) -> URL:
         return parsed.set(drivername="sqlite+pysqlite", database=str(path))
     if backend in ("postgresql", "postgres"):
         if driver not in ("psycopg", "psycopg2", "") and driver != backend:
-            raise InvalidStoreURL(
-                f"store URL driver {driver!r} is not supported; use postgresql+psycopg://..."
-            )
+            raise InvalidStoreURL(f"store URL driver {driver!r} is not supported; use postgresql+psycopg://...")
         if not parsed.database:
             raise InvalidStoreURL(
-                f"store URL {parsed.render_as_string()!r} names no database; "
-                "use postgresql://user@host:5432/dbname"
+                f"store URL {parsed.render_as_string()!r} names no database; use postgresql://user@host:5432/dbname"
             )
         return parsed.set(drivername="postgresql+psycopg")
     raise InvalidStoreURL(
@@ -88,7 +85,8 @@ def resolve_url(url: str | URL | None) -> URL:
 
 
 def display(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+    """The URL for messages: no password, no driver name."""
+    return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -112,9 +110,7 @@ def make_engine(url: URL) -> Engine:
     if url.get_backend_name() == "sqlite":
         parent = Path(url.database or "").parent
         if not parent.is_dir():
-            raise StoreUnavailable(
-                f"cannot open the SQLite store {url.database}: directory {parent} does not exist"
-            )
+            raise StoreUnavailable(f"cannot open the SQLite store {url.database}: directory {parent} does not exist")
         kwargs["connect_args"] = {
             "check_same_thread": False,
             "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
@@ -164,7 +160,5 @@ def is_transient(exc: BaseException) -> bool:
         if isinstance(exc, OperationalError):
             return True
         text = str(exc).lower()
-        return any(
-            s in text for s in ("database is locked", "connection", "terminat", "server closed", "deadlock")
-        )
+        return any(s in text for s in ("database is locked", "connection", "terminat", "server closed", "deadlock"))
     return isinstance(exc, (ConnectionError, TimeoutError))

@@ -7,7 +7,7 @@ by its primary keys. Timestamps are float seconds since the epoch.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     text,
 )
@@ -149,8 +150,8 @@ class ShapeCount(Base):
     count: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
-tasks_t = Task.__table__
-events_t = Event.__table__
-allocations_t = Allocation.__table__
-sessions_t = Session.__table__
-shape_counts_t = ShapeCount.__table__
+tasks_t = cast(Table, Task.__table__)
+events_t = cast(Table, Event.__table__)
+allocations_t = cast(Table, Allocation.__table__)
+sessions_t = cast(Table, Session.__table__)
+shape_counts_t = cast(Table, ShapeCount.__table__)

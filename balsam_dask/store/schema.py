@@ -46,8 +46,7 @@ def ensure_schema(engine: Engine, where: str, create: bool = True) -> str:
     if not create:
         if rev is None:
             raise SchemaMissing(
-                f"the store at {where} has no balsam_dask schema; create it with "
-                f"`balsam-dask init --store {where}`"
+                f"the store at {where} has no balsam_dask schema; create it with `balsam-dask init --store {where}`"
             )
         raise SchemaMissing(
             f"the store at {where} has schema revision {rev}, older than {HEAD}; upgrade it with "

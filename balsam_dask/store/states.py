@@ -57,7 +57,7 @@ TRANSITIONS: dict[str | None, frozenset[str]] = {
 }
 # Enum members are str subclasses: the plain strings look up the same entries.
 LEGAL: dict[str | None, frozenset[str]] = {
-    (k.value if isinstance(k, State) else k): frozenset(v.value for v in vs) for k, vs in TRANSITIONS.items()
+    (k.value if isinstance(k, State) else k): frozenset(str(v) for v in vs) for k, vs in TRANSITIONS.items()
 }
 
 #: Waiting to run: what the packing policy sizes allocations for.
@@ -67,9 +67,7 @@ BACKLOG_STATES: frozenset[str] = frozenset(
 #: Runnable now (dependencies satisfied).
 RUNNABLE_STATES: frozenset[str] = frozenset({S.READY.value, S.RESTART_READY.value})
 #: Holding resources on a node.
-ACTIVE_STATES: frozenset[str] = frozenset(
-    {S.RUNNING.value, S.RUN_DONE.value, S.RUN_ERROR.value, S.RUN_TIMEOUT.value}
-)
+ACTIVE_STATES: frozenset[str] = frozenset({S.RUNNING.value, S.RUN_DONE.value, S.RUN_ERROR.value, S.RUN_TIMEOUT.value})
 FINAL_STATES: frozenset[str] = frozenset({S.FINISHED.value, S.FAILED.value, S.KILLED.value})
 UNFINISHED_STATES: frozenset[str] = frozenset(ALL_STATES) - FINAL_STATES
 

@@ -73,7 +73,8 @@ class BatchWriter:
         self._q: deque[Op | _Marker] = deque()
         self._wake = threading.Event()
         self._closing = False
-        self._urgent = False
+        self._flushes = 0  # markers queued and not yet reached: write without waiting
+        self._flush_lock = threading.Lock()
         self._give_up_at: float | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -103,8 +104,9 @@ class BatchWriter:
         if not self._thread.is_alive():
             return not self._q
         marker = _Marker()
+        with self._flush_lock:
+            self._flushes += 1
         self._q.append(marker)
-        self._urgent = True
         self._wake.set()
         return marker.done.wait(timeout)
 
@@ -139,11 +141,10 @@ class BatchWriter:
             if not self._q and not self._closing:
                 self._wake.wait(self.max_delay)
             self._wake.clear()
-            if not (self._closing or self._urgent) and 0 < len(self._q) < self.max_batch:
+            if not (self._closing or self._flushes) and 0 < len(self._q) < self.max_batch:
                 # let a partial batch fill up for up to max_delay
                 self._wake.wait(self.max_delay)
                 self._wake.clear()
-            self._urgent = False
             batch: list[Op] = []
             markers: list[_Marker] = []
             q = self._q
@@ -162,6 +163,8 @@ class BatchWriter:
                 q.extendleft(reversed(batch))
                 return
             for m in markers:
+                with self._flush_lock:
+                    self._flushes -= 1
                 m.done.set()
             if self._closing and not q:
                 return

@@ -1,0 +1,202 @@
+"""``balsam-dask``: create, inspect and query a provenance store.
+
+    balsam-dask init                        create (or upgrade) the store
+    balsam-dask ls [--state S] [--tag k=v] [--name GLOB] [--since T] [--limit N]
+    balsam-dask show ID                     a task's spec and full history
+    balsam-dask summary                     counts by state and the backlog by shape
+    balsam-dask kill (ID... | --tag k=v)    ask the running scheduler to kill tasks
+
+The store comes from ``--store``, ``$BALSAM_DASK_STORE``, Dask config
+``balsam-dask.store``, or ``./balsam.db``. Errors print one line and exit 1 (bad
+arguments exit 2); never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+from balsam_dask.errors import BalsamDaskError, InvalidSpec
+from balsam_dask.store.api import Store
+from balsam_dask.store.ops import TaskRecord
+from balsam_dask.store.schema import HEAD
+from balsam_dask.store.states import RUNNABLE_STATES
+
+
+class CLIError(BalsamDaskError):
+    pass
+
+
+def _parse_tag(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"tag {text!r} is malformed; use --tag name=value, e.g. --tag exp=sweep1")
+    k, v = text.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def _parse_time(text: str) -> float:
+    """An ISO date/time, epoch seconds, or an age such as ``10m``, ``2h``, ``1d`` ago."""
+    t = text.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if t[-1:] in units and t[:-1].replace(".", "", 1).isdigit():
+        return time.time() - float(t[:-1]) * units[t[-1]]
+    try:
+        return float(t)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(t).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"time {text!r} is malformed; use an ISO time (2026-11-23T10:00), epoch seconds, "
+            "or an age such as 30m, 2h, 1d"
+        ) from None
+
+
+def _task_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"task id {text!r} is not an integer; use e.g. show 1099511627777") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"task id {text!r} must be positive")
+    return value
+
+
+def _fmt_time(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
+    cells = [list(map(str, header))] + [[("-" if c is None else str(c)) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+
+
+def _ls_row(t: TaskRecord) -> list[object]:
+    tags = ",".join(f"{k}={v}" for k, v in sorted(t.tags.items()))
+    return [t.id, t.name or t.key[:40], t.kind, t.state, t.nodes, t.cores, t.gpus, t.attempt,
+            _fmt_time(t.updated_at), tags]  # fmt: skip
+
+
+def cmd_init(store: Store, args: argparse.Namespace) -> int:
+    print(f"store {store.where} is ready (schema revision {store.revision})")
+    return 0
+
+
+def cmd_ls(store: Store, args: argparse.Namespace) -> int:
+    tags = dict(args.tag or [])
+    tasks = store.tasks(state=args.state, tags=tags or None, name=args.name, since=args.since,
+                        until=args.until, limit=args.limit, after=args.after, newest_first=args.newest)  # fmt: skip
+    header = ["ID", "NAME", "KIND", "STATE", "NODES", "CORES", "GPUS", "ATTEMPT", "UPDATED", "TAGS"]
+    print(_table([_ls_row(t) for t in tasks], header))
+    if len(tasks) == args.limit:
+        print(f"(first {args.limit}; next page: --after {tasks[-1].id})", file=sys.stderr)
+    return 0
+
+
+def cmd_show(store: Store, args: argparse.Namespace) -> int:
+    t = store.task(args.id)
+    history = store.history(args.id)
+    print(f"task {t.id}  {t.name or ''}  key={t.key}")
+    print(f"  kind={t.kind} state={t.state} attempt={t.attempt} priority={t.priority}")
+    print(f"  resources: nodes={t.nodes} ranks_per_node={t.ranks_per_node} threads_per_rank={t.threads_per_rank}"
+          f" cores/node={t.cores} gpus/node={t.gpus} walltime={t.walltime}")  # fmt: skip
+    print(f"  tags: {json.dumps(t.tags, sort_keys=True)}  parents: {t.parents}")
+    print(f"  spec: {json.dumps(t.spec, sort_keys=True)}")
+    if t.workdir:
+        print(f"  workdir: {t.workdir}")
+    if t.return_code is not None:
+        print(f"  return code: {t.return_code}")
+    result = "inline" if t.has_result else (t.result_ref or "none")
+    print(f"  result: {result}  payload stored: {t.has_payload}")
+    print(f"  created {_fmt_time(t.created_at)}  updated {_fmt_time(t.updated_at)}")
+    if t.error_tail:
+        print("  error tail:")
+        for line in t.error_tail.splitlines()[-20:]:
+            print(f"    {line}")
+    rows = [[_fmt_time(e.ts) + f".{int(e.ts * 1000) % 1000:03d}", e.attempt, e.from_state or "-", e.to_state,
+             e.worker or e.hosts or "-", (e.message or "").splitlines()[0][:80] if e.message else ""]
+            for e in history]  # fmt: skip
+    print()
+    print(_table(rows, ["TIME", "ATTEMPT", "FROM", "TO", "WHERE", "MESSAGE"]))
+    return 0
+
+
+def cmd_summary(store: Store, args: argparse.Namespace) -> int:
+    counts = store.summary()
+    total = sum(counts.values())
+    print(_table([[s, n] for s, n in counts.items()] + [["total", total]], ["STATE", "TASKS"]))
+    backlog = store.backlog()
+    if backlog:
+        print()
+        rows = [
+            [b.nodes, b.cores, b.gpus, b.walltime or "-", b.count(RUNNABLE_STATES),
+             b.count({"CREATED", "AWAITING_PARENTS"}), b.counts.get("RUNNING", 0)]
+            for b in backlog
+        ]  # fmt: skip
+        print(_table(rows, ["NODES", "CORES/NODE", "GPUS/NODE", "WALLTIME<=", "RUNNABLE", "WAITING", "RUNNING"]))
+    return 0
+
+
+def cmd_kill(store: Store, args: argparse.Namespace) -> int:
+    if not args.ids and not args.tag:
+        raise CLIError("kill needs task ids or --tag name=value, e.g. balsam-dask kill --tag exp=sweep1")
+    n = store.request_kill(ids=args.ids or None, tags=dict(args.tag or []) or None)
+    print(f"kill requested for {n} unfinished task(s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="balsam-dask", description="Inspect a balsam_dask provenance store.")
+    p.add_argument("--store", help="store URL (default: $BALSAM_DASK_STORE, Dask config, ./balsam.db)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("init", help=f"create or upgrade the store (schema {HEAD})")
+    ls = sub.add_parser("ls", help="list tasks")
+    ls.add_argument("--state", action="append", help="filter by state (repeatable)")
+    ls.add_argument("--tag", action="append", type=_parse_tag, help="filter by tag name=value (repeatable)")
+    ls.add_argument("--name", help="task name or glob (fit-*)")
+    ls.add_argument("--since", type=_parse_time, help="created at or after (ISO time, epoch, or 10m/2h/1d ago)")
+    ls.add_argument("--until", type=_parse_time, help="created before")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--after", type=_task_id, help="page: ids after this one")
+    ls.add_argument("--newest", action="store_true", help="newest first")
+    show = sub.add_parser("show", help="a task's spec and history")
+    show.add_argument("id", type=_task_id)
+    sub.add_parser("summary", help="counts by state and backlog by shape")
+    kill = sub.add_parser("kill", help="ask the scheduler to kill tasks")
+    kill.add_argument("ids", nargs="*", type=_task_id)
+    kill.add_argument("--tag", action="append", type=_parse_tag)
+    return p
+
+
+COMMANDS = {"init": cmd_init, "ls": cmd_ls, "show": cmd_show, "summary": cmd_summary, "kill": cmd_kill}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "limit", 1) is not None and getattr(args, "limit", 1) <= 0:
+        parser.error(f"--limit {args.limit} must be positive, e.g. --limit 50")
+    store: Store | None = None
+    try:
+        store = Store(args.store, create=args.command == "init", kind="cli")
+        return COMMANDS[args.command](store, args)
+    except (BalsamDaskError, InvalidSpec) as e:
+        print(f"balsam-dask: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if store is not None:
+            store.engine.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Open MPI's ``mpirun``.
+
+Options (from the Open MPI mpirun(1) man page, 4.x and 5.x, and orte_hosts(7)):
+
+- ``-np N``: total number of processes;
+- ``--map-by ppr:R:node:PE=T``: R processes per node, each bound to T processing
+  elements (the ``PE=`` modifier binds); without ``PE=`` when not binding;
+- ``--host a:R,b:R``: hosts with R slots each;
+- ``-x NAME=VALUE`` sets a variable and ``-x NAME`` forwards mpirun's own value to
+  every process: only these reach processes on remote nodes;
+- ``--bind-to core`` / ``--bind-to none``.
+
+mpirun refuses to run as root unless ``OMPI_ALLOW_RUN_AS_ROOT=1`` and
+``OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1`` are set; ``OpenMPILauncher(as_root=True)`` adds
+them to :meth:`environ` (deciding whether we are root is the caller's job).
+Several ``mpirun`` may share a node, so sub-node tasks pack (binding starts at the
+first core in each launch: packed tasks should use ``cpu_bind=False``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from balsam_dask.errors import LauncherError
+from balsam_dask.mpi_tasks.launchers.base import Launcher, LaunchSpec
+
+
+class OpenMPILauncher(Launcher):
+    name: ClassVar[str] = "openmpi"
+    program: ClassVar[str] = "mpirun"
+    packs: ClassVar[bool] = True
+    options: ClassVar[tuple[str, ...]] = ("executable", "as_root")
+
+    def __init__(self, *, as_root: bool = False, executable: str | None = None) -> None:
+        super().__init__(executable=executable)
+        if not isinstance(as_root, bool):
+            raise LauncherError(f"as_root={as_root!r} is invalid: use True or False")
+        self.as_root = as_root
+
+    def command(self, spec: LaunchSpec, hosts: Sequence[str]) -> list[str]:
+        host_list = self.check_hosts(spec, hosts)
+        r = spec.resources
+        rpn = r.ranks_per_node
+        mapping = f"ppr:{rpn}:node:PE={r.threads_per_rank}" if spec.cpu_bind else f"ppr:{rpn}:node"
+        argv = [
+            self.executable,
+            "-np",
+            str(r.total_ranks),
+            "--map-by",
+            mapping,
+            "--bind-to",
+            "core" if spec.cpu_bind else "none",
+            "--host",
+            ",".join(f"{h}:{rpn}" for h in host_list),
+        ]
+        # Variables set on mpirun itself (see environ) reach remote ranks only if named.
+        for key in ("OMP_NUM_THREADS", *(["CUDA_VISIBLE_DEVICES"] if spec.gpu_ids else [])):
+            if key not in spec.env_dict:
+                argv += ["-x", key]
+        for key, value in spec.env:
+            argv += ["-x", f"{key}={value}"]
+        return [*argv, *spec.extra_args, *spec.argv]
+
+    def environ(self, spec: LaunchSpec, hosts: Sequence[str]) -> dict[str, str]:
+        env = super().environ(spec, hosts)
+        if self.as_root:
+            env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+            env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        return env

@@ -1,0 +1,76 @@
+"""Slurm's ``srun``, run as a job step inside the allocation that holds the nodes.
+
+Options (from srun(1) of Slurm 22.05, https://slurm.schedmd.com/srun.html):
+
+- ``--nodes=N --ntasks=T --ntasks-per-node=R --cpus-per-task=C``: the layout
+  (``--cpus-per-task`` implies ``--exact``);
+- ``--nodelist=a,b``: the Slurm node names (``NodeName``, not host names) to use;
+- ``--exact``: the step gets only the CPUs it asks for, so several steps can share a
+  node side by side; without ``--overlap`` a step waits until its CPUs are free of
+  other steps. ``--overlap`` lets a step share every resource with all other steps
+  (and other steps share with it). The long-running node-worker step must itself be
+  started with ``--overlap``, or task steps never find free CPUs;
+  ``SrunLauncher(overlap=True)`` makes the task steps overlap instead;
+- ``--cpu-bind=cores`` / ``--cpu-bind=none`` (honoured when the task/affinity plugin
+  is configured);
+- ``--gpus-per-task=G`` (Slurm then sets ``CUDA_VISIBLE_DEVICES`` for the step);
+- ``--mpi=pmi2``: the PMI plugin (DESIGN.md section 7: ``pmix`` fails across virtual
+  nodes on one host, ``pmi2`` works); ``SrunLauncher(mpi="pmix")`` to change it;
+- ``--export=ALL``: the man page says that with ``ALL`` "all user environment
+  variables will be loaded and will take precedence over any explicitly given
+  environment variables", and ``--export`` splits on commas. So the task's variables
+  are not written as ``--export=ALL,K=V``: :meth:`SrunLauncher.environ` sets them on
+  the srun process, and ``ALL`` carries them to every task unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from balsam_dask.errors import LauncherError
+from balsam_dask.mpi_tasks.launchers.base import Launcher, LaunchSpec
+
+_MPI_TYPES = ("pmi2", "pmix", "cray_shasta", "none")
+
+
+class SrunLauncher(Launcher):
+    name: ClassVar[str] = "srun"
+    program: ClassVar[str] = "srun"
+    packs: ClassVar[bool] = True
+    options: ClassVar[tuple[str, ...]] = ("executable", "mpi", "overlap")
+
+    def __init__(self, *, mpi: str = "pmi2", overlap: bool = False, executable: str | None = None) -> None:
+        super().__init__(executable=executable)
+        if mpi not in _MPI_TYPES:
+            raise LauncherError(
+                f"mpi={mpi!r} is invalid for srun: use one of {', '.join(_MPI_TYPES)} "
+                "(see `srun --mpi=list`), e.g. mpi='pmi2'"
+            )
+        if not isinstance(overlap, bool):
+            raise LauncherError(f"overlap={overlap!r} is invalid: use True or False")
+        self.mpi = mpi
+        self.overlap = overlap
+
+    def command(self, spec: LaunchSpec, hosts: Sequence[str]) -> list[str]:
+        host_list = self.check_hosts(spec, hosts)
+        r = spec.resources
+        argv = [
+            self.executable,
+            f"--nodes={r.nodes}",
+            f"--ntasks={r.total_ranks}",
+            f"--ntasks-per-node={r.ranks_per_node}",
+            f"--cpus-per-task={r.threads_per_rank}",
+            f"--nodelist={','.join(host_list)}",
+            "--overlap" if self.overlap else "--exact",
+            f"--cpu-bind={'cores' if spec.cpu_bind else 'none'}",
+        ]
+        if r.gpus_per_rank:
+            argv.append(f"--gpus-per-task={r.gpus_per_rank}")
+        argv += [f"--mpi={self.mpi}", "--export=ALL"]
+        return [*argv, *spec.extra_args, *spec.argv]
+
+    def environ(self, spec: LaunchSpec, hosts: Sequence[str]) -> dict[str, str]:
+        env = super().environ(spec, hosts)
+        env.update(spec.env)
+        return env

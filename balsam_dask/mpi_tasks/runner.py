@@ -1,0 +1,414 @@
+"""The one subprocess helper: apps, isolated Python functions and MPI launches use it.
+
+:func:`run_process` starts a command in its own session (so its own process group),
+with stdout/stderr in files of its work directory, and waits for it. On timeout or
+when ``kill_event`` is set it stops the whole group, and the command's descendants
+that left the group (MPICH's Hydra starts proxies and ranks in sessions of their
+own): SIGTERM, then SIGKILL after a grace period. Processes the command leaves behind
+in its group after it exits are stopped the same way, so nothing of a finished task
+keeps running. (A daemon that detached itself from the process tree is not tracked.)
+
+The leader is not reaped until its group has been dealt with: while it is an
+unreaped zombie its pid, hence the group id, cannot be reused by an unrelated process.
+Descendants are matched by pid and start time, so a reused pid is never signalled.
+Finding descendants and telling zombies apart uses Linux's /proc; without it only
+the group is signalled.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from balsam_dask.errors import InvalidSpec
+
+TAIL_BYTES = 4096
+TAIL_LINES = 40
+DEFAULT_GRACE = 0.5
+#: Longest sleep between two checks of the process and the kill event.
+MAX_POLL = 0.05
+#: How long to wait for SIGKILLed processes to disappear before giving up.
+KILL_WAIT = 2.0
+
+_PROC = Path("/proc")
+_HAS_WAITID = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
+_DEAD = (b"Z", b"X", b"x")
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    """How one run ended. Times are epoch seconds; ``duration`` is monotonic seconds."""
+
+    returncode: int
+    started_at: float
+    ended_at: float
+    duration: float
+    timed_out: bool
+    killed: bool
+    stdout_path: Path
+    stderr_path: Path
+    stdout_tail: str
+    stderr_tail: str
+    pid: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when the command ran to completion and exited with 0."""
+        return self.returncode == 0 and not self.timed_out and not self.killed
+
+
+def run_process(
+    argv: Sequence[str],
+    *,
+    workdir: str | os.PathLike[str],
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    stdout_name: str = "stdout.txt",
+    stderr_name: str = "stderr.txt",
+    kill_event: threading.Event | None = None,
+    on_start: Callable[[int], None] | None = None,
+    grace: float = DEFAULT_GRACE,
+) -> ProcessResult:
+    """Run ``argv`` in ``workdir`` (created if needed) and wait for it.
+
+    ``env`` is merged over ``os.environ``. ``timeout`` (seconds) and ``kill_event``
+    stop the whole process group (SIGTERM, then SIGKILL after ``grace`` seconds).
+    ``on_start(pid)`` is called once the process runs; the pid is also its process
+    group id. An executable that cannot be found raises
+    :class:`~balsam_dask.errors.InvalidSpec` before anything is created or started.
+    """
+    args = _check_argv(argv)
+    timeout = _check_seconds("timeout", timeout, "timeout=60")
+    grace_s = _check_seconds("grace", grace, "grace=0.5", allow_zero=True) or 0.0
+    for name, value in (("stdout_name", stdout_name), ("stderr_name", stderr_name)):
+        if not isinstance(value, str) or not value or os.sep in value or value in (".", ".."):
+            raise InvalidSpec(f"{name}={value!r} is invalid: give a file name such as 'stdout.txt'")
+    wd = Path(os.fspath(workdir))
+    full_env = _merged_env(env)
+    resolve_executable(args[0], wd, full_env.get("PATH", os.defpath))
+
+    wd.mkdir(parents=True, exist_ok=True)
+    stdout_path = wd / stdout_name
+    stderr_path = wd / stderr_name
+    same_file = stdout_name == stderr_name
+    out = open(stdout_path, "wb")  # noqa: SIM115 - closed right after Popen
+    err: IO[bytes] | None = None if same_file else open(stderr_path, "wb")  # noqa: SIM115
+    started_at = time.time()
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            args,
+            cwd=wd,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT if err is None else err,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        # The program vanished or is not runnable (e.g. a script without "#!"); other
+        # errors (out of file descriptors, processes, memory) are not the spec's fault.
+        if isinstance(exc, (FileNotFoundError, PermissionError, NotADirectoryError)) or (exc.errno == errno.ENOEXEC):
+            raise InvalidSpec(f"cannot start {args[0]!r} in {wd}: {exc}") from None
+        raise
+    finally:
+        out.close()
+        if err is not None:
+            err.close()
+
+    timed_out = killed = False
+    try:
+        if on_start is not None:
+            on_start(proc.pid)
+        timed_out, killed = _wait(proc, t0, timeout, kill_event)
+        if timed_out or killed or _stragglers(proc.pid):
+            kill_process_group(proc.pid, grace_s, root=proc.pid)
+    except BaseException:
+        kill_process_group(proc.pid, grace_s, root=proc.pid)
+        proc.wait()
+        raise
+    returncode = proc.wait()
+    ended_at = time.time()
+    return ProcessResult(
+        returncode=returncode,
+        started_at=started_at,
+        ended_at=ended_at,
+        duration=time.monotonic() - t0,
+        timed_out=timed_out,
+        killed=killed,
+        stdout_path=stdout_path,
+        stderr_path=stderr_path,
+        stdout_tail=read_tail(stdout_path),
+        stderr_tail=read_tail(stderr_path),
+        pid=proc.pid,
+    )
+
+
+def kill_process_group(pgid: int, grace: float = DEFAULT_GRACE, *, root: int | None = None) -> bool:
+    """Stop every process of group ``pgid``: SIGTERM, then SIGKILL after ``grace`` s.
+
+    With ``root``, the live descendants of process ``root`` are stopped too, even those
+    that left the group (MPICH's Hydra starts its proxies and ranks in sessions of their
+    own). Returns True when SIGKILL was needed. Waits (boundedly) until no target is
+    left alive; zombies awaiting their parent do not count. Reaps nothing.
+    """
+    if not _PROC.is_dir():  # no /proc: the group is all we can see
+        return _kill_group_only(pgid, grace)
+    targets: dict[int, bytes] = {}
+    _collect(pgid, root, targets)
+    if not targets and not _signal_group(pgid, 0):
+        return False
+    _signal_all(pgid, targets, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while True:
+        _collect(pgid, root, targets)  # children started meanwhile
+        if not _prune(targets):
+            return False
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        time.sleep(min(0.01, remaining))
+    _signal_all(pgid, targets, signal.SIGKILL)
+    deadline = time.monotonic() + KILL_WAIT
+    while _prune(targets) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return True
+
+
+def resolve_executable(program: str, workdir: Path, path: str | None) -> str:
+    """Where ``program`` will be found when started in ``workdir`` with ``PATH=path``.
+
+    A name with a slash is taken relative to ``workdir`` (as :class:`subprocess.Popen`
+    does with ``cwd``); a bare name is searched on ``path``.
+    """
+    if "/" in program:
+        candidate = Path(program) if os.path.isabs(program) else workdir / program
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+        if not candidate.exists():
+            why = "does not exist"
+        elif not candidate.is_file():
+            why = "is not a file"
+        else:
+            why = f"is not executable (chmod +x {candidate})"
+        raise InvalidSpec(
+            f"executable {program!r} {why} (looked for {candidate}); give the path of an "
+            "existing program, absolute or relative to the task's workdir, e.g. './sim' or "
+            "'/usr/bin/env'"
+        )
+    found = shutil.which(program, path=path)
+    if found is None:
+        raise InvalidSpec(
+            f"executable {program!r} not found on PATH={path!r}; give its absolute path or put "
+            "its directory on PATH, e.g. env={'PATH': '/opt/app/bin:' + os.environ['PATH']}"
+        )
+    return found
+
+
+def read_tail(path: str | os.PathLike[str], max_bytes: int = TAIL_BYTES, max_lines: int = TAIL_LINES) -> str:
+    """The last lines of a text file (at most ``max_bytes``/``max_lines``), "" if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return ""
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    if size > max_bytes and len(lines) > 1:
+        lines = lines[1:]  # the first line was cut
+    return "\n".join(lines[-max_lines:])
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _check_argv(argv: Any) -> list[str]:
+    if isinstance(argv, (str, bytes)) or not isinstance(argv, Sequence):
+        raise InvalidSpec(
+            f"argv={argv!r} is invalid: give a list of strings such as ['./sim', '--n', '4'] "
+            "(render a template string with balsam_dask.mpi_tasks.template.render)"
+        )
+    args = [os.fspath(a) if isinstance(a, os.PathLike) else a for a in argv]
+    if not args or not all(isinstance(a, str) for a in args) or not args[0]:
+        raise InvalidSpec(
+            f"argv={list(argv)!r} is invalid: give a non-empty list of strings such as ['./sim', '--n', '4']"
+        )
+    return args
+
+
+def _check_seconds(name: str, value: Any, example: str, allow_zero: bool = False) -> float | None:
+    if value is None:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and math.isfinite(value) and (value > 0 or (allow_zero and value == 0)):
+        return float(value)
+    bound = ">= 0" if allow_zero else "> 0"
+    raise InvalidSpec(f"{name}={value!r} is invalid: give a number of seconds {bound}, e.g. {example}")
+
+
+def _merged_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    merged = dict(os.environ)
+    if env is None:
+        return merged
+    if not isinstance(env, Mapping):
+        raise InvalidSpec(f"env={env!r} is invalid: give a dict, e.g. env={{'OMP_NUM_THREADS': '2'}}")
+    for key, value in env.items():
+        if not isinstance(key, str) or not key or "=" in key or not isinstance(value, str):
+            raise InvalidSpec(
+                f"env entry {key!r}={value!r} is invalid: names and values must be strings, "
+                "e.g. env={'OMP_NUM_THREADS': '2'}"
+            )
+        merged[key] = value
+    return merged
+
+
+def _exited(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether the child has exited, without reaping it (it stays a zombie)."""
+    if proc.returncode is not None:
+        return True
+    if _HAS_WAITID:
+        try:
+            info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return info is not None
+    return proc.poll() is not None
+
+
+def _wait(
+    proc: subprocess.Popen[bytes],
+    t0: float,
+    timeout: float | None,
+    kill_event: threading.Event | None,
+) -> tuple[bool, bool]:
+    """Wait for exit, timeout or kill; returns ``(timed_out, killed)``."""
+    if timeout is None and kill_event is None and _HAS_WAITID:
+        try:  # nothing to watch but the child: block until it exits
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass
+        return False, False
+    delay = 0.001
+    while not _exited(proc):
+        if kill_event is not None and kill_event.is_set():
+            return False, True
+        step = min(delay, MAX_POLL)
+        if timeout is not None:
+            remaining = t0 + timeout - time.monotonic()
+            if remaining <= 0:
+                return True, False
+            step = min(step, remaining)
+        if kill_event is not None:
+            kill_event.wait(step)
+        else:
+            time.sleep(step)
+        delay *= 2
+    return False, False
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to group ``pgid``; False when the group is gone."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _kill_group_only(pgid: int, grace: float) -> bool:
+    if not _signal_group(pgid, signal.SIGTERM):
+        return False
+    deadline = time.monotonic() + grace
+    while _signal_group(pgid, 0):  # zombies count here: we cannot tell them apart
+        if time.monotonic() >= deadline:
+            _signal_group(pgid, signal.SIGKILL)
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _stragglers(pgid: int) -> bool:
+    """After the leader exited: are other members of its group still running?"""
+    if not _PROC.is_dir() or not _signal_group(pgid, 0):
+        return False
+    targets: dict[int, bytes] = {}
+    _collect(pgid, None, targets)
+    return bool(targets)
+
+
+def _scan() -> dict[int, tuple[int, int, bytes, bytes]]:
+    """Every process: pid -> (ppid, pgrp, state, start time) from /proc/<pid>/stat."""
+    table: dict[int, tuple[int, int, bytes, bytes]] = {}
+    for entry in os.scandir(_PROC):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp session ... starttime(22nd) ...": comm may hold
+        # spaces and parentheses, so split after its last ")".
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 19:
+            table[int(entry.name)] = (int(fields[1]), int(fields[2]), fields[0], fields[19])
+    return table
+
+
+def _collect(pgid: int, root: int | None, targets: dict[int, bytes]) -> None:
+    """Add the live members of ``pgid`` and live descendants of ``root`` to ``targets``."""
+    table = _scan()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, pgrp, state, start) in table.items():
+        children.setdefault(ppid, []).append(pid)
+        if pgrp == pgid and state not in _DEAD:
+            targets.setdefault(pid, start)
+    stack = list(children.get(root, ())) if root is not None else []
+    while stack:
+        pid = stack.pop()
+        _ppid, _pgrp, state, start = table[pid]
+        if state not in _DEAD:
+            targets.setdefault(pid, start)
+        stack.extend(children.get(pid, ()))
+
+
+def _alive_as_recorded(pid: int, start: bytes) -> bool:
+    """True while ``pid`` runs and is still the process recorded (not a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return len(fields) > 19 and fields[19] == start and fields[0] not in _DEAD
+
+
+def _prune(targets: dict[int, bytes]) -> bool:
+    """Drop targets that are gone; True if any is left."""
+    for pid, start in list(targets.items()):
+        if not _alive_as_recorded(pid, start):
+            del targets[pid]
+    return bool(targets)
+
+
+def _signal_all(pgid: int, targets: dict[int, bytes], sig: int) -> None:
+    _signal_group(pgid, sig)
+    for pid, start in targets.items():
+        if _alive_as_recorded(pid, start):
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass

@@ -1,0 +1,127 @@
+"""Command templates: ``"./sim --n {n} --out {out}"`` plus parameters -> argv.
+
+A string template is split into words with shell rules (:func:`shlex.split`) *before*
+any parameter is substituted, and each word is then formatted with
+:meth:`str.format` syntax. That is exactly "every parameter shell-quoted": a value can
+never add, split or join arguments nor inject shell syntax (``"a; rm -rf /"`` stays one
+argument), and it also behaves when the template itself quotes a field
+(``"echo '{greeting} world'"`` gives one argument). A list template is formatted
+element by element (there is no shell to quote for).
+
+Format specs and conversions work as in :meth:`str.format` (``{n:04d}``, ``{x!r}``,
+``{cfg.name}``, ``{files[0]}``); a literal brace is written ``{{`` or ``}}``. Parameters
+the template does not use are allowed.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import string
+from collections.abc import Mapping, Sequence
+
+from balsam_dask.errors import InvalidSpec
+
+_FORMATTER = string.Formatter()
+_FIELD_HEAD = re.compile(r"^[^.\[]*")
+
+
+def _show(command: str | Sequence[str]) -> str:
+    return repr(command) if isinstance(command, str) else repr(list(command))
+
+
+def _words(command: str | Sequence[str]) -> list[str]:
+    """The template's words: shell-split for a string, as given for a list."""
+    if isinstance(command, str):
+        try:
+            words = shlex.split(command)
+        except ValueError as exc:
+            raise InvalidSpec(
+                f"template {command!r} cannot be split into arguments ({exc}); close every "
+                "quote, e.g. \"./sim --title '{title}'\""
+            ) from None
+        if not words:
+            raise InvalidSpec(f"template {command!r} is empty: give a command such as './sim --n {{n}}'")
+        return words
+    if isinstance(command, (bytes, bytearray)) or not isinstance(command, Sequence):
+        raise InvalidSpec(
+            f"command={command!r} is invalid: give a template string such as './sim --n {{n}}' "
+            "or a list of strings such as ['./sim', '--n', '{n}']"
+        )
+    words = list(command)
+    if not words:
+        raise InvalidSpec("command=[] is empty: give a list such as ['./sim', '--n', '{n}']")
+    for w in words:
+        if not isinstance(w, str):
+            raise InvalidSpec(
+                f"command entry {w!r} in {_show(command)} is invalid: every entry must be a "
+                "string, e.g. ['./sim', '--n', '{n}']"
+            )
+    return words
+
+
+def _field_names(command: str | Sequence[str], word: str) -> list[str]:
+    """The parameter names one word refers to (nested spec fields included)."""
+    try:
+        parsed = list(_FORMATTER.parse(word))
+    except ValueError as exc:
+        raise InvalidSpec(
+            f"template {_show(command)} is malformed ({exc}); write a parameter as {{name}} "
+            "and a literal brace as '{{' or '}}'"
+        ) from None
+    names: list[str] = []
+    for _literal, field, spec, _conversion in parsed:
+        if field is None:
+            continue
+        head = _FIELD_HEAD.match(field)
+        name = head.group() if head else ""
+        if not name or name.isdigit():
+            raise InvalidSpec(
+                f"template {_show(command)} has a positional field {{{field}}}; name every "
+                "parameter, e.g. './sim --n {n}' with params={'n': 4}"
+            )
+        names.append(name)
+        if spec and "{" in spec:
+            names += _field_names(command, spec)
+    return names
+
+
+def template_fields(command: str | Sequence[str]) -> tuple[str, ...]:
+    """The parameter names a template needs, in order of first use."""
+    seen: dict[str, None] = {}
+    for word in _words(command):
+        for name in _field_names(command, word):
+            seen.setdefault(name, None)
+    return tuple(seen)
+
+
+def validate_template(command: str | Sequence[str], params: Mapping[str, object]) -> None:
+    """Check at submit time that ``command`` parses and every parameter it names is given.
+
+    Nothing is formatted, so parameter objects are not touched.
+    """
+    if not isinstance(params, Mapping):
+        raise InvalidSpec(f"params={params!r} is invalid: give a dict, e.g. params={{'n': 4}}")
+    for name in template_fields(command):
+        if name not in params:
+            raise InvalidSpec(f"template {_show(command)} needs parameter {name!r}; pass params={{{name!r}: ...}}")
+
+
+def render(command: str | Sequence[str], params: Mapping[str, object]) -> list[str]:
+    """The argv for ``command`` with ``params`` substituted (see the module docstring)."""
+    validate_template(command, params)
+    argv: list[str] = []
+    for word in _words(command):
+        try:
+            argv.append(_FORMATTER.vformat(word, (), params))
+        except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
+            raise InvalidSpec(
+                f"template {_show(command)} cannot be rendered at {word!r} "
+                f"(params given: {', '.join(sorted(map(str, params)))}): {type(exc).__name__}: {exc}"
+            ) from None
+    return argv
+
+
+def render_shell(command: str | Sequence[str], params: Mapping[str, object]) -> str:
+    """The rendered command as one shell-safe string (for display and logs)."""
+    return shlex.join(render(command, params))

@@ -1,0 +1,76 @@
+"""Shared fixtures: real stores (a SQLite file and a PostgreSQL schema per test).
+
+PostgreSQL tests use $BALSAM_DASK_TEST_PG (the test command sets it). Without it they
+skip, unless $BALSAM_DASK_REQUIRE_SERVICES=1 (CI), where a missing service fails.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+PG_ENV = "BALSAM_DASK_TEST_PG"
+
+
+def require_or_skip(what: str) -> None:
+    if os.environ.get("BALSAM_DASK_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{what} is required here (BALSAM_DASK_REQUIRE_SERVICES=1) but not available")
+    pytest.skip(f"{what} not available")
+
+
+def pg_base_url() -> str:
+    url = os.environ.get(PG_ENV)
+    if not url:
+        require_or_skip(f"PostgreSQL (${PG_ENV})")
+    assert url is not None
+    return url
+
+
+def _pg_admin(base: str, sql: str) -> None:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(base)
+    with psycopg.connect(
+        host=u.host or "127.0.0.1", port=u.port or 5432, user=u.username, dbname=u.database, autocommit=True
+    ) as conn:
+        conn.execute(sql)
+
+
+def new_pg_schema_url() -> tuple[str, str]:
+    base = pg_base_url()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    _pg_admin(base, f'CREATE SCHEMA "{schema}"')
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options=-csearch_path%3D{schema}", schema
+
+
+def drop_pg_schema(schema: str) -> None:
+    _pg_admin(pg_base_url(), f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[str]:
+    """A URL to an empty store: a fresh SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/balsam.db"
+        return
+    url, schema = new_pg_schema_url()
+    try:
+        yield url
+    finally:
+        drop_pg_schema(schema)
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[object]:
+    from balsam_dask.store import Store
+
+    s = Store(store_url)
+    try:
+        yield s
+    finally:
+        s.close()

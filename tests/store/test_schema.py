@@ -1,0 +1,94 @@
+"""Migrations from empty, model/migration parity, refusal of a newer schema."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from balsam_dask.errors import SchemaMissing, SchemaTooNew, StoreError
+from balsam_dask.store import Store
+from balsam_dask.store.engine import normalize_url
+from balsam_dask.store.models import Base
+from balsam_dask.store.schema import HEAD, REVISIONS, current_revision
+
+
+def _raw_engine(url: str):  # type: ignore[no-untyped-def]
+    return create_engine(normalize_url(url))
+
+
+def test_migrate_from_empty_matches_the_models(store_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    s = Store(store_url)
+    assert s.revision == HEAD
+    with s.engine.connect() as conn:
+        assert current_revision(conn) == HEAD
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    # the migration creates exactly what the models declare
+    assert diff == [], diff
+    s.close()
+
+
+def test_alembic_head_is_the_known_head() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from balsam_dask.store.schema import MIGRATIONS_DIR
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    script = ScriptDirectory.from_config(cfg)
+    assert script.get_current_head() == HEAD
+    assert [r.revision for r in script.walk_revisions()][::-1] == list(REVISIONS)
+
+
+def test_newer_schema_is_refused(store_url: str) -> None:
+    Store(store_url).close()
+    eng = _raw_engine(store_url)
+    with eng.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+        before = conn.execute(text("SELECT count(*) FROM sessions")).scalar_one()
+    with pytest.raises(SchemaTooNew, match=r"schema revision '9999'.*newer balsam_dask.*pip install -U"):
+        Store(store_url)
+    with eng.connect() as conn:  # nothing written: no session row, version untouched
+        assert conn.execute(text("SELECT count(*) FROM sessions")).scalar_one() == before
+        assert current_revision(conn) == "9999"
+    eng.dispose()
+
+
+def test_missing_schema_without_create(store_url: str) -> None:
+    with pytest.raises(SchemaMissing, match="balsam-dask init"):
+        Store(store_url, create=False)
+
+
+def test_foreign_tables_are_not_adopted(store_url: str) -> None:
+    eng = _raw_engine(store_url)
+    with eng.begin() as conn:
+        conn.execute(text("CREATE TABLE tasks (id INTEGER PRIMARY KEY, what TEXT)"))
+    eng.dispose()
+    with pytest.raises(StoreError, match="has balsam_dask tables but no schema version"):
+        Store(store_url)
+
+
+def test_concurrent_creation(store_url: str) -> None:
+    errors: list[BaseException] = []
+    stores: list[Store] = []
+
+    def open_store() -> None:
+        try:
+            stores.append(Store(store_url))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert {s.revision for s in stores} == {HEAD}
+    for s in stores:
+        s.close()

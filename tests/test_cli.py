@@ -1,0 +1,138 @@
+"""The balsam-dask CLI: happy paths in-process, bad input through the real entry point."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from balsam_dask.cli import main
+from balsam_dask.spec import Resources, TaskSpec
+from balsam_dask.store import Store, Transition
+
+BIN = str(Path(sys.executable).parent / "balsam-dask")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def _fill(store_url: str) -> tuple[str, list[int]]:
+    s = Store(store_url)
+    ids = s.create_tasks(
+        [TaskSpec(name=f"fit-{i}", tags={"exp": "sweep"}) for i in range(3)]
+        + [TaskSpec(kind="mpi", name="sim", resources=Resources(nodes=2, ranks_per_node=4), tags={"exp": "sim"})]
+    )
+    s.apply(
+        [
+            Transition(s.new_id(), ids[0], "CREATED", "READY", time.time()),
+            Transition(s.new_id(), ids[0], "READY", "RUNNING", time.time(), worker="tcp://n1:1", message="go"),
+        ]
+    )
+    s.close()
+    return store_url, ids
+
+
+@pytest.fixture
+def filled(store_url: str) -> tuple[str, list[int]]:
+    return _fill(store_url)
+
+
+@pytest.fixture
+def sqlite_filled(tmp_path: Path) -> tuple[str, list[int]]:
+    return _fill(f"sqlite:///{tmp_path}/cli.db")
+
+
+def test_init_ls_show_summary(filled: tuple[str, list[int]], capsys: pytest.CaptureFixture[str]) -> None:
+    url, ids = filled
+    assert main(["--store", url, "init"]) == 0
+    assert "is ready (schema revision 0001)" in capsys.readouterr().out
+
+    assert main(["--store", url, "ls"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:4] == ["ID", "NAME", "KIND", "STATE"]
+    assert len(out) == 5 and "sim" in out[4] and "mpi" in out[4]
+
+    assert main(["--store", url, "ls", "--state", "RUNNING"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and str(ids[0]) in out[1] and "fit-0" in out[1]
+
+    assert main(["--store", url, "ls", "--tag", "exp=sim"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+    assert main(["--store", url, "ls", "--name", "fit-*", "--limit", "2"]) == 0
+    cap = capsys.readouterr()
+    assert len(cap.out.splitlines()) == 3 and f"--after {ids[1]}" in cap.err
+
+    assert main(["--store", url, "show", str(ids[0])]) == 0
+    out = capsys.readouterr().out
+    assert "state=RUNNING" in out and "CREATED" in out and "tcp://n1:1" in out and "go" in out
+
+    assert main(["--store", url, "summary"]) == 0
+    out = capsys.readouterr().out
+    assert "RUNNING  1" in out and "CREATED  3" in out and "total    4" in out
+
+
+def test_store_from_environment(filled: tuple[str, list[int]]) -> None:
+    url, _ = filled
+    r = run_cli("summary", env={**os.environ, "BALSAM_DASK_STORE": url})
+    assert r.returncode == 0 and "total" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--store", "mysql://x/y", "ls"], 1, "uses 'mysql', which is not supported; use sqlite:///"),
+        (
+            ["--store", "postgresql://u@127.0.0.1:1/db", "ls"],
+            1,
+            "cannot reach the store at postgresql://u@127.0.0.1:1/db",
+        ),
+        (["ls", "--tag", "exp"], 2, "tag 'exp' is malformed; use --tag name=value"),
+        (["ls", "--tag", "bad key=1"], 1, "tag name 'bad key' is invalid"),
+        (["ls", "--state", "DONE"], 1, "state 'DONE' is unknown; use one of: CREATED"),
+        (["ls", "--since", "yesterday"], 2, "time 'yesterday' is malformed"),
+        (["ls", "--limit", "0"], 2, "--limit 0 must be positive"),
+        (["show", "abc"], 2, "task id 'abc' is not an integer"),
+        (["show", "424242"], 1, "no task with id 424242"),
+        (["kill"], 1, "kill needs task ids or --tag"),
+    ],
+)
+def test_bad_input(sqlite_filled: tuple[str, list[int]], args: list[str], code: int, message: str) -> None:
+    url, _ = sqlite_filled
+    full = args if args[0] == "--store" else ["--store", url, *args]
+    r = run_cli(*full)
+    assert r.returncode == code, r
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_store_is_not_created(tmp_path: Path) -> None:
+    target = tmp_path / "nothing.db"
+    r = run_cli("--store", str(target), "ls")
+    assert r.returncode == 1 and "there is no store at" in r.stderr and "balsam-dask init" in r.stderr
+    assert not target.exists()
+
+
+def test_newer_schema_cli(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "new.db"
+    Store(str(db)).close()
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE alembic_version SET version_num='9999'")
+    r = run_cli("--store", str(db), "summary")
+    assert r.returncode == 1 and "written by a newer balsam_dask" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_kill_marks_tasks(filled: tuple[str, list[int]]) -> None:
+    url, ids = filled
+    r = run_cli("--store", url, "kill", "--tag", "exp=sweep")
+    assert r.returncode == 0 and "kill requested for 3" in r.stdout
+    s = Store(url)
+    assert sorted(s.kill_requests()) == sorted(ids[:3])
+    s.close()
