@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The test command: installs on a fresh machine (Debian 12, Python 3.11, root) everything the
+# tests need -- a venv with the Python dependencies and the MPICH/mpi4py wheels, a local Slurm
+# cluster of 4 virtual nodes, a PostgreSQL server if none answers on 127.0.0.1:5432 -- then runs
+# ruff, mypy and pytest, and stops what it started. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PYTHON=${PYTHON:-python3}
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "Python environment (.venv)"
+[[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q -e '.[test,postgres,mpi]' 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import balsam_dask, distributed, mpi4py, psycopg, sqlalchemy" \
+    || { echo "test.sh: the Python environment is incomplete" >&2; exit 1; }
+export PATH="$ROOT/.venv/bin:$PATH"
+
+cleanup() {
+    local rc=$?
+    step "stopping the services this run started"
+    scripts/slurm_local.sh stop || true
+    scripts/pg_local.sh stop || true
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+step "Slurm (4 virtual nodes on localhost)"
+scripts/slurm_local.sh install
+scripts/slurm_local.sh start
+eval "$(scripts/slurm_local.sh env)"
+
+step "PostgreSQL"
+BALSAM_DASK_TEST_PG="$(scripts/pg_local.sh ensure)"
+export BALSAM_DASK_TEST_PG
+# Every real service is required here: a missing one fails the run instead of skipping tests.
+export BALSAM_DASK_REQUIRE_SERVICES=1
+
+step "ruff"
+ruff check balsam_dask tests benchmarks
+ruff format --check balsam_dask tests benchmarks
+step "mypy"
+mypy
+step "pytest"
+pytest "$@"
