@@ -13,7 +13,11 @@ step() { printf '\n== %s\n' "$*" >&2; }
 step "Python environment (.venv)"
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e '.[test,postgres,mpi]' 2>&1 | grep -v "^WARNING: Location" || true
+if ! .venv/bin/python -m pip install -q -e '.[test,postgres,mpi]' >.venv/pip.log 2>&1; then
+    cat .venv/pip.log >&2
+    echo "test.sh: pip install failed" >&2
+    exit 1
+fi
 .venv/bin/python -c "import balsam_dask, distributed, mpi4py, psycopg, sqlalchemy" \
     || { echo "test.sh: the Python environment is incomplete" >&2; exit 1; }
 export PATH="$ROOT/.venv/bin:$PATH"
@@ -40,8 +44,8 @@ export BALSAM_DASK_TEST_PG
 export BALSAM_DASK_REQUIRE_SERVICES=1
 
 step "ruff"
-ruff check balsam_dask tests benchmarks
-ruff format --check balsam_dask tests benchmarks
+ruff check .
+ruff format --check .
 step "mypy"
 mypy
 step "pytest"
