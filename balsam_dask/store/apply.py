@@ -59,28 +59,10 @@ def existing_ids(conn: Connection, table: Table, ids: Sequence[int]) -> set[int]
 
 
 TASK_COLS = (
-    "id",
-    "key",
-    "name",
-    "kind",
-    "state",
-    "priority",
-    "nodes",
-    "ranks_per_node",
-    "threads_per_rank",
-    "cores",
-    "gpus",
-    "walltime",
-    "spec",
-    "tags",
-    "parents",
-    "attempt",
-    "payload",
-    "session_id",
-    "kill_requested",
-    "created_at",
-    "updated_at",
-)
+    "id", "key", "name", "kind", "state", "priority", "nodes", "ranks_per_node", "threads_per_rank", "cores",
+    "gpus", "walltime", "spec", "tags", "parents", "submitted_by", "attempt", "payload", "session_id",
+    "kill_requested", "created_at", "updated_at",
+)  # fmt: skip
 EVENT_COLS = (
     "id",
     "task_id",
@@ -120,70 +102,21 @@ def _task_row(op: NewTask, session_id: int, now: float, cache: dict[int, tuple[A
     spec = op.spec
     created = op.created_at or now
     parents = _dumps(list(op.parents)) if op.parents else "[]"
+    payload = op.payload() if callable(op.payload) else op.payload
     if spec is None:
-        return (
-            op.id,
-            op.key,
-            op.name,
-            op.kind or "dask",
-            _CREATED,
-            0,
-            1,
-            1,
-            1,
-            1,
-            0,
-            None,
-            "{}",
-            "{}",
-            parents,
-            0,
-            op.payload,
-            session_id,
-            False,
-            created,
-            created,
-        )
-    c = cache.get(id(spec))
-    if c is None:
-        r = spec.resources
-        c = cache[id(spec)] = (
-            spec.name,
-            spec.kind,
-            spec.priority,
-            r.nodes,
-            r.ranks_per_node,
-            r.threads_per_rank,
-            r.cores,
-            r.gpus,
-            r.walltime,
-            _dumps(spec.to_json()),
-            _dumps(dict(spec.tags)),
-        )
-    name, kind, prio, nodes, rpn, tpr, cores, gpus, wall, spec_j, tags_j = c
-    return (
-        op.id,
-        op.key,
-        op.name or name,
-        op.kind or kind,
-        _CREATED,
-        prio,
-        nodes,
-        rpn,
-        tpr,
-        cores,
-        gpus,
-        wall,
-        spec_j,
-        tags_j,
-        parents,
-        0,
-        op.payload,
-        session_id,
-        False,
-        created,
-        created,
-    )
+        head: tuple[Any, ...] = (op.name, op.kind or "dask", _CREATED, 0, 1, 1, 1, 1, 0, None, "{}", "{}")
+    else:
+        c = cache.get(id(spec))
+        if c is None:
+            r = spec.resources
+            c = cache[id(spec)] = (
+                spec.name, spec.kind, _CREATED, spec.priority, r.nodes, r.ranks_per_node, r.threads_per_rank,
+                r.cores, r.gpus, r.walltime, _dumps(spec.to_json()), _dumps(dict(spec.tags)),
+            )  # fmt: skip
+        head = c
+        if op.name or op.kind:
+            head = (op.name or c[0], op.kind or c[1], *c[2:])
+    return (op.id, op.key, *head, parents, op.submitted_by, 0, payload, session_id, False, created, created)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -66,6 +66,8 @@ class Task(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     tags: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
     parents: Mapped[list[int]] = mapped_column(JSONType, default=list)
+    # the task that submitted this one (dynamic workflows), if any
+    submitted_by: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     workdir: Mapped[str | None] = mapped_column(Text, nullable=True)
     return_code: Mapped[int | None] = mapped_column(Integer, nullable=True)

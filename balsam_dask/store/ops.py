@@ -7,13 +7,17 @@ under a microsecond; the writer thread turns a batch of them into one transactio
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from balsam_dask.spec import TaskSpec
 
 
 class NewTask(NamedTuple):
-    """Create a task (state CREATED). ``spec=None`` is a plain Dask task."""
+    """Create a task (state CREATED). ``spec=None`` is a plain Dask task.
+
+    ``payload`` may be a callable returning the bytes: the writer thread calls it, so
+    serializing a durable task's payload costs the Dask event loop nothing."""
 
     id: int
     key: str
@@ -21,8 +25,9 @@ class NewTask(NamedTuple):
     kind: str | None = None  # default: spec.kind, or "dask" without a spec
     name: str | None = None  # default: spec.name
     parents: tuple[int, ...] = ()
-    payload: bytes | None = None
+    payload: bytes | Callable[[], bytes | None] | None = None
     created_at: float = 0.0  # 0: now
+    submitted_by: int | None = None
 
 
 class Transition(NamedTuple):
@@ -93,6 +98,7 @@ class TaskRecord:
     spec: dict[str, Any]
     tags: dict[str, str]
     parents: list[int]
+    submitted_by: int | None
     attempt: int
     workdir: str | None
     return_code: int | None

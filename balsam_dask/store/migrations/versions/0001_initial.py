@@ -47,6 +47,7 @@ def upgrade() -> None:
         sa.Column("spec", JSONType, nullable=False),
         sa.Column("tags", JSONType, nullable=False),
         sa.Column("parents", JSONType, nullable=False),
+        sa.Column("submitted_by", sa.BigInteger(), nullable=True),
         sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("workdir", sa.Text(), nullable=True),
         sa.Column("return_code", sa.Integer(), nullable=True),

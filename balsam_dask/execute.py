@@ -1,0 +1,294 @@
+"""What runs on the worker for a balsam task: attempts, retries, timeouts, apps, results.
+
+The client submits ``run_python``/``run_app`` as the Dask task's function; the task's
+:class:`~balsam_dask.spec.TaskSpec` and the scheduler plugin's dispatch decision (attempt
+number, GPU ids, MPI hosts) arrive as the task's annotations. Each failed or timed-out
+attempt is reported to the scheduler plugin (``Worker.log_event``) before the next starts,
+and a durable task's result is reported before the task returns, so the provenance store
+holds every attempt and the result even if the client dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from balsam_dask.apps import AppResult
+from balsam_dask.errors import AppError, TaskKilled, TaskTimeout
+from balsam_dask.mpi_tasks.runner import ProcessResult, run_process
+from balsam_dask.mpi_tasks.template import render
+from balsam_dask.runtime import NodeRuntime, RunHandle, get_runtime
+from balsam_dask.spec import TaskSpec
+
+#: Topic of the worker -> scheduler plugin messages.
+TOPIC = "balsam-task"
+SPEC_ANNOTATION = "balsam"
+DISPATCH_ANNOTATION = "balsam_dispatch"
+PARENT_ANNOTATION = "balsam_parent"
+#: Results up to this size (pickled) are stored in the database; larger ones in a file.
+INLINE_RESULT_LIMIT = 64 * 1024
+ERROR_TAIL = 4000
+
+
+@dataclass(frozen=True)
+class Handlers:
+    """User callbacks deciding what happens after a failed or timed-out attempt.
+
+    ``on_error(exc, attempt) -> bool`` and ``on_timeout(attempt) -> bool``: True retries.
+    Without a handler: retry while attempts remain (``retries``, ``timeout_retries``)."""
+
+    on_error: Callable[[BaseException, int], bool] | None = None
+    on_timeout: Callable[[int], bool] | None = None
+
+
+@dataclass(frozen=True)
+class AppCall:
+    command: str | tuple[str, ...]
+    params: dict[str, Any] = field(default_factory=dict)
+    check: bool = True
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a running balsam task knows about itself (``balsam_dask.current_task()``)."""
+
+    key: str
+    spec: TaskSpec
+    attempt: int
+    gpu_ids: tuple[str, ...]
+    hosts: tuple[str, ...]
+    node: str
+
+    @property
+    def cores(self) -> int:
+        return self.spec.resources.cores
+
+
+_local = threading.local()
+
+
+def current_task() -> TaskContext | None:
+    """The balsam task running in this thread, if any."""
+    return getattr(_local, "ctx", None)
+
+
+class _TimedOut(Exception):
+    pass
+
+
+class _Killed(Exception):
+    pass
+
+
+def _report(msg: dict[str, Any]) -> None:
+    from distributed import get_worker
+
+    try:
+        get_worker().log_event(TOPIC, msg)
+    except ValueError:  # not on a worker (called directly): nothing to report to
+        pass
+
+
+def _tail(text: str) -> str:
+    return text[-ERROR_TAIL:]
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", text)[:120] or "task"
+
+
+def _workdir(rt: NodeRuntime, spec: TaskSpec, key: str) -> Path:
+    if spec.workdir:
+        return Path(spec.workdir)
+    return Path(rt.config.workdir_root) / _safe_name(spec.name or key)
+
+
+def _task_env(spec: TaskSpec, gpus: tuple[str, ...]) -> dict[str, str]:
+    env = {"OMP_NUM_THREADS": str(spec.resources.threads_per_rank)}
+    if spec.resources.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    env.update(dict(spec.env))
+    return env
+
+
+def _annotations(key: str) -> dict[str, Any]:
+    from distributed import get_worker
+
+    try:
+        ts = get_worker().state.tasks.get(key)
+    except ValueError:
+        return {}
+    return (ts.annotations or {}) if ts is not None else {}
+
+
+def _run_attempts(body: Callable[[TaskContext, RunHandle], Any], handlers: Handlers | None) -> Any:
+    from distributed.worker import thread_state
+
+    key = str(getattr(thread_state, "key", "direct-call"))
+    ann = _annotations(key)
+    spec: TaskSpec = ann.get(SPEC_ANNOTATION) or TaskSpec()
+    dispatch: dict[str, Any] = ann.get(DISPATCH_ANNOTATION) or {}
+    handlers = handlers or Handlers()
+    rt = get_runtime()
+    attempt = int(dispatch.get("attempt", 1))
+    gpus = rt.acquire_gpus(spec.resources.gpus, dispatch.get("gpus", ()))
+    handle = rt.register(key)
+    errors = timeouts = 0
+    try:
+        while True:
+            ctx = TaskContext(key, spec, attempt, gpus, tuple(dispatch.get("hosts", ())), rt.config.name)
+            started = time.time()
+            _local.ctx = ctx
+            try:
+                value = body(ctx, handle)
+            except _Killed:
+                raise TaskKilled(f"task {key} was killed ({handle.reason})") from None
+            except _TimedOut as e:
+                timeouts += 1
+                retry = _decide(handlers.on_timeout, (attempt,), timeouts <= spec.timeout_retries)
+                _report({"op": "attempt", "key": key, "attempt": attempt, "kind": "timeout", "retry": retry,
+                         "message": str(e), "ts": time.time()})  # fmt: skip
+                if not retry:
+                    raise TaskTimeout(f"task {key}", spec.timeout or 0.0, timeouts) from None
+            except Exception as e:
+                errors += 1
+                retry = _decide(handlers.on_error, (e, attempt), errors <= spec.retries)
+                _report({"op": "attempt", "key": key, "attempt": attempt, "kind": "error", "retry": retry,
+                         "message": _tail(f"{type(e).__name__}: {e}"), "ts": time.time()})  # fmt: skip
+                if not retry:
+                    raise
+            else:
+                _report_done(ctx, spec, value, started)
+                return value
+            finally:
+                _local.ctx = None
+            attempt += 1
+    finally:
+        rt.unregister(handle)
+        rt.release_gpus(gpus)
+
+
+def _decide(handler: Callable[..., bool] | None, args: tuple[Any, ...], default: bool) -> bool:
+    if handler is None:
+        return default
+    try:
+        return bool(handler(*args))
+    except Exception as e:  # a broken handler fails the task rather than looping
+        raise RuntimeError(f"error handler {handler!r} raised {type(e).__name__}: {e}") from e
+
+
+def _report_done(ctx: TaskContext, spec: TaskSpec, value: Any, started: float) -> None:
+    msg: dict[str, Any] = {"op": "done", "key": ctx.key, "attempt": ctx.attempt, "ts": time.time(),
+                           "started": started, "node": ctx.node}  # fmt: skip
+    if ctx.gpu_ids:
+        msg["gpus"] = list(ctx.gpu_ids)
+    if isinstance(value, AppResult):
+        msg["return_code"] = value.returncode
+        msg["workdir"] = str(value.workdir)
+    if spec.durable:
+        try:
+            data = cloudpickle.dumps(value)
+        except Exception as e:
+            msg["message"] = f"result not stored: it does not pickle ({type(e).__name__}: {e})"
+        else:
+            if len(data) <= INLINE_RESULT_LIMIT:
+                msg["result"] = data
+            else:
+                path = Path(get_runtime().config.results_dir) / f"{_safe_name(ctx.key)}.pkl"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_bytes(data)
+                tmp.replace(path)
+                msg["result_ref"] = str(path.absolute())
+    if spec.durable or ctx.gpu_ids or isinstance(value, AppResult):
+        _report(msg)
+
+
+# ---------------------------------------------------------------- bodies
+
+
+def _check_process(res: ProcessResult, spec: TaskSpec, handle: RunHandle) -> None:
+    if res.killed:
+        raise _Killed(handle.reason or "killed")
+    if res.timed_out:
+        raise _TimedOut(f"timed out after {spec.timeout:g}s (stderr tail: {res.stderr_tail[-500:]})")
+
+
+def _python_isolated(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                     ctx: TaskContext, handle: RunHandle) -> Any:  # fmt: skip
+    rt = get_runtime()
+    workdir = _workdir(rt, ctx.spec, ctx.key)
+    workdir.mkdir(parents=True, exist_ok=True)
+    call, out = workdir / f"call.{ctx.attempt}.pkl", workdir / f"out.{ctx.attempt}.pkl"
+    call.write_bytes(cloudpickle.dumps((fn, args, kwargs)))
+    out.unlink(missing_ok=True)
+    try:
+        res = run_process(
+            [sys.executable, "-m", "balsam_dask.mpi_tasks.pyrun", str(call), str(out)],
+            workdir=workdir, env=_task_env(ctx.spec, ctx.gpu_ids), timeout=ctx.spec.timeout,
+            kill_event=handle.kill_event, stdout_name=f"stdout.{ctx.attempt}.txt",
+            stderr_name=f"stderr.{ctx.attempt}.txt",
+        )  # fmt: skip
+        _check_process(res, ctx.spec, handle)
+        if not out.exists():
+            raise RuntimeError(
+                f"isolated function exited with code {res.returncode} without a result; "
+                f"stderr tail:\n{res.stderr_tail}"
+            )
+        outcome = cloudpickle.loads(out.read_bytes())
+    finally:
+        call.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
+    if outcome[0] == "ok":
+        return outcome[1]
+    exc, tb = outcome[1], outcome[2]
+    with contextlib.suppress(Exception):
+        exc.add_note(f"in an isolated process on {ctx.node}:\n{tb}")
+    raise exc
+
+
+def run_python(fn: Callable[..., Any], handlers: Handlers | None, *args: Any, **kwargs: Any) -> Any:
+    """A Python function as a balsam task (in the worker's thread, or isolated)."""
+
+    def body(ctx: TaskContext, handle: RunHandle) -> Any:
+        if ctx.spec.runs_in_subprocess:
+            return _python_isolated(fn, args, kwargs, ctx, handle)
+        import dask
+
+        with dask.annotate(**{PARENT_ANNOTATION: ctx.key}):  # tasks it submits are its children
+            return fn(*args, **kwargs)
+
+    return _run_attempts(body, handlers)
+
+
+def run_app(app: AppCall, handlers: Handlers | None) -> AppResult:
+    """An unmodified executable as a balsam task."""
+
+    def body(ctx: TaskContext, handle: RunHandle) -> AppResult:
+        argv = render(app.command, app.params)
+        workdir = _workdir(get_runtime(), ctx.spec, ctx.key)
+        suffix = "" if ctx.attempt <= 1 else f".{ctx.attempt}"
+        res = run_process(
+            argv, workdir=workdir, env=_task_env(ctx.spec, ctx.gpu_ids), timeout=ctx.spec.timeout,
+            kill_event=handle.kill_event, stdout_name=f"stdout{suffix}.txt", stderr_name=f"stderr{suffix}.txt",
+        )  # fmt: skip
+        _check_process(res, ctx.spec, handle)
+        result = AppResult(
+            tuple(argv), res.returncode, res.duration, res.started_at, res.ended_at, workdir.absolute(),
+            res.stdout_path, res.stderr_path, res.stdout_tail, res.stderr_tail, ctx.gpu_ids,
+        )  # fmt: skip
+        if app.check and res.returncode != 0:
+            raise AppError(" ".join(argv), res.returncode, res.stderr_tail, str(workdir))
+        return result
+
+    return _run_attempts(body, handlers)
+

@@ -1,0 +1,28 @@
+"""Dask worker preload that makes a worker a balsam_dask node-worker.
+
+``dask worker --preload balsam_dask.worker_setup`` (or ``preload=[...]`` on a Nanny) with
+``$BALSAM_DASK_NODE`` set to a :class:`~balsam_dask.node.NodeConfig`. The config reaches the
+scheduler with the worker's registration; the worker plugin stops a task's processes when
+the task is cancelled or killed. Without the variable the worker describes itself (its
+threads as cores, no GPUs, no allocation end).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from balsam_dask.node import ENV_VAR, EXTRA_KEY, NodeConfig
+from balsam_dask.runtime import BalsamWorkerPlugin, install
+
+
+async def dask_setup(worker: Any) -> None:
+    text = os.environ.get(ENV_VAR)
+    if text:
+        config = NodeConfig.from_env(text)
+    else:
+        config = NodeConfig(name=str(worker.name), alloc_id="unmanaged", cores=worker.state.nthreads)
+    runtime = install(config)
+    info = {**config.to_dict(), "host": runtime.host}
+    worker.startup_information[EXTRA_KEY] = lambda _worker: info
+    await worker.plugin_add(BalsamWorkerPlugin(runtime), name=BalsamWorkerPlugin.name)
