@@ -30,10 +30,20 @@ __version__ = "0.1.0"
 _LAZY = {
     "Store": "balsam_dask.store.api",
     "State": "balsam_dask.store.states",
+    "Client": "balsam_dask.client",
+    "LocalEnsembleCluster": "balsam_dask.cluster",
+    "BalsamPlugin": "balsam_dask.plugin",
+    "AppResult": "balsam_dask.apps",
+    "current_task": "balsam_dask.execute",
 }
 
 __all__ = [
     "AppError",
+    "AppResult",
+    "BalsamPlugin",
+    "Client",
+    "LocalEnsembleCluster",
+    "current_task",
     "BalsamDaskError",
     "IllegalTransition",
     "InvalidSpec",

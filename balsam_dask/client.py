@@ -1,0 +1,226 @@
+"""``balsam_dask.Client``: Dask's Client, plus resources, apps, provenance and recovery.
+
+``submit``/``map`` take Balsam's keywords (cores, gpus, walltime, timeout, retries, tags,
+name, priority, isolate, on_error, on_timeout) and validate them at once: a bad value is
+an immediate error naming it, never a task parked forever. Everything else of Dask keeps
+working: futures as arguments, ``gather``, ``wait``, ``as_completed``, ``cancel``,
+collections' ``compute``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import uuid
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
+import cloudpickle
+import dask
+import distributed
+from dask.base import tokenize
+from dask.utils import funcname
+
+from balsam_dask.errors import InvalidSpec
+from balsam_dask.execute import SPEC_ANNOTATION, AppCall, Handlers, run_app, run_python
+from balsam_dask.mpi_tasks.template import validate_template
+from balsam_dask.spec import NodeShape, Resources, TaskSpec, freeze_pairs
+
+BALSAM_KEYWORDS = (
+    "cores", "gpus", "walltime", "timeout", "retries", "tags", "name", "priority", "isolate",
+    "on_error", "on_timeout", "durable",
+)  # fmt: skip
+_DASK_PLACEMENT = ("workers", "resources", "allow_other_workers", "actor", "actors")
+_INFO_TTL = 2.0
+
+
+class Client(distributed.Client):
+    """A Dask client whose tasks are placed by balsam_dask and recorded in its store."""
+
+    _balsam_info: dict[str, Any] | None = None
+    _balsam_info_at: float = 0.0
+
+    # ------------------------------------------------------------------ specs
+    def _spec(
+        self, kind: str, *, cores: Any, gpus: Any, walltime: Any, timeout: Any, retries: Any, tags: Any,
+        name: Any, priority: Any, isolate: Any, durable: Any, **extra: Any,
+    ) -> TaskSpec:  # fmt: skip
+        if not isinstance(isolate, bool):
+            raise InvalidSpec(f"isolate={isolate!r} is invalid: use isolate=True or isolate=False")
+        spec = TaskSpec(
+            kind=kind, resources=Resources.serial(cores, gpus, walltime), name=name, tags=tags,  # type: ignore[arg-type]
+            priority=priority, timeout=timeout, retries=0 if retries is None else retries, isolate=isolate,
+            durable=bool(durable), **extra,
+        )  # fmt: skip
+        self._check_fits(spec.resources)
+        return spec
+
+    def balsam_info(self, refresh: bool = False) -> dict[str, Any]:
+        """The scheduler plugin's view: store URL, node shapes, widest gang."""
+        now = time.monotonic()
+        if refresh or self._balsam_info is None or now - self._balsam_info_at > _INFO_TTL:
+            try:
+                self._balsam_info = self.sync(self.scheduler.balsam_info)
+            except Exception as e:
+                raise InvalidSpec(
+                    "the scheduler has no BalsamPlugin: start it with LocalEnsembleCluster, "
+                    "or Scheduler(plugins=[balsam_dask.BalsamPlugin(store)])"
+                ) from e
+            self._balsam_info_at = now
+        assert self._balsam_info is not None
+        return self._balsam_info
+
+    def _check_fits(self, r: Resources) -> None:
+        shapes = [NodeShape(s["cores"], s["gpus"]) for s in self.balsam_info()["node_shapes"]]
+        if not shapes:
+            return  # no node known yet (a cluster scaling from zero): nothing to check against
+        errors = [r.fit_error(s) for s in shapes]
+        if all(errors):
+            best = max(shapes, key=lambda s: (s.cores, s.gpus))
+            raise InvalidSpec(
+                f"cores={r.cores}, gpus={r.gpus} cannot run on any node: the largest node has "
+                f"{best.cores} cores and {best.gpus} GPUs ({errors[0]})"
+            )
+
+    # ------------------------------------------------------------------ Python functions
+    def submit(  # type: ignore[override]
+        self, fn: Callable[..., Any], *args: Any, cores: int = 1, gpus: int = 0, walltime: Any = None,
+        timeout: Any = None, retries: int | None = None, tags: Mapping[str, Any] | None = None,
+        name: str | None = None, priority: int = 0, isolate: bool = False,
+        on_error: Callable[[BaseException, int], bool] | None = None, on_timeout: Callable[[int], bool] | None = None,
+        durable: bool = True, key: Hashable | None = None, pure: bool = True, fifo_timeout: str = "100 ms",
+        **kwargs: Any,
+    ) -> distributed.Future:  # fmt: skip
+        """Run ``fn(*args, **kwargs)`` as a balsam task; returns a Dask future."""
+        _reject_dask_placement(kwargs)
+        spec = self._spec("python", cores=cores, gpus=gpus, walltime=walltime, timeout=timeout, retries=retries,
+                          tags=tags, name=name, priority=priority, isolate=isolate, durable=durable)  # fmt: skip
+        handlers = _handlers(on_error, on_timeout)
+        _check_callable(fn, args, kwargs)
+        if key is None:
+            key = f"{funcname(fn)}-{tokenize(fn, kwargs, spec, *args) if pure else uuid.uuid4().hex}"
+        with dask.annotate(**{SPEC_ANNOTATION: spec}):
+            return super().submit(run_python, fn, handlers, *args, key=key, pure=False, priority=priority,
+                                  fifo_timeout=fifo_timeout, **kwargs)  # fmt: skip
+
+    def map(  # type: ignore[override]
+        self, fn: Callable[..., Any], *iterables: Iterable[Any], cores: int = 1, gpus: int = 0,
+        walltime: Any = None, timeout: Any = None, retries: int | None = None,
+        tags: Mapping[str, Any] | None = None, name: str | None = None, priority: int = 0, isolate: bool = False,
+        on_error: Callable[[BaseException, int], bool] | None = None, on_timeout: Callable[[int], bool] | None = None,
+        durable: bool = True, key: str | list[Hashable] | None = None, pure: bool = True,
+        batch_size: int | None = None, **kwargs: Any,
+    ) -> list[distributed.Future]:  # fmt: skip
+        """``fn`` over the iterables as balsam tasks (one spec for all)."""
+        _reject_dask_placement(kwargs)
+        spec = self._spec("python", cores=cores, gpus=gpus, walltime=walltime, timeout=timeout, retries=retries,
+                          tags=tags, name=name, priority=priority, isolate=isolate, durable=durable)  # fmt: skip
+        handlers = _handlers(on_error, on_timeout)
+        lists = [list(it) for it in iterables]
+        if lists:
+            _check_callable(fn, tuple(v[0] for v in lists if v), kwargs)
+        if key is None:
+            key = f"{funcname(fn)}-{tokenize(spec)[:8]}"
+        with dask.annotate(**{SPEC_ANNOTATION: spec}):
+            n = min((len(v) for v in lists), default=0)
+            return super().map(run_python, [fn] * n, [handlers] * n, *lists, key=key, pure=pure,
+                               priority=priority, batch_size=batch_size, **kwargs)  # fmt: skip
+
+    # ------------------------------------------------------------------ executables
+    def submit_app(
+        self, command: str | Sequence[str], params: Mapping[str, Any] | None = None, *, cores: int = 1,
+        gpus: int = 0, env: Mapping[str, str] | None = None, workdir: str | None = None, timeout: Any = None,
+        check: bool = True, walltime: Any = None, retries: int | None = None, tags: Mapping[str, Any] | None = None,
+        name: str | None = None, priority: int = 0, on_error: Callable[[BaseException, int], bool] | None = None,
+        on_timeout: Callable[[int], bool] | None = None, durable: bool = True, key: Hashable | None = None,
+    ) -> distributed.Future:  # fmt: skip
+        """Run an unmodified executable; the future's result is an ``AppResult``.
+
+        ``command`` is a template (``"./sim --n {n}"``, every parameter shell-quoted) or an
+        argv list. A non-zero exit raises ``AppError`` unless ``check=False``."""
+        cmd = command if isinstance(command, str) else tuple(command)
+        params_d = dict(params or {})
+        if not isinstance(check, bool):
+            raise InvalidSpec(f"check={check!r} is invalid: use check=True or check=False")
+        spec = self._spec(
+            "app", cores=cores, gpus=gpus, walltime=walltime, timeout=timeout, retries=retries, tags=tags,
+            name=name, priority=priority, isolate=False, durable=durable, command=cmd,
+            params=freeze_pairs("params", params_d), env=freeze_pairs("env", env), workdir=workdir, check=check,
+        )  # fmt: skip
+        validate_template(cmd, params_d)
+        if key is None:
+            key = f"app-{name or 'task'}-{uuid.uuid4().hex}"
+        with dask.annotate(**{SPEC_ANNOTATION: spec}):
+            return super().submit(run_app, AppCall(cmd, params_d, check), _handlers(on_error, on_timeout),
+                                  key=key, pure=False, priority=priority)  # fmt: skip
+
+    # ------------------------------------------------------------------ control
+    def kill(
+        self, futures: distributed.Future | Iterable[distributed.Future | Hashable] | None = None, *,
+        tags: Mapping[str, Any] | None = None, reason: str = "killed on request",
+    ) -> list[str]:  # fmt: skip
+        """Kill tasks (their processes too) and mark them KILLED; returns the killed keys."""
+        if futures is None and not tags:
+            raise InvalidSpec("kill() needs futures or tags={...}, e.g. client.kill(tags={'exp': 'sweep'})")
+        if isinstance(futures, distributed.Future):
+            futures = [futures]
+        keys = [f.key if isinstance(f, distributed.Future) else f for f in (futures or [])]
+        tag_pairs = dict(freeze_pairs("tags", tags)) if tags else None
+        return list(self.sync(self.scheduler.balsam_kill, keys=keys, tags=tag_pairs, reason=reason, client=self.id))
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait until every event so far is written to the store."""
+        if not self.sync(self.scheduler.balsam_flush, timeout=timeout):
+            raise TimeoutError(f"the store writer did not flush within {timeout}s")
+
+    def balsam_status(self) -> dict[str, Any]:
+        return dict(self.sync(self.scheduler.balsam_status))
+
+    def resume(self, limit: int | None = None) -> dict[Hashable, distributed.Future]:
+        """Submit again the unfinished durable tasks of dead sessions of this store."""
+        from balsam_dask.resubmit import resubmit
+
+        plan = self.sync(self.scheduler.balsam_resume, limit=limit)
+        return resubmit(self, plan)
+
+
+def _handlers(on_error: Any, on_timeout: Any) -> Handlers | None:
+    for label, h in (("on_error", on_error), ("on_timeout", on_timeout)):
+        if h is not None and not callable(h):
+            raise InvalidSpec(f"{label}={h!r} is not callable: pass a function, e.g. {label}=lambda *a: True")
+    return Handlers(on_error, on_timeout) if (on_error or on_timeout) else None
+
+
+def _reject_dask_placement(kwargs: dict[str, Any]) -> None:
+    bad = [k for k in _DASK_PLACEMENT if k in kwargs]
+    if bad:
+        raise InvalidSpec(
+            f"{bad[0]}= is Dask's placement; balsam tasks are placed by balsam_dask from cores=/gpus=. "
+            "Use cores=..., gpus=..., or a plain distributed.Client for Dask's own placement"
+        )
+
+
+def _check_callable(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    if not callable(fn):
+        raise InvalidSpec(f"{fn!r} is not callable: submit(fn, *args) takes a function first")
+    try:
+        cloudpickle.dumps(fn)
+    except Exception as e:
+        raise InvalidSpec(
+            f"function {funcname(fn)} cannot be pickled ({type(e).__name__}: {e}); define it at module level "
+            "or avoid capturing locks, sockets or open files"
+        ) from None
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # builtins without a signature: nothing to check
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as e:
+        unknown = [k for k in kwargs if k not in sig.parameters] if not _has_var_kw(sig) else []
+        hint = f"; balsam keywords are {', '.join(BALSAM_KEYWORDS)}" if unknown else ""
+        raise InvalidSpec(f"{funcname(fn)}{sig}: {e}{hint}") from None
+
+
+def _has_var_kw(sig: inspect.Signature) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())

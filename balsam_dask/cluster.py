@@ -1,0 +1,73 @@
+"""``LocalEnsembleCluster``: the embedded default. One Dask worker process per emulated node.
+
+The scheduler runs in this process with :class:`~balsam_dask.plugin.BalsamPlugin`; the store
+defaults to a SQLite file in the working directory. Each node-worker is a Nanny with
+``cores_per_node`` threads and a :class:`~balsam_dask.node.NodeConfig` (its cores, GPU ids,
+allocation id and end time), so tasks are packed with exact accounting as on a real machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from distributed import Nanny, Scheduler, SpecCluster
+
+from balsam_dask.errors import InvalidSpec
+from balsam_dask.node import ENV_VAR, PRELOAD, NodeConfig
+from balsam_dask.plugin import BalsamPlugin
+from balsam_dask.spec import NodeShape, parse_duration
+from balsam_dask.store.engine import DEFAULT_SQLITE_FILE, resolve_url
+
+
+class LocalEnsembleCluster(SpecCluster):
+    def __init__(
+        self, nodes: int = 4, cores_per_node: int | None = None, gpus_per_node: int = 0,
+        memory_per_node: int | None = None, store: str | None = None, *, walltime: Any = None,
+        workdir: str | os.PathLike[str] | None = None, alloc_id: str | None = None,
+        dashboard_address: str | None = None, validate: bool = False, silence_logs: int = logging.WARNING,
+        asynchronous: bool = False, loop: Any = None, plugin_options: dict[str, Any] | None = None,
+        worker_options: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+            raise InvalidSpec(f"nodes={nodes!r} is invalid: use an integer >= 1, e.g. nodes=4")
+        if cores_per_node is None:
+            cores_per_node = max(1, (os.cpu_count() or 1) // nodes)
+        shape = NodeShape(cores_per_node, gpus_per_node, memory_per_node)
+        seconds = parse_duration("walltime", walltime)
+        base = Path(workdir or os.getcwd()).absolute()
+        self.store_url = resolve_url(store or os.environ.get("BALSAM_DASK_STORE") or str(base / DEFAULT_SQLITE_FILE))
+        self.node_shape = shape
+        self.alloc_id = alloc_id or f"local-{uuid.uuid4().hex[:8]}"
+        self.end_time = None if seconds is None else time.time() + seconds
+        plugin = BalsamPlugin(
+            self.store_url.render_as_string(hide_password=False),
+            node_shapes=[{"cores": shape.cores, "gpus": shape.gpus}], **(plugin_options or {}),
+        )  # fmt: skip
+        self.plugin = plugin
+        scheduler = {
+            "cls": Scheduler,
+            "options": {"plugins": [plugin], "dashboard_address": dashboard_address, "validate": validate},
+        }
+        memory = memory_per_node if memory_per_node is not None else "auto"
+        workers = {}
+        for i in range(nodes):
+            name = f"node-{i}"
+            cfg = NodeConfig(
+                name=name, alloc_id=self.alloc_id, cores=shape.cores, gpus=shape.gpus, end_time=self.end_time,
+                workdir_root=str(base / "balsam_workdirs"), results_dir=str(base / "balsam_results"),
+            )  # fmt: skip
+            options = {
+                "nthreads": shape.cores, "name": name, "env": {ENV_VAR: cfg.to_env()}, "preload": [PRELOAD],
+                "memory_limit": memory, "local_directory": str(base / "dask-scratch"), "silence_logs": silence_logs,
+                **(worker_options or {}),
+            }  # fmt: skip
+            workers[name] = {"cls": Nanny, "options": options}
+        super().__init__(
+            workers=workers, scheduler=scheduler, asynchronous=asynchronous, loop=loop,
+            silence_logs=silence_logs, name="LocalEnsembleCluster",
+        )  # fmt: skip

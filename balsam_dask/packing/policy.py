@@ -1,0 +1,295 @@
+"""Allocation sizing: a pure function from the backlog and the allocations to decisions.
+
+``decide(backlog, allocations, limits, now)`` returns which batch jobs to request (nodes and
+walltime) and which to cancel. No Dask, no I/O; the cluster glue turns a
+:class:`Decision` into ``sbatch``/``qsub``/``scancel`` calls and the simulator replays it.
+
+How it sizes (DESIGN.md §6):
+
+1. Every backlog shape is checked against the site: a task needing more cores or GPUs than a
+   node has, more nodes than ``max_nodes_per_job`` or more time than ``max_walltime`` can
+   never run; it is named in ``Decision.reason`` and left out of the sizing.
+2. Work: a waiting serial task costs ``walltime / per_node`` node-seconds, where ``per_node``
+   is how many of it pack on one node (cores and GPUs); a gang costs ``nodes * walltime``.
+   Unknown walltimes use ``limits.default_task_walltime``. Running tasks are assumed half done.
+3. Capacity: each allocation that can run some waiting shape (wide enough, enough time left)
+   offers ``nodes * remaining_time`` (queued ones: their walltime), of which
+   ``EFFICIENCY`` is assumed usable (packing and tails).
+4. The deficit (work - usable capacity) is covered by new jobs: the walltime is the shortest
+   that fits the longest waiting task (plus ``WALLTIME_PAD``, at least ``min_walltime``), made
+   longer only when the node room left under ``max_total_nodes`` is too small; the nodes
+   follow from the deficit. Jobs are split to at most ``max_nodes_per_job`` nodes, every job
+   is at least ``min_nodes`` and at least as wide as the widest waiting gang, and at most
+   ``max_queued_jobs`` jobs are queued. A gang no allocation can host gets a job even when
+   the deficit is covered.
+5. Cancels: a queued job older than ``queued_timeout``, and a running job idle for
+   ``idle_timeout``, are cancelled only when no waiting task could use them.
+
+Requests are counted as capacity at once, so deciding again on the resulting state requests
+nothing more (no oscillation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from balsam_dask.errors import InvalidSpec
+from balsam_dask.spec import NodeShape
+
+#: Fraction of allocated node-seconds assumed usable by tasks (packing, tails, startup).
+EFFICIENCY = 0.9
+#: Share of a running task's walltime estimate assumed still to come.
+RUNNING_LEFT = 0.5
+#: Extra walltime beyond the longest task: node-worker startup and scheduling slack.
+WALLTIME_PAD = 120.0
+#: Jobs run for RUN_FACTOR x the longest waiting task: per node there is then work for
+#: several tasks, so the end-of-work tail (nodes idle while the last tasks finish) is short.
+RUN_FACTOR = 1.5
+#: A request is split over at most (free queue slots) / SPLIT_SLOTS jobs.
+SPLIT_SLOTS = 2
+
+
+def _check(name: str, value: object, minimum: float, example: str, integer: bool = False) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
+    if not ok or value < minimum or (isinstance(value, float) and math.isnan(value)):  # type: ignore[operator]
+        kind = "an integer" if integer else "a number"
+        raise InvalidSpec(f"{name}={value!r} is invalid: use {kind} >= {minimum:g}, e.g. {example}")
+
+
+@dataclass(frozen=True)
+class BacklogShape:
+    """Tasks of one resource shape: ``count`` waiting, ``running`` running."""
+
+    nodes: int
+    cores: int
+    gpus: int
+    walltime: float | None
+    count: int
+    running: int = 0
+
+    def __post_init__(self) -> None:
+        _check("nodes", self.nodes, 1, "nodes=1", integer=True)
+        _check("cores", self.cores, 1, "cores=4", integer=True)
+        _check("gpus", self.gpus, 0, "gpus=0", integer=True)
+        if self.walltime is not None:
+            _check("walltime", self.walltime, 1e-9, "walltime=600.0")
+        _check("count", self.count, 0, "count=100", integer=True)
+        _check("running", self.running, 0, "running=0", integer=True)
+
+
+@dataclass(frozen=True)
+class AllocationView:
+    """One batch job as the policy sees it. ``walltime`` is the requested limit (seconds);
+    ``idle_since`` is when every node last became idle (None while any node is busy)."""
+
+    id: str
+    nodes: int
+    idle_nodes: int
+    state: Literal["queued", "running"]
+    submitted_at: float
+    started_at: float | None
+    end_time: float | None
+    queued_for: float
+    walltime: float | None = None
+    idle_since: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.state not in ("queued", "running"):
+            raise InvalidSpec(f"state={self.state!r} is invalid: use 'queued' or 'running'")
+        _check("nodes", self.nodes, 1, "nodes=128", integer=True)
+        if not isinstance(self.idle_nodes, int) or not 0 <= self.idle_nodes <= self.nodes:
+            raise InvalidSpec(
+                f"idle_nodes={self.idle_nodes!r} is invalid: use 0 <= idle_nodes <= nodes={self.nodes}"
+            )
+        _check("queued_for", self.queued_for, 0, "queued_for=0.0")
+
+    def remaining(self, now: float) -> float:
+        """Seconds of usable time: the walltime while queued, time to the end once running."""
+        if self.state == "queued":
+            return math.inf if self.walltime is None else self.walltime
+        return math.inf if self.end_time is None else max(0.0, self.end_time - now)
+
+
+@dataclass(frozen=True)
+class SiteLimits:
+    """What the site's batch queue allows, and the policy's timeouts (seconds)."""
+
+    min_nodes: int
+    max_nodes_per_job: int
+    max_walltime: float
+    min_walltime: float
+    max_queued_jobs: int
+    max_total_nodes: int
+    node: NodeShape
+    queued_timeout: float = 4 * 3600.0
+    idle_timeout: float = 60.0
+    default_task_walltime: float = 3600.0
+
+    def __post_init__(self) -> None:
+        _check("min_nodes", self.min_nodes, 1, "min_nodes=1", integer=True)
+        _check("max_nodes_per_job", self.max_nodes_per_job, self.min_nodes, "max_nodes_per_job=1024", True)
+        _check("max_total_nodes", self.max_total_nodes, self.min_nodes, "max_total_nodes=4096", True)
+        _check("max_queued_jobs", self.max_queued_jobs, 1, "max_queued_jobs=20", integer=True)
+        _check("min_walltime", self.min_walltime, 1e-9, "min_walltime=600.0")
+        _check("max_walltime", self.max_walltime, self.min_walltime, "max_walltime=21600.0")
+        _check("queued_timeout", self.queued_timeout, 0, "queued_timeout=14400.0")
+        _check("idle_timeout", self.idle_timeout, 0, "idle_timeout=60.0")
+        _check("default_task_walltime", self.default_task_walltime, 1e-9, "default_task_walltime=3600.0")
+        if not isinstance(self.node, NodeShape):
+            raise InvalidSpec(f"node={self.node!r} is invalid: pass NodeShape(cores=64, gpus=4)")
+
+
+@dataclass(frozen=True)
+class AllocationRequest:
+    nodes: int
+    walltime: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    requests: tuple[AllocationRequest, ...] = ()
+    cancels: tuple[str, ...] = ()
+    reason: str = ""
+
+
+def per_node(shape: BacklogShape, node: NodeShape) -> int:
+    """How many tasks of ``shape`` run at once on one node (0 if none fits)."""
+    if shape.cores > node.cores or shape.gpus > node.gpus:
+        return 0
+    if shape.nodes > 1:
+        return 1
+    fit = node.cores // shape.cores
+    if shape.gpus:
+        fit = min(fit, node.gpus // shape.gpus)
+    return fit
+
+
+def unplaceable_reason(shape: BacklogShape, limits: SiteLimits) -> str | None:
+    """Why tasks of this shape can never run at this site, or None."""
+    n = limits.node
+    if shape.cores > n.cores or shape.gpus > n.gpus:
+        return (
+            f"{shape.count} task(s) need {shape.cores} cores and {shape.gpus} GPUs per node; "
+            f"nodes have {n.cores} cores and {n.gpus} GPUs"
+        )
+    if shape.nodes > limits.max_nodes_per_job:
+        return (
+            f"{shape.count} task(s) need {shape.nodes} nodes; a job may have at most "
+            f"{limits.max_nodes_per_job}"
+        )
+    wt = shape.walltime if shape.walltime is not None else limits.default_task_walltime
+    if wt > limits.max_walltime:
+        return (
+            f"{shape.count} task(s) need walltime {wt:g} s; the site allows at most {limits.max_walltime:g} s"
+        )
+    return None
+
+
+def decide(
+    backlog: Sequence[BacklogShape],
+    allocations: Sequence[AllocationView],
+    limits: SiteLimits,
+    now: float,
+) -> Decision:
+    """Allocation requests and cancellations for this backlog (pure and deterministic)."""
+    notes: list[str] = []
+    todo: list[tuple[BacklogShape, float]] = []  # waiting, runnable shapes with their walltime
+    work = running_work = 0.0
+    for s in backlog:
+        why = unplaceable_reason(s, limits)
+        if why is not None:
+            if s.count:
+                notes.append(f"cannot place: {why}")
+            continue
+        wt = s.walltime if s.walltime is not None else limits.default_task_walltime
+        cost = s.nodes * wt / per_node(s, limits.node)
+        running_work += s.running * cost * RUNNING_LEFT
+        if s.count:
+            todo.append((s, wt))
+            work += s.count * cost
+
+    def serves(a: AllocationView) -> bool:
+        rem = a.remaining(now)
+        return any(s.nodes <= a.nodes and wt <= rem for s, wt in todo)
+
+    # Cancels: only jobs no waiting task could use.
+    cancels: list[str] = []
+    for a in sorted(allocations, key=lambda a: a.id):
+        if serves(a):
+            continue
+        if a.state == "queued" and a.queued_for > limits.queued_timeout:
+            cancels.append(a.id)
+            notes.append(f"cancel {a.id}: queued {a.queued_for:.0f} s and no waiting task needs it")
+        elif (
+            a.state == "running"
+            and a.idle_nodes == a.nodes
+            and a.idle_since is not None
+            and now - a.idle_since >= limits.idle_timeout
+        ):
+            cancels.append(a.id)
+            notes.append(f"release {a.id}: idle {now - a.idle_since:.0f} s and no waiting task needs it")
+    live = [a for a in allocations if a.id not in cancels]
+
+    capacity = sum(a.nodes * min(a.remaining(now), 1e12) for a in live if serves(a))
+    deficit = work - max(0.0, capacity * EFFICIENCY - running_work)
+    unhosted = [
+        (s, wt)
+        for s, wt in todo
+        if s.nodes > 1 and not any(a.nodes >= s.nodes and a.remaining(now) >= wt for a in live)
+    ]
+    requests: list[AllocationRequest] = []
+    if todo and (deficit > 0 or unhosted):
+        requests = _size(todo, live, limits, max(deficit, 0.0), unhosted, notes)
+    summary = (
+        f"backlog {sum(s.count for s, _ in todo)} task(s), {work:.3g} node-s; usable capacity "
+        f"{capacity * EFFICIENCY:.3g} node-s less {running_work:.3g} running"
+    )
+    if requests:
+        summary += "; request " + ", ".join(f"{r.nodes} nodes x {r.walltime:.0f} s" for r in requests)
+    return Decision(tuple(requests), tuple(cancels), "; ".join([summary, *notes]))
+
+
+def _size(
+    todo: list[tuple[BacklogShape, float]],
+    live: list[AllocationView],
+    limits: SiteLimits,
+    deficit: float,
+    unhosted: list[tuple[BacklogShape, float]],
+    notes: list[str],
+) -> list[AllocationRequest]:
+    slots = limits.max_queued_jobs - sum(1 for a in live if a.state == "queued")
+    room = limits.max_total_nodes - sum(a.nodes for a in live)
+    widest = max(s.nodes for s, _ in todo)
+    low = max(limits.min_nodes, widest)
+    if slots <= 0:
+        notes.append(f"waiting: {limits.max_queued_jobs} job(s) already queued (max_queued_jobs)")
+        return []
+    if room < low:
+        notes.append(f"waiting: only {room} node(s) left under max_total_nodes={limits.max_total_nodes}")
+        return []
+    longest = max(wt for _, wt in todo)
+    walltime = min(limits.max_walltime, max(limits.min_walltime, longest * RUN_FACTOR + WALLTIME_PAD))
+    # Longer jobs only when the nodes we may still add cannot cover the deficit in time.
+    walltime = min(limits.max_walltime, max(walltime, deficit / (room * EFFICIENCY)))
+    nodes = min(room, max(math.ceil(deficit / (walltime * EFFICIENCY)), low if unhosted else 0))
+    if nodes <= 0:
+        return []
+    # Several smaller jobs rather than one big one: each is released as soon as its own
+    # nodes are idle, so the end-of-work tail wastes less; half the free queue slots are
+    # kept for later requests.
+    jobs = min(
+        slots,
+        max(math.ceil(nodes / limits.max_nodes_per_job), min(max(1, slots // SPLIT_SLOTS), nodes // low)),
+    )
+    size = min(limits.max_nodes_per_job, max(low, math.ceil(nodes / jobs)))
+    out: list[AllocationRequest] = []
+    while len(out) < jobs and room >= low:
+        n = min(size, room)
+        out.append(AllocationRequest(n, walltime))
+        room -= n
+    if len(out) * limits.max_nodes_per_job < nodes:
+        notes.append(f"capped at {len(out)} job(s) by max_queued_jobs/max_total_nodes")
+    return out

@@ -1,0 +1,342 @@
+"""``BalsamPlugin``: the scheduler plugin that records every task and places balsam tasks.
+
+Recording: every transition of every task (plain Dask tasks too) goes to the recorder, which
+queues store operations to the batching writer; the event loop never waits on the database.
+
+Placement: a task submitted with a balsam spec (annotation ``balsam``) is *held*: its worker
+restriction names no worker, so Dask parks it in ``no-worker`` when it is runnable. The
+plugin then submits it to the pure :class:`~balsam_dask.packing.placement.Placer`, which knows
+every node-worker's free cores, GPUs and remaining allocation time, and dispatches what it
+places by restricting the task to the chosen worker and transitioning it to ``processing``
+(deferred to the next loop iteration, never from inside a transition hook). The dispatch
+decision (attempt, GPU ids, hosts) travels to the worker in the task's annotations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Hashable
+from functools import partial
+from typing import Any
+
+import cloudpickle
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from balsam_dask.execute import DISPATCH_ANNOTATION, PARENT_ANNOTATION, SPEC_ANNOTATION, TOPIC
+from balsam_dask.node import EXTRA_KEY, NodeConfig
+from balsam_dask.packing.placement import NodeInfo, Placer
+from balsam_dask.recorder import Recorder
+from balsam_dask.runtime import KILL_OP
+from balsam_dask.spec import TaskSpec
+from balsam_dask.store.api import Store
+from balsam_dask.store.states import FINAL_STATES, State
+
+log = logging.getLogger(__name__)
+
+#: A worker address that never exists: a task restricted to it waits in ``no-worker``.
+HOLD = "balsam-hold://placement"
+PLUGIN_NAME = "balsam-dask"
+_CANCEL_STIMULI = ("cancel-key", "client-releases-keys")
+
+
+def dump_payload(spec: TaskSpec, run_spec: Any) -> bytes:
+    """The serialized task (spec and Dask run_spec) kept for resuming after a crash."""
+    return cloudpickle.dumps((spec, run_spec))
+
+
+class BalsamPlugin(SchedulerPlugin):
+    name = PLUGIN_NAME
+
+    def __init__(
+        self, store: str | None = None, *, writer_options: dict[str, Any] | None = None,
+        poll_interval: float = 1.0, node_shapes: list[dict[str, int]] | None = None,
+    ) -> None:  # fmt: skip
+        self.store_url = store
+        self.writer_options = writer_options or {}
+        self.poll_interval = poll_interval
+        self.declared_shapes = list(node_shapes or [])
+        self.scheduler: Any = None
+        self.store: Store | None = None
+        self.placer = Placer()
+        self.nodes: dict[str, NodeConfig] = {}  # worker address -> node config
+        self.placed: set[str] = set()  # node-workers known to the placer
+        self._lost: set[Hashable] = set()
+        self._sched_pending = False
+        self._poll_task: asyncio.Task[None] | None = None
+        self._resumed: dict[Hashable, tuple[int, str, int]] = {}
+        self.errors: list[str] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        loop = asyncio.get_running_loop()
+        self.store = await loop.run_in_executor(None, partial(Store, self.store_url, kind="scheduler"))
+        store = self.store
+        await loop.run_in_executor(None, lambda: store.session_id)
+        self.writer = store.writer(**self.writer_options)
+        self.recorder = Recorder(self.writer.put, store.ids.next)
+        for name in ("info", "kill", "resume", "status", "flush", "declare_nodes"):
+            scheduler.handlers[f"balsam_{name}"] = getattr(self, f"_handle_{name}")
+        self._poll_task = asyncio.create_task(self._poll())
+
+    async def close(self) -> None:
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+        if self.store is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self.writer.close)
+            await loop.run_in_executor(None, self.store.close)
+
+    async def _poll(self) -> None:
+        """Kill requests from the store (``balsam-dask kill``) and time-based placement."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                assert self.store is not None
+                ids = await loop.run_in_executor(None, self.store.kill_requests, self.store.session_id)
+                keys = [self.recorder.by_id[i].key for i in ids if i in self.recorder.by_id]
+                keys = [k for k in keys if self.recorder.tracks[k].state not in FINAL_STATES]
+                if keys:
+                    self.kill(keys, reason="kill requested in the store")
+                self._want_schedule()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # keep polling; the store may be briefly unavailable
+                log.warning("balsam_dask: poll failed: %s", e)
+
+    # ------------------------------------------------------------------ graph
+    def update_graph(self, scheduler: Any, *, keys: set[Hashable], tasks: list[Hashable],
+                     annotations: dict[str, dict[Hashable, Any]], **kwargs: Any) -> None:  # fmt: skip
+        specs = annotations.get(SPEC_ANNOTATION, {})
+        parents = annotations.get(PARENT_ANNOTATION, {})
+        rec = self.recorder
+        for key in tasks:
+            ts = scheduler.tasks.get(key)
+            if ts is None or key in rec.tracks:
+                continue
+            spec = specs.get(key)
+            if not isinstance(spec, TaskSpec):
+                spec = None
+            else:
+                ts.worker_restrictions = {HOLD}
+                ts.host_restrictions = set()
+                ts.loose_restrictions = False
+            resumed = self._resumed.pop(key, None)
+            if resumed is not None:
+                self._adopt(key, spec, *resumed)
+                continue
+            if ts.run_spec is None:
+                continue
+            deps = tuple(rec.tracks[d.key].id for d in ts.dependencies if d.key in rec.tracks)
+            parent = parents.get(key)
+            submitted_by = rec.tracks[parent].id if parent in rec.tracks else None
+            payload = partial(dump_payload, spec, ts.run_spec) if spec is not None and spec.durable else None
+            rec.new_task(key, spec, deps, payload, submitted_by)
+
+    def _adopt(self, key: Hashable, spec: TaskSpec | None, task_id: int, state: str, attempt: int) -> None:
+        track = self.recorder.adopt(key, task_id, state, attempt, spec)
+        if state == State.FINISHED:
+            return  # a finished dependency re-entered as data
+        if state not in (State.CREATED, State.AWAITING_PARENTS, State.READY, State.RESTART_READY):
+            self.recorder.move(track, State.RESTART_READY, message="resumed: the previous scheduler died")
+
+    # ------------------------------------------------------------------ transitions
+    def transition(self, key: Hashable, start: str, finish: str, *args: Any, stimulus_id: str = "",
+                   **kwargs: Any) -> None:  # fmt: skip
+        track = self.recorder.tracks.get(key)
+        if track is None:
+            return
+        ts = self.scheduler.tasks.get(key)
+        worker = None
+        if finish == "processing" and ts is not None and ts.processing_on is not None:
+            worker = ts.processing_on.address
+        lost = key in self._lost
+        if lost and start == "processing":
+            self._lost.discard(key)
+        deps_pending = finish == "waiting" and ts is not None and bool(ts.waiting_on)
+        self.recorder.on_transition(
+            key, start, finish, lost=lost, cancelled=stimulus_id.startswith(_CANCEL_STIMULI),
+            deps_pending=deps_pending, worker=worker, kwargs=kwargs,
+        )  # fmt: skip
+        if track.spec is None:
+            return
+        # placement of balsam tasks
+        if start == "processing" or (start == "no-worker" and finish != "processing"):
+            if self.placer.cancel(track.id):
+                self._want_schedule()
+            if ts is not None and finish in ("released", "waiting"):
+                ts.worker_restrictions = {HOLD}  # the next attempt goes through placement again
+        if finish == "no-worker":
+            self.placer.submit(track.id, track.spec.resources, track.spec.priority)
+            self._want_schedule()
+
+    def _want_schedule(self) -> None:
+        if not self._sched_pending:
+            self._sched_pending = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._sched_pending = False
+        s = self.scheduler
+        now = time.time()
+        try:
+            assignments = self.placer.schedule(now)
+        except Exception as e:  # a placer bug must be visible, not silent
+            self.errors.append(f"placer.schedule: {type(e).__name__}: {e}")
+            log.exception("balsam_dask: placement failed")
+            return
+        recs: dict[Hashable, str] = {}
+        for a in assignments:
+            track = self.recorder.by_id.get(a.task_id)  # type: ignore[call-overload]
+            ts = s.tasks.get(track.key) if track is not None else None
+            if track is None or ts is None or ts.state != "no-worker" or a.nodes[0] not in s.workers:
+                self.placer.cancel(a.task_id)
+                if track is not None and ts is not None and ts.state == "no-worker" and track.spec is not None:
+                    self.placer.submit(track.id, track.spec.resources, track.spec.priority)
+                continue
+            ts.worker_restrictions = {a.nodes[0]}
+            hosts = [self.nodes[n].host or n for n in a.nodes if n in self.nodes]
+            ts.annotations = {
+                **(ts.annotations or {}),
+                DISPATCH_ANNOTATION: {"attempt": track.attempt + 1, "gpus": list(a.gpu_ids),
+                                      "hosts": hosts, "workers": list(a.nodes)},
+            }  # fmt: skip
+            recs[track.key] = "processing"
+        if recs:
+            s.transitions(recs, stimulus_id=f"balsam-dispatch-{now}")
+            for key in recs:
+                ts = s.tasks.get(key)
+                track = self.recorder.tracks.get(key)
+                if ts is not None and ts.state == "no-worker" and track is not None and track.spec is not None:
+                    # the worker went away between placement and dispatch: place again
+                    ts.worker_restrictions = {HOLD}
+                    self.placer.cancel(track.id)
+                    self.placer.submit(track.id, track.spec.resources, track.spec.priority)
+                    self._want_schedule()
+        if s.validate:
+            self.placer.check_invariants()
+
+    # ------------------------------------------------------------------ workers
+    def add_worker(self, scheduler: Any, worker: str) -> None:
+        ws = scheduler.workers.get(worker)
+        info = (ws.extra or {}).get(EXTRA_KEY) if ws is not None else None
+        if not info:
+            return
+        try:
+            self.nodes[worker] = NodeConfig.from_dict(info)
+        except Exception as e:
+            self.errors.append(f"worker {worker} sent a bad node config: {e}")
+            return
+        if ws.status.name == "running":
+            self._node_running(worker)
+
+    def _node_running(self, worker: str) -> None:
+        cfg = self.nodes.get(worker)
+        if cfg is None:
+            return
+        if worker in self.placed:
+            self.placer.set_draining(worker, False)
+        else:
+            self.placer.add_node(NodeInfo(worker, cfg.alloc_id, cfg.cores, cfg.gpus, cfg.end_time))
+            self.placed.add(worker)
+        self._want_schedule()
+
+    def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        self.nodes.pop(worker, None)
+        if worker in self.placed:
+            self.placed.discard(worker)
+            self.placer.remove_node(worker)
+            self._want_schedule()
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        if topic == TOPIC:
+            key = msg.get("key")
+            if msg.get("op") == "attempt":
+                self.recorder.on_attempt(key, msg)
+            elif msg.get("op") == "done":
+                self.recorder.on_done(key, msg)
+            return
+        if not isinstance(msg, dict):
+            return
+        action = msg.get("action")
+        if action == "remove-worker" and topic != "all":
+            self._lost.update(msg.get("processing-tasks") or ())
+            if topic in self.placed:  # free its placement before its tasks come back
+                self.placed.discard(topic)
+                self.placer.remove_node(topic)
+        elif action == "worker-status-change" and topic in self.nodes:
+            if msg.get("status") == "running":
+                self._node_running(topic)
+            elif topic in self.placed:
+                self.placer.set_draining(topic, True)
+
+    # ------------------------------------------------------------------ kill
+    def kill(self, keys: list[Hashable], reason: str = "killed on request", client: str | None = None) -> list[str]:
+        s = self.scheduler
+        by_worker: dict[str, list[str]] = {}
+        killed = []
+        for key in keys:
+            track = self.recorder.tracks.get(key)
+            if track is None or track.state in FINAL_STATES:
+                continue
+            ts = s.tasks.get(key)
+            if ts is not None and ts.processing_on is not None:
+                by_worker.setdefault(ts.processing_on.address, []).append(str(key))
+            self.recorder.move(track, State.KILLED, message=reason)
+            killed.append(key)
+        for addr, wkeys in by_worker.items():
+            s.worker_send(addr, {"op": KILL_OP, "keys": wkeys, "reason": reason})
+        if killed:
+            cs = client or next(iter(s.clients), None)
+            if cs is not None:
+                s.stimulus_cancel(killed, cs, force=True, reason=reason, msg=reason)
+        return [str(k) for k in killed]
+
+    # ------------------------------------------------------------------ RPC handlers
+    def _handle_info(self) -> dict[str, Any]:
+        shapes = [{"cores": c.cores, "gpus": c.gpus} for c in self.nodes.values()] + self.declared_shapes
+        assert self.store is not None
+        return {"store": self.store.where, "session": self.store.session_id, "node_shapes": shapes,
+                "max_gang": self.placer.max_gang_width()}  # fmt: skip
+
+    def _handle_declare_nodes(self, shapes: list[dict[str, int]]) -> None:
+        self.declared_shapes = list(shapes)
+
+    def _handle_kill(self, keys: list[Hashable] | None = None, tags: dict[str, str] | None = None,
+                     reason: str = "killed on request", client: str | None = None) -> list[str]:  # fmt: skip
+        chosen = list(keys or [])
+        if tags:
+            want = set(tags.items())
+            chosen += [k for k, t in self.recorder.tracks.items() if t.spec is not None and want <= set(t.spec.tags)]
+        return self.kill(chosen, reason=reason, client=client)
+
+    def _handle_status(self) -> dict[str, Any]:
+        p = self.placer
+        return {
+            "nodes": {n: dataclasses.asdict(p.node(n)) for n in p.nodes()},
+            "waiting": len(p.waiting()),
+            "running": len(p.running()),
+            "anomalies": list(self.recorder.anomalies),
+            "errors": list(self.errors),
+            "writer": {"pending": self.writer.pending, "rejected": len(self.writer.stats.rejected),
+                       "retries": self.writer.stats.retries},
+        }  # fmt: skip
+
+    async def _handle_flush(self, timeout: float = 60.0) -> bool:
+        loop = asyncio.get_running_loop()
+        return bool(await loop.run_in_executor(None, self.writer.flush, timeout))
+
+    async def _handle_resume(self, limit: int | None = None) -> list[dict[str, Any]]:
+        from balsam_dask.resume import claim_for_resume
+
+        assert self.store is not None
+        loop = asyncio.get_running_loop()
+        plan = await loop.run_in_executor(None, claim_for_resume, self.store, limit)
+        for item in plan:
+            self._resumed[item["key"]] = (item["task_id"], item["state"], item["attempt"])
+        return plan
+

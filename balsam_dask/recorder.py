@@ -1,0 +1,232 @@
+"""Dask task transitions -> Balsam state changes, as store operations. No Dask import.
+
+The scheduler plugin feeds every Dask transition (and the workers' reports) to a
+:class:`Recorder`, which keeps each task's Balsam state and queues the legal path of state
+changes to the batching writer. The mapping:
+
+=========================================  ==============================================
+Dask                                       Balsam
+=========================================  ==============================================
+new task (update_graph)                    CREATED (a task row)
+released -> waiting, dependencies pending  AWAITING_PARENTS
+-> no-worker / queued (runnable, held)     READY
+-> processing                              RUNNING (attempt + 1, on that worker)
+processing -> memory                       RUN_DONE (worker's compute end), FINISHED
+processing -> erred                        RUN_ERROR (error tail), FAILED
+waiting / no-worker -> erred               FAILED (the parent that failed)
+processing -> released, worker lost        RESTART_READY (attempt lost)
+processing -> waiting (Dask retries)       RUN_ERROR, RESTART_READY
+unfinished -> released (cancelled)         KILLED
+memory/erred -> released -> waiting        RESTART_READY (recomputed / retried)
+=========================================  ==============================================
+
+When the target is not one step away (a task computed elsewhere, a worker report racing a
+cancel) the shortest legal path is recorded; a target that cannot be reached is counted in
+``anomalies`` (tests assert it stays empty) and nothing illegal is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from balsam_dask.spec import TaskSpec
+from balsam_dask.store.ops import NewTask, Op, TaskUpdate, Transition
+from balsam_dask.store.states import LEGAL, State
+
+log = logging.getLogger(__name__)
+S = State
+_UNFINISHED_FOR_KILL = frozenset(
+    {S.CREATED, S.AWAITING_PARENTS, S.READY, S.RUNNING, S.RUN_DONE, S.RUN_ERROR, S.RUN_TIMEOUT, S.RESTART_READY}
+)
+_RUNNING_LIKE = frozenset({S.RUNNING, S.RUN_DONE, S.RUN_ERROR, S.RUN_TIMEOUT})
+ERROR_TAIL = 4000
+
+
+@lru_cache(maxsize=256)
+def path_to(src: str, dst: str) -> tuple[str, ...] | None:
+    """The shortest legal path of states from ``src`` to ``dst`` (excluding ``src``)."""
+    if src == dst:
+        return ()
+    prev: dict[str, str] = {}
+    q = deque([src])
+    seen = {src}
+    while q:
+        s = q.popleft()
+        for n in sorted(LEGAL.get(s, ())):
+            if n in seen:
+                continue
+            prev[n] = s
+            if n == dst:
+                out = [n]
+                while prev[out[-1]] != src:
+                    out.append(prev[out[-1]])
+                return tuple(reversed(out))
+            seen.add(n)
+            q.append(n)
+    return None
+
+
+@dataclass(slots=True)
+class Track:
+    id: int
+    key: Hashable
+    state: str
+    attempt: int
+    spec: TaskSpec | None
+    worker: str | None = None
+
+
+class Recorder:
+    def __init__(self, put: Callable[[Op], None], new_id: Callable[[], int]) -> None:
+        self.put = put
+        self.new_id = new_id
+        self.tracks: dict[Hashable, Track] = {}
+        self.by_id: dict[int, Track] = {}
+        self.anomalies: list[str] = []
+
+    # --- tasks ---
+    def new_task(
+        self, key: Hashable, spec: TaskSpec | None, parents: tuple[int, ...] = (),
+        payload: Any = None, submitted_by: int | None = None,
+    ) -> Track:  # fmt: skip
+        tid = self.new_id()
+        track = Track(tid, key, S.CREATED.value, 0, spec)
+        self.tracks[key] = track
+        self.by_id[tid] = track
+        self.put(NewTask(tid, _key_text(key), spec, None, None, parents, payload, time.time(), submitted_by))
+        return track
+
+    def adopt(self, key: Hashable, task_id: int, state: str, attempt: int, spec: TaskSpec | None) -> Track:
+        """Track a task that already has a row (resumed from a previous session)."""
+        track = Track(task_id, key, state, attempt, spec)
+        self.tracks[key] = track
+        self.by_id[task_id] = track
+        return track
+
+    def forget(self, key: Hashable) -> None:
+        track = self.tracks.pop(key, None)
+        if track is not None:
+            self.by_id.pop(track.id, None)
+
+    def move(
+        self, track: Track, target: str, *, ts: float | None = None, worker: str | None = None,
+        hosts: str | None = None, message: str | None = None, first_message: str | None = None,
+    ) -> bool:  # fmt: skip
+        """Record the shortest legal path from the task's state to ``target``."""
+        steps = path_to(track.state, target)
+        if steps is None:
+            self.anomalies.append(f"{track.key}: no legal path {track.state} -> {target} ({message})")
+            log.debug("balsam_dask: %s", self.anomalies[-1])
+            return False
+        now = ts if ts is not None else time.time()
+        for i, state in enumerate(steps):
+            if state == S.RUNNING:
+                track.attempt += 1
+            last = i == len(steps) - 1
+            msg = message if last else (first_message if i == 0 else None)
+            self.put(Transition(self.new_id(), track.id, track.state, state, now, track.attempt,
+                                worker, hosts if state == S.RUNNING else None, msg))  # fmt: skip
+            track.state = state
+        if worker is not None:
+            track.worker = worker
+        return True
+
+    def update(self, track: Track, **fields: Any) -> None:
+        self.put(TaskUpdate(track.id, fields))
+
+    # --- Dask transitions ---
+    def on_transition(
+        self, key: Hashable, start: str, finish: str, *, lost: bool, cancelled: bool,
+        deps_pending: bool, worker: str | None, kwargs: dict[str, Any],
+    ) -> None:  # fmt: skip
+        track = self.tracks.get(key)
+        if track is None:
+            return
+        st = track.state
+        if finish == "processing":
+            self.move(track, S.RUNNING, worker=worker)
+        elif finish in ("no-worker", "queued"):
+            if st != S.RESTART_READY:
+                self.move(track, S.READY)
+        elif finish == "memory":
+            stop = _compute_stop(kwargs)
+            if st in _RUNNING_LIKE or st == S.RUN_DONE:
+                if st != S.RUN_DONE:
+                    self.move(track, S.RUN_DONE, ts=stop, worker=kwargs.get("worker"))
+                self.move(track, S.FINISHED)
+            elif st not in (S.FINISHED,):
+                self.move(track, S.FINISHED, message="computed elsewhere")
+        elif finish == "erred":
+            self._erred(track, start, kwargs)
+        elif finish == "waiting":
+            if start == "processing":  # Dask's own retries
+                self.move(track, S.RUN_ERROR, message="attempt failed (Dask retry)")
+                self.move(track, S.RESTART_READY)
+            elif st in (S.FINISHED, S.FAILED):
+                self.move(track, S.RESTART_READY, message="result lost: recomputing" if st == S.FINISHED
+                          else "retrying after failure")  # fmt: skip
+            if deps_pending and track.state in (S.CREATED, S.READY, S.RESTART_READY):
+                self.move(track, S.AWAITING_PARENTS)
+        elif finish == "released":
+            if start == "processing" and (lost or not cancelled):
+                why = f"attempt lost: worker {track.worker} left" if lost else "attempt rescheduled"
+                self.move(track, S.RESTART_READY, message=why)
+            elif start in ("processing", "waiting", "no-worker", "queued") and st in _UNFINISHED_FOR_KILL:
+                self.move(track, S.KILLED, message="cancelled")
+        elif finish == "forgotten":
+            if st in _UNFINISHED_FOR_KILL and start != "memory":
+                self.move(track, S.KILLED, message="forgotten before it finished")
+            self.forget(key)
+
+    def _erred(self, track: Track, start: str, kwargs: dict[str, Any]) -> None:
+        text = kwargs.get("exception_text") or ""
+        tb = kwargs.get("traceback_text") or ""
+        tail = (tb + text)[-ERROR_TAIL:] if (tb or text) else None
+        cause = kwargs.get("cause")
+        if start == "processing":
+            if track.state == S.RUNNING:
+                self.move(track, S.RUN_ERROR, message=text or None, worker=kwargs.get("worker"))
+            self.move(track, S.FAILED, message=text or None)
+            if tail:
+                self.update(track, error_tail=tail)
+        else:
+            why = f"parent {cause} failed" if cause is not None and cause != track.key else text or "failed"
+            self.move(track, S.FAILED, message=why)
+
+    # --- worker reports ---
+    def on_attempt(self, key: Hashable, msg: dict[str, Any]) -> None:
+        """A failed or timed-out attempt the worker retried (or gave up on)."""
+        track = self.tracks.get(key)
+        if track is None or track.state != S.RUNNING:
+            return
+        to = S.RUN_TIMEOUT if msg.get("kind") == "timeout" else S.RUN_ERROR
+        ts = msg.get("ts")
+        self.move(track, to, ts=ts, message=msg.get("message"))
+        if msg.get("retry"):
+            self.move(track, S.RESTART_READY, ts=ts, message="retrying")
+            self.move(track, S.RUNNING, ts=ts, worker=track.worker)
+
+    def on_done(self, key: Hashable, msg: dict[str, Any]) -> None:
+        track = self.tracks.get(key)
+        if track is None:
+            return
+        fields = {k: msg[k] for k in ("result", "result_ref", "return_code", "workdir") if msg.get(k) is not None}
+        if fields:
+            self.update(track, **fields)
+
+
+def _key_text(key: Hashable) -> str:
+    return key if isinstance(key, str) else str(key)
+
+
+def _compute_stop(kwargs: dict[str, Any]) -> float | None:
+    for ss in kwargs.get("startstops") or ():
+        if ss.get("action") == "compute":
+            return float(ss["stop"])
+    return None
