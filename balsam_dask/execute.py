@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shlex
 import sys
 import threading
 import time
@@ -287,7 +288,7 @@ def run_app(app: AppCall, handlers: Handlers | None) -> AppResult:
             res.stdout_path, res.stderr_path, res.stdout_tail, res.stderr_tail, ctx.gpu_ids,
         )  # fmt: skip
         if app.check and res.returncode != 0:
-            raise AppError(" ".join(argv), res.returncode, res.stderr_tail, str(workdir))
+            raise AppError(shlex.join(argv), res.returncode, res.stderr_tail, str(workdir))
         return result
 
     return _run_attempts(body, handlers)

@@ -47,7 +47,7 @@ RUNNING_LEFT = 0.5
 WALLTIME_PAD = 120.0
 #: Jobs run for RUN_FACTOR x the longest waiting task: per node there is then work for
 #: several tasks, so the end-of-work tail (nodes idle while the last tasks finish) is short.
-RUN_FACTOR = 1.5
+RUN_FACTOR = 2.0
 #: A request is split over at most (free queue slots) / SPLIT_SLOTS jobs.
 SPLIT_SLOTS = 2
 

@@ -1,0 +1,121 @@
+"""balsam_dask.Client keeps Dask's API working and records every task."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import dask
+import distributed
+import pytest
+from distributed import as_completed, wait
+
+from balsam_dask import AppResult, Client, LocalEnsembleCluster, current_task
+from balsam_dask.errors import AppError
+from tests.dask.conftest import history_by_key, store_of
+
+LIFECYCLE = [("CREATED", "READY"), ("READY", "RUNNING"), ("RUNNING", "RUN_DONE"), ("RUN_DONE", "FINISHED")]
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def whoami() -> tuple[str, int, tuple[str, ...]]:
+    ctx = current_task()
+    assert ctx is not None
+    return ctx.node, ctx.cores, ctx.gpu_ids
+
+
+def test_submit_map_gather_wait_as_completed(ens: tuple[LocalEnsembleCluster, Client]) -> None:
+    cluster, client = ens
+    a = client.submit(inc, 1, cores=2, name="first", tags={"t": "api"})
+    b = client.submit(add, a, 10)  # a future as an argument
+    assert b.result() == 12
+    futures = client.map(inc, range(20), tags={"t": "api-map"})
+    assert client.gather(futures) == list(range(1, 21))
+    wait(futures)
+    assert sorted(f.result() for f in as_completed(futures)) == list(range(1, 21))
+    node, cores, gpus = client.submit(whoami, cores=3).result()
+    assert node.startswith("node-") and cores == 3 and gpus == ()
+    client.flush()
+    store = store_of(cluster)
+    try:
+        assert history_by_key(store, a.key) == LIFECYCLE
+        (t,) = store.tasks(key=a.key)
+        assert (t.name, t.cores, t.tags, t.kind, t.has_payload, t.has_result) == ("first", 2, {"t": "api"}, "python", True, True)
+        (tb,) = store.tasks(key=b.key)
+        assert tb.parents == [t.id]
+        assert store.count(tags={"t": "api-map"}, state="FINISHED") == 20
+        import cloudpickle
+
+        assert cloudpickle.loads(store.result_bytes(t.id)) == 2
+    finally:
+        store.close()
+
+
+def test_executor_collections_and_joblib(ens: tuple[LocalEnsembleCluster, Client]) -> None:
+    cluster, client = ens
+    with client.get_executor() as ex:
+        assert list(ex.map(inc, [1, 2, 3])) == [2, 3, 4]
+    total = dask.delayed(sum)([dask.delayed(inc)(i) for i in range(10)])
+    assert client.compute(total).result() == 55
+    import joblib
+
+    with joblib.parallel_backend("dask"):
+        assert joblib.Parallel(n_jobs=2)(joblib.delayed(inc)(i) for i in range(5)) == [1, 2, 3, 4, 5]
+    client.flush()
+    store = store_of(cluster)
+    try:
+        # collections' tasks keep Dask's scheduling and are recorded as plain Dask tasks
+        assert store.count(kind="dask", state="FINISHED") >= 11
+    finally:
+        store.close()
+
+
+def test_plain_distributed_client_is_recorded(ens: tuple[LocalEnsembleCluster, Client]) -> None:
+    cluster, client = ens
+    with distributed.Client(cluster.scheduler_address) as plain:
+        f = plain.submit(inc, 41, key="plain-inc-41")
+        assert f.result() == 42
+    client.flush()
+    store = store_of(cluster)
+    try:
+        (t,) = store.tasks(key="plain-inc-41")
+        assert t.kind == "dask" and t.state == "FINISHED"
+        assert history_by_key(store, "plain-inc-41") == LIFECYCLE
+    finally:
+        store.close()
+
+
+def test_submit_app(ens: tuple[LocalEnsembleCluster, Client], tmp_path: Path) -> None:
+    cluster, client = ens
+    f = client.submit_app("echo {greeting} {who}", {"greeting": "hello", "who": "a; rm -rf /"}, name="echo")
+    r = f.result()
+    assert isinstance(r, AppResult) and r.returncode == 0 and r.ok
+    assert r.stdout_tail.strip() == "hello a; rm -rf /"  # one argument, never run by a shell
+    assert r.stdout_path.read_text().strip() == "hello a; rm -rf /" and r.stdout_path.parent == r.workdir
+    env = client.submit_app(["sh", "-c", "echo $OMP_NUM_THREADS $MYVAR"], cores=2, env={"MYVAR": "x"}).result()
+    assert env.stdout_tail.split() == ["2", "x"]
+    bad = client.submit_app("sh -c 'echo oops >&2; exit 3'", workdir=str(tmp_path / "bad"), retries=0)
+    with pytest.raises(AppError, match="return code 3") as ei:
+        bad.result()
+    assert "oops" in ei.value.stderr_tail
+    ok = client.submit_app("sh -c 'exit 3'", check=False)
+    assert ok.result().returncode == 3
+    client.flush()
+    store = store_of(cluster)
+    try:
+        (t,) = store.tasks(key=bad.key)
+        assert t.state == "FAILED" and t.kind == "app" and "oops" in (t.error_tail or "")
+        (t2,) = store.tasks(key=ok.key)
+        assert t2.return_code == 3 and t2.state == "FINISHED" and t2.workdir
+        (e,) = store.tasks(key=f.key)
+        assert e.spec["command"] == "echo {greeting} {who}" and e.spec["params"]["who"] == "a; rm -rf /"
+    finally:
+        store.close()
