@@ -11,6 +11,7 @@ holds every attempt and the result even if the client dies.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shlex
 import sys
@@ -232,10 +233,13 @@ def _python_isolated(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
     call, out = workdir / f"call.{ctx.attempt}.pkl", workdir / f"out.{ctx.attempt}.pkl"
     call.write_bytes(cloudpickle.dumps((fn, args, kwargs)))
     out.unlink(missing_ok=True)
+    env = _task_env(ctx.spec, ctx.gpu_ids)
+    # the function may live in a module only the worker's sys.path finds
+    env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p and os.path.isdir(p)])
     try:
         res = run_process(
             [sys.executable, "-m", "balsam_dask.mpi_tasks.pyrun", str(call), str(out)],
-            workdir=workdir, env=_task_env(ctx.spec, ctx.gpu_ids), timeout=ctx.spec.timeout,
+            workdir=workdir, env=env, timeout=ctx.spec.timeout,
             kill_event=handle.kill_event, stdout_name=f"stdout.{ctx.attempt}.txt",
             stderr_name=f"stderr.{ctx.attempt}.txt",
         )  # fmt: skip

@@ -155,7 +155,8 @@ class Recorder:
             if st != S.RESTART_READY:
                 self.move(track, S.READY)
         elif finish == "memory":
-            stop = _compute_stop(kwargs)
+            stop = _compute_stop(kwargs)  # the worker's clock, corrected by Dask: keep it causal
+            stop = min(stop, time.time()) if stop is not None else None
             if st in _RUNNING_LIKE or st == S.RUN_DONE:
                 if st != S.RUN_DONE:
                     self.move(track, S.RUN_DONE, ts=stop, worker=kwargs.get("worker"))
