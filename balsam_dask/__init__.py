@@ -40,14 +40,13 @@ _LAZY = {
 __all__ = [
     "AppError",
     "AppResult",
+    "BalsamDaskError",
     "BalsamPlugin",
     "Client",
-    "LocalEnsembleCluster",
-    "current_task",
-    "BalsamDaskError",
     "IllegalTransition",
     "InvalidSpec",
     "InvalidTags",
+    "LocalEnsembleCluster",
     "MPITaskError",
     "NodeShape",
     "Resources",
@@ -60,6 +59,7 @@ __all__ = [
     "TaskSpec",
     "TaskTimeout",
     "UnknownTask",
+    "current_task",
 ]
 
 

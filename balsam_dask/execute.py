@@ -246,8 +246,7 @@ def _python_isolated(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
         _check_process(res, ctx.spec, handle)
         if not out.exists():
             raise RuntimeError(
-                f"isolated function exited with code {res.returncode} without a result; "
-                f"stderr tail:\n{res.stderr_tail}"
+                f"isolated function exited with code {res.returncode} without a result; stderr tail:\n{res.stderr_tail}"
             )
         outcome = cloudpickle.loads(out.read_bytes())
     finally:
@@ -296,4 +295,3 @@ def run_app(app: AppCall, handlers: Handlers | None) -> AppResult:
         return result
 
     return _run_attempts(body, handlers)
-

@@ -45,9 +45,7 @@ class NodeConfig:
             raise InvalidSpec(f"gpus={self.gpus!r} is invalid: use an integer >= 0, e.g. gpus=4")
         ids = tuple(str(i) for i in self.gpu_ids) or tuple(str(i) for i in range(self.gpus))
         if len(ids) != self.gpus or len(set(ids)) != len(ids):
-            raise InvalidSpec(
-                f"gpu_ids={self.gpu_ids!r} do not match gpus={self.gpus}: give {self.gpus} distinct ids"
-            )
+            raise InvalidSpec(f"gpu_ids={self.gpu_ids!r} do not match gpus={self.gpus}: give {self.gpus} distinct ids")
         object.__setattr__(self, "gpu_ids", ids)
 
     def to_dict(self) -> dict[str, Any]:

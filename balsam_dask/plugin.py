@@ -339,4 +339,3 @@ class BalsamPlugin(SchedulerPlugin):
         for item in plan:
             self._resumed[item["key"]] = (item["task_id"], item["state"], item["attempt"])
         return plan
-

@@ -101,9 +101,7 @@ class AllocationView:
             raise InvalidSpec(f"state={self.state!r} is invalid: use 'queued' or 'running'")
         _check("nodes", self.nodes, 1, "nodes=128", integer=True)
         if not isinstance(self.idle_nodes, int) or not 0 <= self.idle_nodes <= self.nodes:
-            raise InvalidSpec(
-                f"idle_nodes={self.idle_nodes!r} is invalid: use 0 <= idle_nodes <= nodes={self.nodes}"
-            )
+            raise InvalidSpec(f"idle_nodes={self.idle_nodes!r} is invalid: use 0 <= idle_nodes <= nodes={self.nodes}")
         _check("queued_for", self.queued_for, 0, "queued_for=0.0")
 
     def remaining(self, now: float) -> float:
@@ -176,15 +174,10 @@ def unplaceable_reason(shape: BacklogShape, limits: SiteLimits) -> str | None:
             f"nodes have {n.cores} cores and {n.gpus} GPUs"
         )
     if shape.nodes > limits.max_nodes_per_job:
-        return (
-            f"{shape.count} task(s) need {shape.nodes} nodes; a job may have at most "
-            f"{limits.max_nodes_per_job}"
-        )
+        return f"{shape.count} task(s) need {shape.nodes} nodes; a job may have at most {limits.max_nodes_per_job}"
     wt = shape.walltime if shape.walltime is not None else limits.default_task_walltime
     if wt > limits.max_walltime:
-        return (
-            f"{shape.count} task(s) need walltime {wt:g} s; the site allows at most {limits.max_walltime:g} s"
-        )
+        return f"{shape.count} task(s) need walltime {wt:g} s; the site allows at most {limits.max_walltime:g} s"
     return None
 
 

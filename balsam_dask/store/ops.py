@@ -6,8 +6,8 @@ under a microsecond; the writer thread turns a batch of them into one transactio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from balsam_dask.spec import TaskSpec

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import dask
@@ -48,7 +46,14 @@ def test_submit_map_gather_wait_as_completed(ens: tuple[LocalEnsembleCluster, Cl
     try:
         assert history_by_key(store, a.key) == LIFECYCLE
         (t,) = store.tasks(key=a.key)
-        assert (t.name, t.cores, t.tags, t.kind, t.has_payload, t.has_result) == ("first", 2, {"t": "api"}, "python", True, True)
+        assert (t.name, t.cores, t.tags, t.kind, t.has_payload, t.has_result) == (
+            "first",
+            2,
+            {"t": "api"},
+            "python",
+            True,
+            True,
+        )
         (tb,) = store.tasks(key=b.key)
         assert tb.parents == [t.id]
         assert store.count(tags={"t": "api-map"}, state="FINISHED") == 20
