@@ -67,6 +67,7 @@ class BalsamPlugin(SchedulerPlugin):
         self._sched_pending = False
         self._poll_task: asyncio.Task[None] | None = None
         self._resumed: dict[Hashable, tuple[int, str, int]] = {}
+        self._dispatched: dict[Hashable, tuple[str, str | None]] = {}  # key -> (hosts, message)
         self.errors: list[str] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -158,9 +159,10 @@ class BalsamPlugin(SchedulerPlugin):
         if lost and start == "processing":
             self._lost.discard(key)
         deps_pending = finish == "waiting" and ts is not None and bool(ts.waiting_on)
+        hosts, note = self._dispatched.pop(key, (None, None)) if finish == "processing" else (None, None)
         self.recorder.on_transition(
             key, start, finish, lost=lost, cancelled=stimulus_id.startswith(_CANCEL_STIMULI),
-            deps_pending=deps_pending, worker=worker, kwargs=kwargs,
+            deps_pending=deps_pending, worker=worker, kwargs=kwargs, hosts=hosts, note=note,
         )  # fmt: skip
         if track.spec is None:
             return
@@ -206,6 +208,7 @@ class BalsamPlugin(SchedulerPlugin):
                                       "hosts": hosts, "workers": list(a.nodes)},
             }  # fmt: skip
             recs[track.key] = "processing"
+            self._dispatched[track.key] = (",".join(hosts), f"gpus={','.join(a.gpu_ids)}" if a.gpu_ids else None)
         if recs:
             s.transitions(recs, stimulus_id=f"balsam-dispatch-{now}")
             for key in recs:

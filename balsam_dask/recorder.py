@@ -143,14 +143,15 @@ class Recorder:
     # --- Dask transitions ---
     def on_transition(
         self, key: Hashable, start: str, finish: str, *, lost: bool, cancelled: bool,
-        deps_pending: bool, worker: str | None, kwargs: dict[str, Any],
+        deps_pending: bool, worker: str | None, kwargs: dict[str, Any], hosts: str | None = None,
+        note: str | None = None,
     ) -> None:  # fmt: skip
         track = self.tracks.get(key)
         if track is None:
             return
         st = track.state
         if finish == "processing":
-            self.move(track, S.RUNNING, worker=worker)
+            self.move(track, S.RUNNING, worker=worker, hosts=hosts, message=note)
         elif finish in ("no-worker", "queued"):
             if st != S.RESTART_READY:
                 self.move(track, S.READY)

@@ -58,7 +58,10 @@ def test_mixed_cores_never_oversubscribe_and_never_idle(store_url: str, tmp_path
 
 
 def test_gpus_are_assigned_exactly(tmp_path: Path) -> None:
-    with ensemble(f"sqlite:///{tmp_path}/g.db", tmp_path, nodes=2, cores_per_node=4, gpus_per_node=2) as (_, client):
+    with ensemble(f"sqlite:///{tmp_path}/g.db", tmp_path, nodes=2, cores_per_node=4, gpus_per_node=2) as (
+        cluster,
+        client,
+    ):
         apps = [client.submit_app("sh -c 'echo $CUDA_VISIBLE_DEVICES; sleep 0.3'", gpus=1) for _ in range(8)]
         isolated = client.submit(gpu_env, gpus=2, isolate=True)
         inthread = [client.submit(my_gpus, 0.2, gpus=1, pure=False) for _ in range(4)]
@@ -67,9 +70,26 @@ def test_gpus_are_assigned_exactly(tmp_path: Path) -> None:
         for r in results:
             assert r.stdout_tail.strip() in ("0", "1") and r.gpu_ids == (r.stdout_tail.strip(),)
         assert all(len(g) == 1 for g in client.gather(inthread))
-        # at no time two overlapping runs on one node share a GPU id
-        spans = [(r.started_at, r.ended_at, r.gpu_ids[0], r.workdir) for r in results]
-        assert len(spans) == 8
+        client.flush()
+        from balsam_dask import Store
+
+        store = Store(cluster.store_url)
+        try:
+            spans = []
+            for t in store.tasks(limit=None):
+                for e in store.history(t.id):
+                    if e.to_state == "RUNNING" and t.gpus:
+                        end = next(x.ts for x in store.history(t.id) if x.to_state == "FINISHED")
+                        gpus = (e.message or "").removeprefix("gpus=").split(",")
+                        assert len(gpus) == t.gpus, (e.message, t.gpus)
+                        spans.extend((e.worker, g, e.ts, end) for g in gpus)
+        finally:
+            store.close()
+        assert len(spans) == 8 + 2 + 4
+        # at no moment do two runs on one node hold the same GPU id
+        for w, g, a, b in spans:
+            clash = [s for s in spans if s[0] == w and s[1] == g and s[2] < b and a < s[3] and s != (w, g, a, b)]
+            assert not clash, (w, g, a, b, clash)
     with pytest.raises(Exception, match="gpus=3 cannot run on any node"):
         with ensemble(f"sqlite:///{tmp_path}/g2.db", tmp_path, nodes=1, cores_per_node=2, gpus_per_node=2) as (_, c):
             c.submit(gpu_env, gpus=3)
