@@ -159,6 +159,8 @@ class BalsamPlugin(SchedulerPlugin):
         if lost and start == "processing":
             self._lost.discard(key)
         deps_pending = finish == "waiting" and ts is not None and bool(ts.waiting_on)
+        if finish == "erred" and ts is not None and ts.exception_blame is not None and "cause" not in kwargs:
+            kwargs["cause"] = ts.exception_blame.key
         hosts, note = self._dispatched.pop(key, (None, None)) if finish == "processing" else (None, None)
         self.recorder.on_transition(
             key, start, finish, lost=lost, cancelled=stimulus_id.startswith(_CANCEL_STIMULI),

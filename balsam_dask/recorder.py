@@ -179,8 +179,9 @@ class Recorder:
             if start == "processing" and (lost or not cancelled):
                 why = f"attempt lost: worker {track.worker} left" if lost else "attempt rescheduled"
                 self.move(track, S.RESTART_READY, message=why)
-            elif start in ("processing", "waiting", "no-worker", "queued") and st in _UNFINISHED_FOR_KILL:
+            elif cancelled and st in _UNFINISHED_FOR_KILL:
                 self.move(track, S.KILLED, message="cancelled")
+            # otherwise Dask is only passing through "released" (to erred, to waiting...)
         elif finish == "forgotten":
             if st in _UNFINISHED_FOR_KILL and start != "memory":
                 self.move(track, S.KILLED, message="forgotten before it finished")
