@@ -67,6 +67,7 @@ class BalsamPlugin(SchedulerPlugin):
         self._sched_pending = False
         self._poll_task: asyncio.Task[None] | None = None
         self._resumed: dict[Hashable, tuple[int, str, int]] = {}
+        self._resumed_data: set[Hashable] = set()  # finished parents re-entered as data: not new tasks
         self._dispatched: dict[Hashable, tuple[str, str | None]] = {}  # key -> (hosts, message)
         self.errors: list[str] = []
 
@@ -126,6 +127,9 @@ class BalsamPlugin(SchedulerPlugin):
                 ts.worker_restrictions = {HOLD}
                 ts.host_restrictions = set()
                 ts.loose_restrictions = False
+            if key in self._resumed_data:
+                self._resumed_data.discard(key)
+                continue
             resumed = self._resumed.pop(key, None)
             if resumed is not None:
                 self._adopt(key, spec, *resumed)
@@ -140,8 +144,6 @@ class BalsamPlugin(SchedulerPlugin):
 
     def _adopt(self, key: Hashable, spec: TaskSpec | None, task_id: int, state: str, attempt: int) -> None:
         track = self.recorder.adopt(key, task_id, state, attempt, spec)
-        if state == State.FINISHED:
-            return  # a finished dependency re-entered as data
         if state not in (State.CREATED, State.AWAITING_PARENTS, State.READY, State.RESTART_READY):
             self.recorder.move(track, State.RESTART_READY, message="resumed: the previous scheduler died")
 
@@ -343,4 +345,5 @@ class BalsamPlugin(SchedulerPlugin):
         plan = await loop.run_in_executor(None, claim_for_resume, self.store, limit)
         for item in plan:
             self._resumed[item["key"]] = (item["task_id"], item["state"], item["attempt"])
+            self._resumed_data.update(item["data"])
         return plan

@@ -21,10 +21,10 @@ def resubmit(client: distributed.Client, plan: list[dict[str, Any]]) -> dict[Has
     for item in plan:
         spec, run_spec = cloudpickle.loads(item["payload"])
         key = item["key"]
-        for dkey, blob in item["data"].items():
+        for dkey, stored in item["data"].items():
             if dkey in futures:
                 continue
-            data = {dkey: DataNode(dkey, cloudpickle.loads(blob))}
+            data = {dkey: DataNode(dkey, cloudpickle.loads(stored["result"]))}
             data_futures.extend(client.get(data, [dkey], sync=False))  # type: ignore[arg-type]
         with dask.annotate(**{SPEC_ANNOTATION: spec}):
             (fut,) = client.get({key: run_spec}, [key], sync=False)

@@ -21,7 +21,7 @@ def claim_for_resume(store: Store, limit: int | None = None) -> list[dict[str, A
     """Claim resumable tasks; returns one plan entry per task, parents first.
 
     Each entry: key, task_id, state, attempt, payload (bytes) and ``data``: the stored
-    results of its finished parents ``{key: bytes}``. A task whose parent can neither be
+    results of its finished parents ``{key: {"task_id", "result"}}``. A task whose parent can neither be
     resumed nor read back is marked FAILED with the reason, and left out."""
     claimed = {t.id: t for t in store.claim(limit)}
     if not claimed:
@@ -32,7 +32,7 @@ def claim_for_resume(store: Store, limit: int | None = None) -> list[dict[str, A
     plan: dict[int, dict[str, Any]] = {}
     failed: list[tuple[int, str, str]] = []
     for t in claimed.values():
-        data: dict[str, bytes] = {}
+        data: dict[str, dict[str, Any]] = {}
         problem = None
         for pid in t.parents:
             if pid in claimed:
@@ -47,7 +47,7 @@ def claim_for_resume(store: Store, limit: int | None = None) -> list[dict[str, A
             if blob is None:
                 problem = f"cannot resume: the result of parent {pid} ({p.key}) was not stored"
                 break
-            data[p.key] = blob
+            data[p.key] = {"task_id": pid, "result": blob}
         if problem:
             failed.append((t.id, t.state, problem))
             continue

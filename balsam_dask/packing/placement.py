@@ -357,12 +357,15 @@ class Placer:
             elif shape[0] <= most:
                 heads.append((-sq.top, sq.fifo[0].seq, shape))
         heapq.heapify(heads)
+        failed: list[tuple[int, int, float]] = []  # capacity only shrinks within this call
         while heads and keys:
             shape = heapq.heappop(heads)[2]
             sq = queues[shape]
             fifo = sq.fifo
             cores, gpus, wt = shape
             need_end = -_INF if wt is None else now + wt
+            if any(c <= cores and g <= gpus and e <= need_end for c, g, e in failed):
+                continue  # a smaller or shorter shape already fits nowhere
             while True:
                 key = None  # best fit: the first key with enough cores, GPUs and time
                 for j in range(bisect_left(keys, (cores,)), len(keys)):
@@ -370,8 +373,9 @@ class Placer:
                     if k[1] >= gpus and k[2] >= need_end:
                         key = k
                         break
-                if key is None:
-                    break  # this shape fits nowhere now; the other shapes still get their turn
+                if key is None:  # fits nowhere now; the other shapes still get their turn
+                    failed.append((cores, gpus, need_end))
+                    break
                 task = fifo.popleft()
                 bucket = buckets[key]
                 node = by_idx[bucket.pop()]
@@ -443,10 +447,19 @@ class Placer:
                     alloc = max(sorted(fits), key=lambda a: sum(1 for n in pool.get(a, []) if n.end >= need))
                     self._head = self._res[task.id] = _Reservation(task, alloc)
                     self._extend(self._head, pool, now)
-        if self._backfill:
+        if self._backfill and failed:
+            idle: dict[str, list[_Node]] = {}  # idle nodes a gang could borrow, per allocation
+            for node in self._nodes.values():
+                r = node.reserved_by
+                if not node.running and node.gang is None and not node.draining and (r is None or r.promise < _INF):
+                    idle.setdefault(node.alloc, []).append(node)
+            tried: list[tuple[int, float]] = []
             for task in failed:
-                if task.id not in self._res:
-                    self._backfill_gang(task, pool, now, out)
+                end = now + (task.wt or _INF)
+                if task.id in self._res or any(k <= task.k and e <= end for k, e in tried):
+                    continue
+                if not self._backfill_gang(task, idle, end, now, out):
+                    tried.append((task.k, end))
         self._deadline = min((r.min_end - (r.task.wt or 0.0) for r in self._res.values() if r.nodes), default=_INF)
 
     def _extend(self, res: _Reservation, pool: dict[str, list[_Node]], now: float) -> None:
@@ -493,28 +506,27 @@ class Placer:
         for node in res.nodes:
             self._rekey(node)
 
-    def _backfill_gang(self, task: _Task, pool: dict[str, list[_Node]], now: float, out: list[Assignment]) -> None:
+    def _backfill_gang(
+        self, task: _Task, idle: dict[str, list[_Node]], end: float, now: float, out: list[Assignment]
+    ) -> bool:
         """Start a gang at once on idle nodes, borrowing reserved ones it hands back in time."""
-        end = now + (task.wt or _INF)
-        by_alloc: dict[str, list[_Node]] = {}
-        for node in self._nodes.values():
-            r = node.reserved_by
-            if (
-                not node.running and node.gang is None and not node.draining and node.end >= end
-                and (r is None or _INF > r.promise >= end)
-            ):  # fmt: skip
-                by_alloc.setdefault(node.alloc, []).append(node)
-        fits = [nodes for _, nodes in sorted(by_alloc.items()) if len(nodes) >= task.k]
-        if not fits:
-            return
-        chosen = sorted(fits[0], key=lambda n: (n.reserved_by is None, n.name))[: task.k]
-        picked = set(chosen)
-        pool[chosen[0].alloc] = [n for n in pool.get(chosen[0].alloc, []) if n not in picked]
-        for node in chosen:
-            if node.reserved_by is not None:
-                node.reserved_by.busy += 1
-        del self._gangs[task.id]
-        self._run_gang(task, chosen, now, out)
+        for alloc in sorted(idle):
+            usable = [
+                n for n in idle[alloc]
+                if n.end >= end and (n.reserved_by is None or n.reserved_by.promise >= end)
+            ]  # fmt: skip
+            if len(usable) < task.k:
+                continue
+            chosen = sorted(usable, key=lambda n: (n.reserved_by is None, n.name))[: task.k]
+            picked = set(chosen)
+            idle[alloc] = [n for n in idle[alloc] if n not in picked]
+            for node in chosen:
+                if node.reserved_by is not None:
+                    node.reserved_by.busy += 1
+            del self._gangs[task.id]
+            self._run_gang(task, chosen, now, out)
+            return True
+        return False
 
     def _start_gang(self, res: _Reservation, now: float, out: list[Assignment]) -> None:
         task = res.task
