@@ -40,6 +40,11 @@ class Client(distributed.Client):
     _balsam_info: dict[str, Any] | None = None
     _balsam_info_at: float = 0.0
 
+    def _balsam_rpc(self) -> Any:
+        if self.scheduler is None:
+            raise RuntimeError("the client is not connected to a scheduler")
+        return self.scheduler
+
     # ------------------------------------------------------------------ specs
     def _spec(
         self, kind: str, *, cores: Any, gpus: Any, walltime: Any, timeout: Any, retries: Any, tags: Any,
@@ -60,7 +65,7 @@ class Client(distributed.Client):
         now = time.monotonic()
         if refresh or self._balsam_info is None or now - self._balsam_info_at > _INFO_TTL:
             try:
-                self._balsam_info = self.sync(self.scheduler.balsam_info)
+                self._balsam_info = self.sync(self._balsam_rpc().balsam_info)
             except Exception as e:
                 raise InvalidSpec(
                     "the scheduler has no BalsamPlugin: start it with LocalEnsembleCluster, "
@@ -166,21 +171,21 @@ class Client(distributed.Client):
             futures = [futures]
         keys = [f.key if isinstance(f, distributed.Future) else f for f in (futures or [])]
         tag_pairs = dict(freeze_pairs("tags", tags)) if tags else None
-        return list(self.sync(self.scheduler.balsam_kill, keys=keys, tags=tag_pairs, reason=reason, client=self.id))
+        return list(self.sync(self._balsam_rpc().balsam_kill, keys=keys, tags=tag_pairs, reason=reason, client=self.id))
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait until every event so far is written to the store."""
-        if not self.sync(self.scheduler.balsam_flush, timeout=timeout):
+        if not self.sync(self._balsam_rpc().balsam_flush, timeout=timeout):
             raise TimeoutError(f"the store writer did not flush within {timeout}s")
 
     def balsam_status(self) -> dict[str, Any]:
-        return dict(self.sync(self.scheduler.balsam_status))
+        return dict(self.sync(self._balsam_rpc().balsam_status))
 
     def resume(self, limit: int | None = None) -> dict[Hashable, distributed.Future]:
         """Submit again the unfinished durable tasks of dead sessions of this store."""
         from balsam_dask.resubmit import resubmit
 
-        plan = self.sync(self.scheduler.balsam_resume, limit=limit)
+        plan = self.sync(self._balsam_rpc().balsam_resume, limit=limit)
         return resubmit(self, plan)
 
 

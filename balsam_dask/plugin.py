@@ -111,8 +111,10 @@ class BalsamPlugin(SchedulerPlugin):
                 log.warning("balsam_dask: poll failed: %s", e)
 
     # ------------------------------------------------------------------ graph
-    def update_graph(self, scheduler: Any, *, keys: set[Hashable], tasks: list[Hashable],
-                     annotations: dict[str, dict[Hashable, Any]], **kwargs: Any) -> None:  # fmt: skip
+    def update_graph(
+        self, scheduler: Any, *, client: str, keys: set[Any], tasks: list[Any], annotations: dict[str, dict[Any, Any]],
+        priority: dict[Any, tuple[int | float, ...]], stimulus_id: str, **kwargs: Any,
+    ) -> None:  # fmt: skip
         specs = annotations.get(SPEC_ANNOTATION, {})
         parents = annotations.get(PARENT_ANNOTATION, {})
         rec = self.recorder

@@ -25,7 +25,7 @@ def resubmit(client: distributed.Client, plan: list[dict[str, Any]]) -> dict[Has
             if dkey in futures:
                 continue
             data = {dkey: DataNode(dkey, cloudpickle.loads(stored["result"]))}
-            data_futures.extend(client.get(data, [dkey], sync=False))  # type: ignore[arg-type]
+            data_futures.extend(client.get(data, [dkey], sync=False))
         with dask.annotate(**{SPEC_ANNOTATION: spec}):
             (fut,) = client.get({key: run_spec}, [key], sync=False)
         futures[key] = fut

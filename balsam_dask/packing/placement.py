@@ -25,7 +25,7 @@ promised as long as estimates are upper bounds. Off by default: reserved nodes t
 
 ``schedule(now)`` is incremental: serial tasks wait in one FIFO per (shape, priority),
 walltime estimates are grouped into classes (:func:`walltime_class`), nodes are indexed by
-(free cores, free GPUs, end, allocation), and reservations are recomputed only when nodes,
+(free cores, free GPUs, usable until), and reservations are recomputed only when nodes,
 gangs or reservations changed.
 """
 
@@ -44,7 +44,7 @@ from balsam_dask.spec import Resources
 
 TaskId = Hashable
 Shape = tuple[int, int, "float | None"]  # (cores per node, GPUs per node, walltime class)
-Key = tuple[int, int, float, str]  # (free cores, free GPUs, usable until, allocation)
+Key = tuple[int, int, float]  # (free cores, free GPUs, usable until)
 _INF = math.inf
 _WAITING, _RUNNING, _GONE = 1, 2, 3
 #: Mantissas of walltime classes: 13 per decade, steps of at most 25%; exact for common
@@ -348,34 +348,43 @@ class Placer:
 
     def _schedule_serial(self, now: float, out: list[Assignment]) -> None:
         queues, keys, buckets, by_idx = self._queues, self._keys, self._buckets, self._by_idx
-        most = keys[-1][0]  # the most free cores on any node that takes tasks
+        # Upper bounds for this call (capacity only shrinks while placing): the latest end
+        # among nodes with exactly / at least c free cores.
+        group: dict[int, float] = {}
+        for fc, _, end in keys:
+            if end > group.get(fc, -_INF):
+                group[fc] = end
+        at_least = [-_INF] * (keys[-1][0] + 2)
+        for c in range(len(at_least) - 2, -1, -1):
+            at_least[c] = max(at_least[c + 1], group.get(c, -_INF))
         heads: list[tuple[int, int, Shape]] = []
         for shape, sq in list(queues.items()):
             fifo = sq.fifo
             if (not fifo or fifo[0].state != _WAITING) and not sq.next_fifo():
                 del queues[shape]
-            elif shape[0] <= most:
+            elif shape[0] < len(at_least) and at_least[shape[0]] >= (-_INF if shape[2] is None else now + shape[2]):
                 heads.append((-sq.top, sq.fifo[0].seq, shape))
         heapq.heapify(heads)
-        failed: list[tuple[int, int, float]] = []  # capacity only shrinks within this call
         while heads and keys:
             shape = heapq.heappop(heads)[2]
             sq = queues[shape]
             fifo = sq.fifo
             cores, gpus, wt = shape
             need_end = -_INF if wt is None else now + wt
-            if any(c <= cores and g <= gpus and e <= need_end for c, g, e in failed):
-                continue  # a smaller or shorter shape already fits nowhere
             while True:
                 key = None  # best fit: the first key with enough cores, GPUs and time
-                for j in range(bisect_left(keys, (cores,)), len(keys)):
+                j, n = bisect_left(keys, (cores,)), len(keys)
+                while j < n:
                     k = keys[j]
-                    if k[1] >= gpus and k[2] >= need_end:
+                    if group.get(k[0], -_INF) < need_end:  # no node with k[0] free cores lasts
+                        j = bisect_left(keys, (k[0] + 1,), j)
+                    elif k[1] >= gpus and k[2] >= need_end:
                         key = k
                         break
-                if key is None:  # fits nowhere now; the other shapes still get their turn
-                    failed.append((cores, gpus, need_end))
-                    break
+                    else:
+                        j += 1
+                if key is None:
+                    break  # fits nowhere now; the other shapes still get their turn
                 task = fifo.popleft()
                 bucket = buckets[key]
                 node = by_idx[bucket.pop()]
@@ -398,6 +407,8 @@ class Placer:
                 self._n_serial -= 1
                 if node.free_cores > 0:
                     self._rekey(node)
+                    if node.key is not None and node.key[2] > group.get(node.free_cores, -_INF):
+                        group[node.free_cores] = node.key[2]
                 out.append(Assignment(task.id, (node.name,), ids))
                 if (not fifo or fifo[0].state != _WAITING) and not sq.next_fifo():
                     break
@@ -633,7 +644,7 @@ class Placer:
             if not self._backfill or node.reserved_by.promise == _INF:
                 return None
             end = min(end, node.reserved_by.promise)
-        return (node.free_cores, len(node.free_gpus), end, node.alloc)
+        return (node.free_cores, len(node.free_gpus), end)
 
     def _rekey(self, node: _Node) -> None:
         key = self._want(node)

@@ -32,11 +32,10 @@ GROUP = 6
 
 def submit_all(client, workdir: str):  # type: ignore[no-untyped-def]
     leaves = [client.submit(leaf, i, workdir, key=f"leaf-{i}", tags={"job": "resume"}) for i in range(N_LEAVES)]
-    combos = [
-        client.submit(combine, leaves[j * GROUP : (j + 1) * GROUP], j, workdir, key=f"combine-{j}",
-                      tags={"job": "resume"})  # fmt: skip
-        for j in range(N_LEAVES // GROUP)
-    ]
+    combos = []
+    for j in range(N_LEAVES // GROUP):
+        group = leaves[j * GROUP : (j + 1) * GROUP]
+        combos.append(client.submit(combine, group, j, workdir, key=f"combine-{j}", tags={"job": "resume"}))
     return leaves, combos
 
 
@@ -50,7 +49,7 @@ def main(store_url: str, workdir: str) -> None:
     os.chdir(workdir)
     with LocalEnsembleCluster(nodes=2, cores_per_node=2, store=store_url, workdir=workdir) as cluster:
         with Client(cluster) as client:
-            leaves, combos = submit_all(client, workdir)
+            _, combos = submit_all(client, workdir)
             (Path(workdir) / "submitted").write_text("yes")
             client.gather(combos)  # the test kills us long before this returns
             time.sleep(3600)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from distributed import CancelledError, get_client, secede, rejoin
+from distributed import CancelledError, get_client, rejoin, secede
 
 from balsam_dask import Store
 from tests.dask.conftest import ensemble
@@ -90,6 +90,7 @@ def test_failed_parent_fails_dependents(store_url: str, tmp_path: Path) -> None:
 
 def test_cancel_and_kill_stop_running_apps(store_url: str, tmp_path: Path) -> None:
     with ensemble(store_url, tmp_path, nodes=2, cores_per_node=2) as (cluster, client):
+
         def start(tag: str, key: str) -> tuple[object, list[int]]:
             pidfile = tmp_path / key
             script = f"echo $$ > {pidfile}.tmp; sleep 60 & echo $! >> {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; wait"
@@ -132,9 +133,12 @@ def test_kill_requested_from_the_cli(tmp_path: Path) -> None:
         import subprocess
         import sys
 
-        out = subprocess.run([str(Path(sys.executable).parent / "balsam-dask"), "--store", str(cluster.store_url.database),
-                              "kill", "--tag", "exp=cli"], capture_output=True, text=True, check=True)  # fmt: skip
-        assert "kill requested for 1" in out.stdout
+        cli = str(Path(sys.executable).parent / "balsam-dask")
+        db = str(cluster.store_url.database)
+        out = subprocess.run(
+            [cli, "--store", db, "kill", "--tag", "exp=cli"], capture_output=True, text=True, check=True
+        )
+        assert out.returncode == 0 and "kill requested for 1" in out.stdout
         _gone_within([int(pidfile.read_text())], 5.0)  # the scheduler polls the store every second
         with pytest.raises(CancelledError):
             fut.result(timeout=10)

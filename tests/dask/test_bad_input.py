@@ -1,0 +1,98 @@
+"""Bad input at submit: one clear error naming the value and the limit, nothing half-way."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from balsam_dask import Client, LocalEnsembleCluster, Store
+from balsam_dask.errors import InvalidSpec, InvalidTags
+
+
+def f(x: int, scale: int = 1) -> int:
+    return x * scale
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"cores": 0}, r"cores=0 is invalid: it must be an integer >= 1 \(for example cores=2\)"),
+        ({"cores": -3}, r"cores=-3 is invalid"),
+        ({"cores": 5}, r"cores=5, gpus=0 cannot run on any node: the largest node has 4 cores and 0 GPUs"),
+        ({"gpus": 1}, r"gpus=1 cannot run on any node: the largest node has 4 cores and 0 GPUs"),
+        ({"gpus": -1}, r"gpus=-1 is invalid"),
+        ({"walltime": "soon"}, r"walltime='soon' is invalid"),
+        ({"timeout": -1}, r"timeout=-1 is invalid"),
+        ({"retries": -1}, r"retries=-1 is invalid"),
+        ({"tags": {"bad key": 1}}, r"tag name 'bad key' is invalid"),
+        ({"tags": ["x"]}, r"tags=\['x'\] is invalid"),
+        ({"priority": "high"}, r"priority='high' is invalid"),
+        ({"isolate": "yes"}, r"isolate='yes' is invalid"),
+        ({"on_error": 3}, r"on_error=3 is not callable"),
+        ({"scael": 2}, r"got an unexpected keyword argument 'scael'; balsam keywords are cores, gpus"),
+        ({"core": 2}, r"unexpected keyword argument 'core'"),
+        ({"workers": ["a"]}, r"workers= is Dask's placement; balsam tasks are placed by balsam_dask"),
+        ({"resources": {"GPU": 1}}, r"resources= is Dask's placement"),
+    ],
+)
+def test_submit_rejects(ens: tuple[LocalEnsembleCluster, Client], kwargs: dict[str, object], message: str) -> None:
+    cluster, client = ens
+    store = Store(cluster.store_url)
+    try:
+        before = store.count()
+        with pytest.raises(InvalidSpec, match=message):
+            client.submit(f, 1, **kwargs)  # type: ignore[arg-type]
+        with pytest.raises(InvalidSpec, match=message):
+            client.map(f, [1, 2], **kwargs)  # type: ignore[arg-type]
+        client.flush()
+        assert store.count() == before  # nothing reached the scheduler
+    finally:
+        store.close()
+
+
+def test_unpicklable_and_bad_callables(ens: tuple[LocalEnsembleCluster, Client]) -> None:
+    _, client = ens
+    lock = threading.Lock()
+
+    def uses_lock() -> bool:
+        return lock.locked()
+
+    with pytest.raises(InvalidSpec, match="function uses_lock cannot be pickled"):
+        client.submit(uses_lock)
+    with pytest.raises(InvalidSpec, match="is not callable"):
+        client.submit(42)  # type: ignore[arg-type]
+    with pytest.raises(InvalidSpec, match=r"f\(x: .*: missing a required argument: 'x'"):
+        client.submit(f)
+    with pytest.raises(InvalidTags):
+        client.submit(f, 1, tags={"k": [1]})
+
+
+def test_bad_apps(ens: tuple[LocalEnsembleCluster, Client]) -> None:
+    _, client = ens
+    with pytest.raises(InvalidSpec, match=r"needs parameter 'n'"):
+        client.submit_app("./sim --n {n}", {})
+    with pytest.raises(InvalidSpec, match=r"command=.* is invalid"):
+        client.submit_app([])
+    with pytest.raises(InvalidSpec, match="env entry 'A'=1 is invalid"):
+        client.submit_app("true", env={"A": 1})  # type: ignore[dict-item]
+    with pytest.raises(InvalidSpec, match="check='no' is invalid"):
+        client.submit_app("true", check="no")  # type: ignore[arg-type]
+    missing = client.submit_app("/no/such/program --flag")
+    with pytest.raises(InvalidSpec, match="/no/such/program"):
+        missing.result(timeout=60)  # a FAILED task with the reason, never a hang
+
+
+def test_kill_needs_a_target(ens: tuple[LocalEnsembleCluster, Client]) -> None:
+    _, client = ens
+    with pytest.raises(InvalidSpec, match=r"kill\(\) needs futures or tags"):
+        client.kill()
+
+
+def test_cluster_arguments() -> None:
+    with pytest.raises(InvalidSpec, match="nodes=0 is invalid"):
+        LocalEnsembleCluster(nodes=0)
+    with pytest.raises(InvalidSpec, match="cores_per_node=0 is invalid"):
+        LocalEnsembleCluster(nodes=1, cores_per_node=0)
+    with pytest.raises(InvalidSpec, match="walltime='x' is invalid"):
+        LocalEnsembleCluster(nodes=1, cores_per_node=1, walltime="x")
