@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import dask
 from distributed import Nanny, Scheduler, SpecCluster
 
 from balsam_dask.errors import InvalidSpec
@@ -22,6 +23,15 @@ from balsam_dask.node import ENV_VAR, PRELOAD, NodeConfig
 from balsam_dask.plugin import BalsamPlugin
 from balsam_dask.spec import NodeShape, parse_duration
 from balsam_dask.store.engine import DEFAULT_SQLITE_FILE, resolve_url
+
+
+class NodeNanny(Nanny):
+    """A Nanny whose worker process is not a daemon, so tasks may start processes of their
+    own (``multiprocessing``, joblib, scikit-learn's ``n_jobs``) as on a real node."""
+
+    async def instantiate(self) -> Any:
+        with dask.config.set({"distributed.worker.daemon": False}):
+            return await super().instantiate()
 
 
 class LocalEnsembleCluster(SpecCluster):
@@ -66,7 +76,7 @@ class LocalEnsembleCluster(SpecCluster):
                 "memory_limit": memory, "local_directory": str(base / "dask-scratch"), "silence_logs": silence_logs,
                 **(worker_options or {}),
             }  # fmt: skip
-            workers[name] = {"cls": Nanny, "options": options}
+            workers[name] = {"cls": NodeNanny, "options": options}
         super().__init__(
             workers=workers, scheduler=scheduler, asynchronous=asynchronous, loop=loop,
             silence_logs=silence_logs, name="LocalEnsembleCluster",

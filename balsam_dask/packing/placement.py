@@ -348,39 +348,45 @@ class Placer:
 
     def _schedule_serial(self, now: float, out: list[Assignment]) -> None:
         queues, keys, buckets, by_idx = self._queues, self._keys, self._buckets, self._by_idx
-        # Upper bounds for this call (capacity only shrinks while placing): the latest end
-        # among nodes with exactly / at least c free cores.
-        group: dict[int, float] = {}
-        for fc, _, end in keys:
-            if end > group.get(fc, -_INF):
-                group[fc] = end
-        at_least = [-_INF] * (keys[-1][0] + 2)
-        for c in range(len(at_least) - 2, -1, -1):
-            at_least[c] = max(at_least[c + 1], group.get(c, -_INF))
+        most = keys[-1][0]  # the most free cores on any node that takes tasks
         heads: list[tuple[int, int, Shape]] = []
         for shape, sq in list(queues.items()):
             fifo = sq.fifo
             if (not fifo or fifo[0].state != _WAITING) and not sq.next_fifo():
                 del queues[shape]
-            elif shape[0] < len(at_least) and at_least[shape[0]] >= (-_INF if shape[2] is None else now + shape[2]):
+            elif shape[0] <= most:
                 heads.append((-sq.top, sq.fifo[0].seq, shape))
         heapq.heapify(heads)
+        # With many keys, skip whole groups of equal free cores whose latest end is too early:
+        # latest end per free-core count, an upper bound while this call only uses capacity.
+        group: dict[int, float] | None = None
+        at_least: list[float] = []  # latest end among nodes with at least c free cores
         while heads and keys:
             shape = heapq.heappop(heads)[2]
-            sq = queues[shape]
-            fifo = sq.fifo
             cores, gpus, wt = shape
             need_end = -_INF if wt is None else now + wt
+            if group is None and len(keys) > 16:
+                group = {}
+                for fc, _, end in keys:
+                    if end > group.get(fc, -_INF):
+                        group[fc] = end
+                at_least = [-_INF] * (max(group) + 2)
+                for c in range(len(at_least) - 2, -1, -1):
+                    at_least[c] = max(at_least[c + 1], group.get(c, -_INF))
+            if group is not None and (cores >= len(at_least) or at_least[cores] < need_end):
+                continue
+            sq = queues[shape]
+            fifo = sq.fifo
             while True:
                 key = None  # best fit: the first key with enough cores, GPUs and time
                 j, n = bisect_left(keys, (cores,)), len(keys)
                 while j < n:
                     k = keys[j]
-                    if group.get(k[0], -_INF) < need_end:  # no node with k[0] free cores lasts
-                        j = bisect_left(keys, (k[0] + 1,), j)
-                    elif k[1] >= gpus and k[2] >= need_end:
+                    if k[1] >= gpus and k[2] >= need_end:
                         key = k
                         break
+                    if group is not None and group.get(k[0], -_INF) < need_end:
+                        j = bisect_left(keys, (k[0] + 1,), j)
                     else:
                         j += 1
                 if key is None:
@@ -407,8 +413,8 @@ class Placer:
                 self._n_serial -= 1
                 if node.free_cores > 0:
                     self._rekey(node)
-                    if node.key is not None and node.key[2] > group.get(node.free_cores, -_INF):
-                        group[node.free_cores] = node.key[2]
+                    if group is not None and node.key is not None:
+                        group[node.free_cores] = max(node.key[2], group.get(node.free_cores, -_INF))
                 out.append(Assignment(task.id, (node.name,), ids))
                 if (not fifo or fifo[0].state != _WAITING) and not sq.next_fifo():
                     break

@@ -1,0 +1,159 @@
+"""Task throughput and latency: bare Dask vs BalsamPlugin recording vs balsam-placed tasks.
+
+    python benchmarks/throughput.py --tasks 10000 --repeat 5 --workers 4 \
+        --backends sqlite,postgresql --pg-url postgresql+psycopg://postgres@127.0.0.1:5432/test
+
+Configurations, all with the same number of single-thread workers, measured in interleaved
+repetitions in one run (medians reported):
+
+  (a) bare ``distributed.LocalCluster``                       -- the baseline
+  (b) the same cluster with ``BalsamPlugin`` recording every task and transition
+  (c) ``LocalEnsembleCluster`` + ``balsam_dask.Client``: tasks placed by the plugin (cores=1)
+
+Also the median submit-to-start latency of one task on an idle cluster, (c) vs (a).
+Targets: b/a >= 0.95, c/a >= 0.85. Ends with one JSON line of figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from typing import Any
+
+import distributed
+from distributed import LocalCluster, wait
+
+
+def noop(x: int) -> int:
+    return x
+
+
+def started_at(_: int) -> float:
+    return time.time()
+
+
+def rate(client: distributed.Client, n: int, balsam: bool) -> float:
+    t0 = time.perf_counter()
+    if balsam:
+        futures = client.map(noop, range(n), pure=False, cores=1, durable=True)
+    else:
+        futures = client.map(noop, range(n), pure=False)
+    wait(futures)
+    dt = time.perf_counter() - t0
+    del futures
+    return n / dt
+
+
+def latency(client: distributed.Client, samples: int, balsam: bool) -> float:
+    out = []
+    for i in range(samples):
+        t0 = time.time()
+        f = client.submit(started_at, i, pure=False, **({"cores": 1} if balsam else {}))
+        out.append(f.result() - t0)
+        del f
+        time.sleep(0.05)
+    return statistics.median(out)
+
+
+def pg_schema_url(base: str) -> tuple[str, str]:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    u = make_url(base)
+    with psycopg.connect(host=u.host, port=u.port or 5432, user=u.username, dbname=u.database, autocommit=True) as c:
+        c.execute(f'CREATE SCHEMA "{schema}"')
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options=-csearch_path%3D{schema}", schema
+
+
+def drop_schema(base: str, schema: str) -> None:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(base)
+    with psycopg.connect(host=u.host, port=u.port or 5432, user=u.username, dbname=u.database, autocommit=True) as c:
+        c.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", type=int, default=10_000)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--latency-samples", type=int, default=30)
+    p.add_argument("--backends", default="sqlite,postgresql")
+    p.add_argument(
+        "--pg-url", default=os.environ.get("BALSAM_DASK_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    )
+    args = p.parse_args(argv)
+    from balsam_dask import BalsamPlugin, Client, LocalEnsembleCluster
+
+    backends = [b for b in args.backends.split(",") if b]
+    tmp = tempfile.mkdtemp(prefix="bd-throughput-")
+    os.chdir(tmp)
+    print(f"# {args.tasks} no-op tasks, {args.workers} single-thread workers, {args.repeat} interleaved repetitions")
+    print(f"# load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    configs = ["a"] + [f"{x}_{b}" for b in backends for x in ("b", "c")]
+    urls: dict[str, str] = {}
+    schemas: list[str] = []
+    for name in configs[1:]:
+        if name.endswith("sqlite"):
+            urls[name] = f"sqlite:///{tmp}/{name}.db"
+        else:
+            urls[name], schema = pg_schema_url(args.pg_url)
+            schemas.append(schema)
+    rates: dict[str, list[float]] = {k: [] for k in configs}
+    lats: dict[str, list[float]] = {k: [] for k in configs}
+    try:
+        for rep in range(args.repeat):
+            # one cluster at a time: idle worker processes of other clusters would steal CPU
+            for name in configs:
+                with ExitStack() as stack:
+                    balsam = name.startswith("c")
+                    if name == "a":
+                        cl: Any = stack.enter_context(LocalCluster(n_workers=args.workers, threads_per_worker=1,
+                                                                   dashboard_address=None))  # fmt: skip
+                    elif name.startswith("b"):
+                        plugin = BalsamPlugin(urls[name])
+                        cl = stack.enter_context(LocalCluster(n_workers=args.workers, threads_per_worker=1,
+                                                              dashboard_address=None,
+                                                              scheduler_kwargs={"plugins": [plugin]}))  # fmt: skip
+                    else:
+                        cl = stack.enter_context(LocalEnsembleCluster(nodes=args.workers, cores_per_node=1,
+                                                                      store=urls[name], workdir=tmp))  # fmt: skip
+                    client = stack.enter_context((Client if balsam else distributed.Client)(cl))
+                    client.wait_for_workers(args.workers)
+                    rate(client, min(1000, args.tasks), balsam)  # warm up
+                    rates[name].append(rate(client, args.tasks, balsam))
+                    if name == "a" or balsam:
+                        lats[name].append(latency(client, args.latency_samples, balsam))
+            print(f"rep {rep + 1}: " + ", ".join(f"{k}={v[-1]:.0f}/s" for k, v in rates.items()), flush=True)
+    finally:
+        for schema in schemas:
+            drop_schema(args.pg_url, schema)
+    figures: dict[str, float] = {}
+    for name, values in rates.items():
+        figures[f"{name}_tasks_per_s"] = round(statistics.median(values), 1)
+    a = figures["a_tasks_per_s"]
+    figures["latency_bare_ms"] = round(statistics.median(lats["a"]) * 1000, 2)
+    for backend in backends:
+        figures[f"ratio_b_over_a_{backend}"] = round(figures[f"b_{backend}_tasks_per_s"] / a, 3)
+        figures[f"ratio_c_over_a_{backend}"] = round(figures[f"c_{backend}_tasks_per_s"] / a, 3)
+        figures[f"latency_balsam_{backend}_ms"] = round(statistics.median(lats[f"c_{backend}"]) * 1000, 2)
+    print("# medians; targets: b/a >= 0.95, c/a >= 0.85")
+    for k, v in figures.items():
+        print(f"{k:32s} {v}")
+    print(json.dumps(figures))
+    return figures
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
