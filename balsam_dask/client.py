@@ -159,6 +159,62 @@ class Client(distributed.Client):
             return super().submit(run_app, AppCall(cmd, params_d, check), _handlers(on_error, on_timeout),
                                   key=key, pure=False, priority=priority)  # fmt: skip
 
+    # ------------------------------------------------------------------ MPI
+    def submit_mpi(
+        self, command_or_fn: str | Sequence[str] | Callable[..., Any], *args: Any, nodes: int = 1,
+        ranks_per_node: int = 1, threads_per_rank: int = 1, gpus_per_rank: int = 0, launcher: str | None = None,
+        env: Mapping[str, str] | None = None, workdir: str | None = None, timeout: Any = None,
+        mpi_args: Sequence[str] = (), walltime: Any = None, retries: int | None = None,
+        tags: Mapping[str, Any] | None = None, name: str | None = None, priority: int = 0,
+        params: Mapping[str, Any] | None = None, check: bool = True,
+        on_error: Callable[[BaseException, int], bool] | None = None, on_timeout: Callable[[int], bool] | None = None,
+        durable: bool = True, key: Hashable | None = None, **kwargs: Any,
+    ) -> distributed.Future:  # fmt: skip
+        """An MPI program (a command template or argv list, run unmodified) or a Python
+        function ``fn(comm, *args, **kwargs)`` run on every rank (rank 0's value is the
+        result) on ``nodes`` nodes of one allocation."""
+        from balsam_dask.execute_mpi import MPICall, run_mpi
+        from balsam_dask.mpi_tasks.launchers import get_launcher
+
+        if launcher is not None:
+            get_launcher(launcher)  # an unknown name fails here, not on the node
+        if isinstance(mpi_args, str) or not all(isinstance(a, str) for a in mpi_args):
+            raise InvalidSpec(f"mpi_args={mpi_args!r} is invalid: give a list of strings, e.g. mpi_args=['-l']")
+        if not isinstance(check, bool):
+            raise InvalidSpec(f"check={check!r} is invalid: use check=True or check=False")
+        params_d = dict(params or {})
+        if callable(command_or_fn):
+            _reject_dask_placement(kwargs)
+            _check_callable(command_or_fn, (None, *args), kwargs)
+            call, cmd = MPICall(fn=command_or_fn), None
+        else:
+            if args or kwargs:
+                raise InvalidSpec("a command takes params={...}, not extra arguments; pass a function to use *args")
+            cmd = command_or_fn if isinstance(command_or_fn, str) else tuple(command_or_fn)
+            call = MPICall(command=cmd, params=params_d, check=check)
+        resources = Resources(nodes, ranks_per_node, threads_per_rank, gpus_per_rank, walltime)
+        spec = TaskSpec(
+            kind="mpi", resources=resources, name=name, tags=tags, priority=priority, timeout=timeout,  # type: ignore[arg-type]
+            retries=0 if retries is None else retries, durable=bool(durable), command=cmd,
+            params=freeze_pairs("params", params_d), env=freeze_pairs("env", env), workdir=workdir,
+            launcher=launcher, mpi_args=tuple(mpi_args), check=check,
+        )  # fmt: skip
+        if cmd is not None:
+            validate_template(cmd, params_d)
+        self._check_fits(resources)
+        widest = self.balsam_info().get("max_nodes")
+        if widest and nodes > widest:
+            raise InvalidSpec(
+                f"nodes={nodes} is more than any allocation can have (at most {widest} nodes per allocation); "
+                f"use nodes<={widest}"
+            )
+        if key is None:
+            label = name or (funcname(command_or_fn) if callable(command_or_fn) else "mpi")
+            key = f"mpi-{label}-{uuid.uuid4().hex}"
+        with dask.annotate(**{SPEC_ANNOTATION: spec}):
+            return super().submit(run_mpi, call, _handlers(on_error, on_timeout), *args, key=key, pure=False,
+                                  priority=priority, **kwargs)  # fmt: skip
+
     # ------------------------------------------------------------------ control
     def kill(
         self, futures: distributed.Future | Iterable[distributed.Future | Hashable] | None = None, *,

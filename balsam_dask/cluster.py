@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -23,6 +25,23 @@ from balsam_dask.node import ENV_VAR, PRELOAD, NodeConfig
 from balsam_dask.plugin import BalsamPlugin
 from balsam_dask.spec import NodeShape, parse_duration
 from balsam_dask.store.engine import DEFAULT_SQLITE_FILE, resolve_url
+
+
+def local_host_aliases() -> list[str]:
+    """Distinct names of this machine, one per emulated node: MPICH's Hydra counts each
+    as a separate node (a repeated name would merge ranks into one node)."""
+    names = ["localhost", "127.0.0.1", socket.gethostname()]
+    try:
+        names.append(socket.gethostbyname(socket.gethostname()))
+        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=5).stdout.split()
+        names.extend(a for a in out if ":" not in a)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    seen: list[str] = []
+    for n in names:
+        if n not in seen:
+            seen.append(n)
+    return seen
 
 
 class NodeNanny(Nanny):
@@ -41,7 +60,7 @@ class LocalEnsembleCluster(SpecCluster):
         workdir: str | os.PathLike[str] | None = None, alloc_id: str | None = None,
         dashboard_address: str | None = None, validate: bool = False, silence_logs: int = logging.WARNING,
         asynchronous: bool = False, loop: Any = None, plugin_options: dict[str, Any] | None = None,
-        worker_options: dict[str, Any] | None = None,
+        worker_options: dict[str, Any] | None = None, launcher: str | None = None,
     ) -> None:  # fmt: skip
         if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
             raise InvalidSpec(f"nodes={nodes!r} is invalid: use an integer >= 1, e.g. nodes=4")
@@ -56,7 +75,8 @@ class LocalEnsembleCluster(SpecCluster):
         self.end_time = None if seconds is None else time.time() + seconds
         plugin = BalsamPlugin(
             self.store_url.render_as_string(hide_password=False),
-            node_shapes=[{"cores": shape.cores, "gpus": shape.gpus}], **(plugin_options or {}),
+            node_shapes=[{"cores": shape.cores, "gpus": shape.gpus}], max_nodes_per_allocation=nodes,
+            **(plugin_options or {}),
         )  # fmt: skip
         self.plugin = plugin
         scheduler = {
@@ -64,12 +84,18 @@ class LocalEnsembleCluster(SpecCluster):
             "options": {"plugins": [plugin], "dashboard_address": dashboard_address, "validate": validate},
         }
         memory = memory_per_node if memory_per_node is not None else "auto"
+        if launcher is not None:
+            from balsam_dask.mpi_tasks.launchers import get_launcher
+
+            get_launcher(launcher)
+        hosts = local_host_aliases()
         workers = {}
         for i in range(nodes):
             name = f"node-{i}"
             cfg = NodeConfig(
                 name=name, alloc_id=self.alloc_id, cores=shape.cores, gpus=shape.gpus, end_time=self.end_time,
                 workdir_root=str(base / "balsam_workdirs"), results_dir=str(base / "balsam_results"),
+                host=hosts[i % len(hosts)], launcher=launcher,
             )  # fmt: skip
             options = {
                 "nthreads": shape.cores, "name": name, "env": {ENV_VAR: cfg.to_env()}, "preload": [PRELOAD],

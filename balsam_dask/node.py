@@ -33,6 +33,7 @@ class NodeConfig:
     host: str | None = None  # the host name MPI launchers use for this node
     workdir_root: str = "balsam_workdirs"
     results_dir: str = "balsam_results"
+    launcher: str | None = None  # the MPI launcher for this allocation (None: detect)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:

@@ -28,6 +28,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from balsam_dask.execute import DISPATCH_ANNOTATION, PARENT_ANNOTATION, SPEC_ANNOTATION, TOPIC
 from balsam_dask.node import EXTRA_KEY, NodeConfig
 from balsam_dask.packing.placement import NodeInfo, Placer
+from balsam_dask.pausing import Pauser, is_ours
 from balsam_dask.recorder import Recorder
 from balsam_dask.runtime import KILL_OP
 from balsam_dask.spec import TaskSpec
@@ -53,17 +54,20 @@ class BalsamPlugin(SchedulerPlugin):
     def __init__(
         self, store: str | None = None, *, writer_options: dict[str, Any] | None = None,
         poll_interval: float = 1.0, node_shapes: list[dict[str, int]] | None = None,
+        max_nodes_per_allocation: int | None = None,
     ) -> None:  # fmt: skip
         self.store_url = store
         self.writer_options = writer_options or {}
         self.poll_interval = poll_interval
         self.declared_shapes = list(node_shapes or [])
+        self.max_nodes_per_allocation = max_nodes_per_allocation
         self.scheduler: Any = None
         self.store: Store | None = None
         self.placer = Placer()
         self.nodes: dict[str, NodeConfig] = {}  # worker address -> node config
         self.placed: set[str] = set()  # node-workers known to the placer
-        self._lost: set[Hashable] = set()
+        self._lost: dict[Hashable, str] = {}  # key -> why its running attempt was lost
+        self._gangs: dict[int, tuple[str, ...]] = {}  # running gang task id -> its nodes, leader first
         self._sched_pending = False
         self._poll_task: asyncio.Task[None] | None = None
         self._resumed: dict[Hashable, tuple[int, str, int]] = {}
@@ -74,6 +78,7 @@ class BalsamPlugin(SchedulerPlugin):
     # ------------------------------------------------------------------ lifecycle
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
+        self.pauser = Pauser(scheduler)
         loop = asyncio.get_running_loop()
         self.store = await loop.run_in_executor(None, partial(Store, self.store_url, kind="scheduler"))
         store = self.store
@@ -159,21 +164,20 @@ class BalsamPlugin(SchedulerPlugin):
         worker = None
         if finish == "processing" and ts is not None and ts.processing_on is not None:
             worker = ts.processing_on.address
-        lost = key in self._lost
-        if lost and start == "processing":
-            self._lost.discard(key)
+        lost_why = self._lost.pop(key, None) if start == "processing" else None
         deps_pending = finish == "waiting" and ts is not None and bool(ts.waiting_on)
         if finish == "erred" and ts is not None and ts.exception_blame is not None and "cause" not in kwargs:
             kwargs["cause"] = ts.exception_blame.key
         hosts, note = self._dispatched.pop(key, (None, None)) if finish == "processing" else (None, None)
         self.recorder.on_transition(
-            key, start, finish, lost=lost, cancelled=stimulus_id.startswith(_CANCEL_STIMULI),
-            deps_pending=deps_pending, worker=worker, kwargs=kwargs, hosts=hosts, note=note,
+            key, start, finish, lost=lost_why is not None, cancelled=stimulus_id.startswith(_CANCEL_STIMULI),
+            deps_pending=deps_pending, worker=worker, kwargs=kwargs, hosts=hosts, note=note or lost_why,
         )  # fmt: skip
         if track.spec is None:
             return
         # placement of balsam tasks
         if start == "processing" or (start == "no-worker" and finish != "processing"):
+            self._gangs.pop(track.id, None)
             if self.placer.cancel(track.id):
                 self._want_schedule()
             if ts is not None and finish in ("released", "waiting"):
@@ -197,37 +201,60 @@ class BalsamPlugin(SchedulerPlugin):
             self.errors.append(f"placer.schedule: {type(e).__name__}: {e}")
             log.exception("balsam_dask: placement failed")
             return
-        recs: dict[Hashable, str] = {}
+        serial: dict[Hashable, str] = {}
         for a in assignments:
             track = self.recorder.by_id.get(a.task_id)  # type: ignore[call-overload]
             ts = s.tasks.get(track.key) if track is not None else None
-            if track is None or ts is None or ts.state != "no-worker" or a.nodes[0] not in s.workers:
+            if track is None or ts is None or ts.state != "no-worker" or any(n not in s.workers for n in a.nodes):
                 self.placer.cancel(a.task_id)
                 if track is not None and ts is not None and ts.state == "no-worker" and track.spec is not None:
                     self.placer.submit(track.id, track.spec.resources, track.spec.priority)
                 continue
-            ts.worker_restrictions = {a.nodes[0]}
+            leader = a.nodes[0]
+            ts.worker_restrictions = {leader}
             hosts = [self.nodes[n].host or n for n in a.nodes if n in self.nodes]
             ts.annotations = {
                 **(ts.annotations or {}),
                 DISPATCH_ANNOTATION: {"attempt": track.attempt + 1, "gpus": list(a.gpu_ids),
                                       "hosts": hosts, "workers": list(a.nodes)},
             }  # fmt: skip
-            recs[track.key] = "processing"
-            self._dispatched[track.key] = (",".join(hosts), f"gpus={','.join(a.gpu_ids)}" if a.gpu_ids else None)
-        if recs:
-            s.transitions(recs, stimulus_id=f"balsam-dispatch-{now}")
-            for key in recs:
-                ts = s.tasks.get(key)
-                track = self.recorder.tracks.get(key)
-                if ts is not None and ts.state == "no-worker" and track is not None and track.spec is not None:
-                    # the worker went away between placement and dispatch: place again
-                    ts.worker_restrictions = {HOLD}
-                    self.placer.cancel(track.id)
-                    self.placer.submit(track.id, track.spec.resources, track.spec.priority)
-                    self._want_schedule()
+            notes = [f"gpus={','.join(a.gpu_ids)}"] if a.gpu_ids else []
+            if len(a.nodes) > 1:
+                notes.append(f"workers={','.join(a.nodes)}")
+            self._dispatched[track.key] = (",".join(hosts), " ".join(notes) or None)
+            if len(a.nodes) > 1:
+                self._gangs[track.id] = a.nodes
+                with self.pauser.running(leader):  # the leader is held (paused) for the gang
+                    s.transitions({track.key: "processing"}, stimulus_id=f"balsam-dispatch-{now}")
+                self._check_dispatched(track.key)
+            else:
+                serial[track.key] = "processing"
+        if serial:
+            s.transitions(serial, stimulus_id=f"balsam-dispatch-{now}")
+            for key in serial:
+                self._check_dispatched(key)
+        self._sync_holds()
         if s.validate:
             self.placer.check_invariants()
+
+    def _check_dispatched(self, key: Hashable) -> None:
+        """A dispatched task that stayed in no-worker (its worker went away): place it again."""
+        ts = self.scheduler.tasks.get(key)
+        track = self.recorder.tracks.get(key)
+        if ts is not None and ts.state == "no-worker" and track is not None and track.spec is not None:
+            ts.worker_restrictions = {HOLD}
+            self._dispatched.pop(key, None)
+            self._gangs.pop(track.id, None)
+            self.placer.cancel(track.id)
+            self.placer.submit(track.id, track.spec.resources, track.spec.priority)
+            self._want_schedule()
+
+    def _sync_holds(self) -> None:
+        """Nodes reserved for, or running, a gang take no plain Dask task either."""
+        held = {n for nodes in self.placer.reservations().values() for n in nodes}
+        held.update(n for nodes in self._gangs.values() for n in nodes)
+        if held or self.pauser.held:
+            self.pauser.sync(held)
 
     # ------------------------------------------------------------------ workers
     def add_worker(self, scheduler: Any, worker: str) -> None:
@@ -256,10 +283,26 @@ class BalsamPlugin(SchedulerPlugin):
 
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         self.nodes.pop(worker, None)
+        self.pauser.forget(worker)
         if worker in self.placed:
-            self.placed.discard(worker)
-            self.placer.remove_node(worker)
-            self._want_schedule()
+            self._remove_node(worker)
+
+    def _remove_node(self, worker: str) -> None:
+        self.placed.discard(worker)
+        for task_id in self.placer.remove_node(worker):
+            nodes = self._gangs.pop(task_id, None) if isinstance(task_id, int) else None
+            track = self.recorder.by_id.get(task_id) if isinstance(task_id, int) else None
+            if nodes and track is not None and nodes[0] != worker:
+                # a follower of a running gang is gone: stop the attempt on the leader, place it again
+                self._lost[track.key] = f"attempt lost: gang node {worker} left"
+                asyncio.get_running_loop().call_soon(self._release_gang, track.key, nodes[0])
+        self._want_schedule()
+
+    def _release_gang(self, key: Hashable, leader: str) -> None:
+        ts = self.scheduler.tasks.get(key)
+        on = ts.processing_on if ts is not None and ts.state == "processing" else None
+        if on is not None and on.address == leader:
+            self.scheduler.transitions({key: "released"}, stimulus_id=f"balsam-gang-lost-{time.time()}")
 
     def log_event(self, topic: str, msg: Any) -> None:
         if topic == TOPIC:
@@ -273,14 +316,15 @@ class BalsamPlugin(SchedulerPlugin):
             return
         action = msg.get("action")
         if action == "remove-worker" and topic != "all":
-            self._lost.update(msg.get("processing-tasks") or ())
+            for key in msg.get("processing-tasks") or ():
+                self._lost.setdefault(key, f"attempt lost: worker {topic} left")
             if topic in self.placed:  # free its placement before its tasks come back
-                self.placed.discard(topic)
-                self.placer.remove_node(topic)
-        elif action == "worker-status-change" and topic in self.nodes:
+                self._remove_node(topic)
+        elif action == "worker-status-change" and topic in self.nodes and not is_ours(msg.get("stimulus_id")):
             if msg.get("status") == "running":
+                self.pauser.reassert(topic)  # a held node's own memory un-pause: it stays held
                 self._node_running(topic)
-            elif topic in self.placed:
+            elif topic in self.placed and topic not in self.pauser.held:
                 self.placer.set_draining(topic, True)
 
     # ------------------------------------------------------------------ kill
@@ -309,8 +353,9 @@ class BalsamPlugin(SchedulerPlugin):
     def _handle_info(self) -> dict[str, Any]:
         shapes = [{"cores": c.cores, "gpus": c.gpus} for c in self.nodes.values()] + self.declared_shapes
         assert self.store is not None
+        widest = max(self.placer.max_gang_width(), self.max_nodes_per_allocation or 0)
         return {"store": self.store.where, "session": self.store.session_id, "node_shapes": shapes,
-                "max_gang": self.placer.max_gang_width()}  # fmt: skip
+                "max_nodes": widest or None}  # fmt: skip
 
     def _handle_declare_nodes(self, shapes: list[dict[str, int]]) -> None:
         self.declared_shapes = list(shapes)

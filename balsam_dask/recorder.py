@@ -177,7 +177,7 @@ class Recorder:
                 self.move(track, S.AWAITING_PARENTS)
         elif finish == "released":
             if start == "processing" and (lost or not cancelled):
-                why = f"attempt lost: worker {track.worker} left" if lost else "attempt rescheduled"
+                why = note or (f"attempt lost: worker {track.worker} left" if lost else "attempt rescheduled")
                 self.move(track, S.RESTART_READY, message=why)
             elif cancelled and st in _UNFINISHED_FOR_KILL:
                 self.move(track, S.KILLED, message="cancelled")

@@ -14,7 +14,8 @@ How it sizes (DESIGN.md §6):
    Unknown walltimes use ``limits.default_task_walltime``. Running tasks are assumed half done.
 3. Capacity: each allocation that can run some waiting shape (wide enough, enough time left)
    offers ``nodes * remaining_time`` (queued ones: their walltime), of which
-   ``EFFICIENCY`` is assumed usable (packing and tails).
+   ``EFFICIENCY`` is assumed usable (packing and tails); the running tasks' remaining
+   work is taken from the running allocations' share.
 4. The deficit (work - usable capacity) is covered by new jobs: the walltime is the shortest
    that fits the longest waiting task (plus ``WALLTIME_PAD``, at least ``min_walltime``), made
    longer only when the node room left under ``max_total_nodes`` is too small; the nodes
@@ -47,7 +48,7 @@ RUNNING_LEFT = 0.5
 WALLTIME_PAD = 120.0
 #: Jobs run for RUN_FACTOR x the longest waiting task: per node there is then work for
 #: several tasks, so the end-of-work tail (nodes idle while the last tasks finish) is short.
-RUN_FACTOR = 2.0
+RUN_FACTOR = 1.5
 #: A request is split over at most (free queue slots) / SPLIT_SLOTS jobs.
 SPLIT_SLOTS = 2
 
@@ -226,8 +227,11 @@ def decide(
             notes.append(f"release {a.id}: idle {now - a.idle_since:.0f} s and no waiting task needs it")
     live = [a for a in allocations if a.id not in cancels]
 
-    capacity = sum(a.nodes * min(a.remaining(now), 1e12) for a in live if serves(a))
-    deficit = work - max(0.0, capacity * EFFICIENCY - running_work)
+    # Running tasks sit on running allocations: they use up those, never queued ones.
+    cap = {state: sum(a.nodes * min(a.remaining(now), 1e12) for a in live if a.state == state and serves(a))
+           for state in ("running", "queued")}  # fmt: skip
+    capacity = cap["running"] + cap["queued"]
+    deficit = work - max(0.0, cap["running"] * EFFICIENCY - running_work) - cap["queued"] * EFFICIENCY
     unhosted = [
         (s, wt)
         for s, wt in todo

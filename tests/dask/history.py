@@ -34,8 +34,9 @@ def max_overlap_cores(rs: list[Run], node_cores: int) -> dict[str, int]:
     real run lies inside that span, so no overlap there means no overlap in reality."""
     points: dict[str, list[tuple[float, int]]] = defaultdict(list)
     for r in rs:
-        points[r.worker].append((r.start, r.task.cores))
-        points[r.worker].append((r.end, -r.task.cores))
+        cores = node_cores if r.task.nodes > 1 else r.task.cores  # a gang takes whole nodes
+        points[r.worker].append((r.start, cores))
+        points[r.worker].append((r.end, -cores))
     peak = {}
     for w, pts in points.items():
         cur = best = 0

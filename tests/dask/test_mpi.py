@@ -1,0 +1,116 @@
+"""MPI tasks on LocalEnsembleCluster with real MPICH (wheels): commands, Python functions, gangs."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from balsam_dask import Store
+from balsam_dask.errors import InvalidSpec, LauncherError, MPITaskError
+from tests.dask.conftest import ensemble
+from tests.dask.history import max_overlap_cores, runs
+
+pytestmark = pytest.mark.mpi
+
+ALLREDUCE = (
+    "from mpi4py import MPI; c = MPI.COMM_WORLD; "
+    "print('rank', c.rank, 'of', c.size, 'on', MPI.Get_processor_name(), 'sum', c.allreduce(c.rank + 1))"
+)
+
+
+def allreduce(comm, scale: int) -> tuple[int, int, int]:  # type: ignore[no-untyped-def]
+    return comm.rank, comm.size, comm.allreduce((comm.rank + 1) * scale)
+
+
+def fails_on_rank_1(comm) -> int:  # type: ignore[no-untyped-def]
+    if comm.rank == 1:
+        raise ValueError("rank one is unhappy")
+    comm.barrier()  # rank 0 would wait forever without the abort
+    return 0
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_mpi_commands_and_functions(tmp_path: Path) -> None:
+    with ensemble(f"sqlite:///{tmp_path}/m.db", tmp_path, nodes=2, cores_per_node=2) as (cluster, client):
+        two = client.submit_mpi([sys.executable, "-c", ALLREDUCE], ranks_per_node=2, name="two")
+        four = client.submit_mpi([sys.executable, "-c", ALLREDUCE], nodes=2, ranks_per_node=2, name="four")
+        fn = client.submit_mpi(allreduce, 10, nodes=2, ranks_per_node=2)
+        r2, r4 = two.result(timeout=120), four.result(timeout=120)
+        assert r2.returncode == 0 and "sum 3" in r2.stdout and r2.stdout.count("rank") == 2
+        assert r4.stdout.count("rank") == 4 and all("sum 10" in line for line in r4.stdout.splitlines())
+        assert fn.result(timeout=120) == (0, 4, 100)  # rank 0's value
+        bad = client.submit_mpi(fails_on_rank_1, ranks_per_node=2, key="mpi-fails")
+        with pytest.raises(MPITaskError, match="rank 1 raised ValueError: rank one is unhappy") as ei:
+            bad.result(timeout=120)
+        assert ei.value.rank == 1 and "fails_on_rank_1" in ei.value.traceback_text
+        client.flush()
+        store = Store(cluster.store_url)
+        try:
+            (t,) = store.tasks(name="four")
+            running = next(e for e in store.history(t.id) if e.to_state == "RUNNING")
+            assert t.nodes == 2 and t.ranks_per_node == 2 and len(running.hosts.split(",")) == 2
+            (b,) = store.tasks(key="mpi-fails")
+            assert b.state == "FAILED" and "rank one is unhappy" in (b.error_tail or "")
+        finally:
+            store.close()
+
+
+def test_gangs_and_serial_never_overlap(store_url: str, tmp_path: Path) -> None:
+    rng = random.Random(3)
+    with ensemble(store_url, tmp_path, nodes=4, cores_per_node=2) as (cluster, client):
+        futures = []
+        for i in range(40):
+            futures.append(client.submit(nap, rng.uniform(0.05, 0.25), cores=rng.choice([1, 2]), key=f"s-{i}"))
+            if i % 8 == 3:
+                k = (2, 3, 4, 2, 3)[i // 8]
+                cmd = [sys.executable, "-c", "import time; time.sleep(0.3)"]
+                futures.append(client.submit_mpi(cmd, nodes=k, ranks_per_node=2, key=f"g{k}-{i}"))
+        client.gather(futures)
+        client.flush()
+        store = Store(cluster.store_url)
+        try:
+            tasks = store.tasks(limit=None)
+            rs = runs(store, tasks)
+            workers_of = {}
+            for t in tasks:
+                if t.nodes > 1:
+                    running = [e for e in store.history(t.id) if e.to_state == "RUNNING"][-1]
+                    workers_of[t.id] = running.message.split("workers=")[1].split()[0].split(",")
+        finally:
+            store.close()
+    gangs = [r for r in rs if r.task.nodes > 1]
+    assert sorted(r.task.nodes for r in gangs) == [2, 2, 3, 3, 4]
+    expanded = []
+    for r in rs:
+        if r.task.nodes == 1:
+            expanded.append(r)
+            continue
+        nodes = workers_of[r.task.id]
+        assert len(set(nodes)) == r.task.nodes and nodes[0] == r.worker
+        expanded += [dataclasses.replace(r, worker=w) for w in nodes]  # the gang holds every core of each node
+    peaks = max_overlap_cores(expanded, 2)
+    assert len(peaks) == 4 and all(p <= 2 for p in peaks.values()), peaks
+
+
+def test_bad_mpi_input(ens) -> None:  # type: ignore[no-untyped-def]
+    _, client = ens
+    with pytest.raises(InvalidSpec, match=r"nodes=3 is more than any allocation can have \(at most 2 nodes"):
+        client.submit_mpi(["true"], nodes=3)
+    with pytest.raises(InvalidSpec, match="cores=8, gpus=0 cannot run on any node"):
+        client.submit_mpi(["true"], ranks_per_node=8)
+    with pytest.raises(LauncherError, match="unknown launcher 'mpiexecc'"):
+        client.submit_mpi(["true"], launcher="mpiexecc")
+    with pytest.raises(InvalidSpec, match="a command takes params"):
+        client.submit_mpi(["true"], 1, 2)
+    missing = client.submit_mpi(["/no/such/binary"], ranks_per_node=2)
+    with pytest.raises(InvalidSpec, match="executable '/no/such/binary' not found on node-"):
+        missing.result(timeout=60)
