@@ -91,6 +91,11 @@ class _Killed(Exception):
     pass
 
 
+#: Kill reason that sends the task back to the scheduler for placement again (a gang
+#: node was lost): the worker releases it cleanly through Dask's ``Reschedule``.
+RESCHEDULE_REASON = "reschedule"
+
+
 def _report(msg: dict[str, Any]) -> None:
     from distributed import get_worker
 
@@ -153,6 +158,10 @@ def _run_attempts(body: Callable[[TaskContext, RunHandle], Any], handlers: Handl
             try:
                 value = body(ctx, handle)
             except _Killed:
+                if handle.reason == RESCHEDULE_REASON:
+                    from distributed import Reschedule
+
+                    raise Reschedule() from None
                 raise TaskKilled(f"task {key} was killed ({handle.reason})") from None
             except _TimedOut as e:
                 timeouts += 1

@@ -25,7 +25,7 @@ from typing import Any
 import cloudpickle
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from balsam_dask.execute import DISPATCH_ANNOTATION, PARENT_ANNOTATION, SPEC_ANNOTATION, TOPIC
+from balsam_dask.execute import DISPATCH_ANNOTATION, PARENT_ANNOTATION, RESCHEDULE_REASON, SPEC_ANNOTATION, TOPIC
 from balsam_dask.node import EXTRA_KEY, NodeConfig
 from balsam_dask.packing.placement import NodeInfo, Placer
 from balsam_dask.pausing import Pauser, is_ours
@@ -293,16 +293,14 @@ class BalsamPlugin(SchedulerPlugin):
             nodes = self._gangs.pop(task_id, None) if isinstance(task_id, int) else None
             track = self.recorder.by_id.get(task_id) if isinstance(task_id, int) else None
             if nodes and track is not None and nodes[0] != worker:
-                # a follower of a running gang is gone: stop the attempt on the leader, place it again
+                # a follower of a running gang is gone: stop the attempt on the leader; the
+                # worker hands the task back (Reschedule) and it is placed again
                 self._lost[track.key] = f"attempt lost: gang node {worker} left"
-                asyncio.get_running_loop().call_soon(self._release_gang, track.key, nodes[0])
+                if nodes[0] in self.scheduler.workers:
+                    self.scheduler.worker_send(
+                        nodes[0], {"op": KILL_OP, "keys": [str(track.key)], "reason": RESCHEDULE_REASON}
+                    )
         self._want_schedule()
-
-    def _release_gang(self, key: Hashable, leader: str) -> None:
-        ts = self.scheduler.tasks.get(key)
-        on = ts.processing_on if ts is not None and ts.state == "processing" else None
-        if on is not None and on.address == leader:
-            self.scheduler.transitions({key: "released"}, stimulus_id=f"balsam-gang-lost-{time.time()}")
 
     def log_event(self, topic: str, msg: Any) -> None:
         if topic == TOPIC:

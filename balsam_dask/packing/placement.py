@@ -37,6 +37,7 @@ from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import NamedTuple
 
 from balsam_dask.errors import BalsamDaskError, InvalidSpec, UnknownTask
@@ -52,6 +53,7 @@ _WAITING, _RUNNING, _GONE = 1, 2, 3
 _MANTISSAS = (1.0, 1.2, 1.5, 1.8, 2.0, 2.4, 3.0, 3.6, 4.5, 5.0, 6.0, 7.2, 9.0, 10.0)
 
 
+@lru_cache(maxsize=1 << 14)
 def walltime_class(walltime: float | None) -> float | None:
     """The estimate rounded up to its class (at most 25% more; round values stay exact).
 
@@ -63,10 +65,10 @@ def walltime_class(walltime: float | None) -> float | None:
         return None
     exp = math.floor(math.log10(walltime))
     for e in (exp, exp + 1):  # log10 may round down at a decade edge
+        scale = 10.0**e
         for m in _MANTISSAS:
-            value = round(m * 10.0**e, 9)
-            if value >= walltime:
-                return value
+            if m * scale * (1 + 1e-12) >= walltime:
+                return max(round(m * scale, 9), walltime)
     return walltime
 
 
@@ -224,6 +226,9 @@ class Placer:
         self._seq = 0
         self._queues: dict[Shape, _ShapeQueue] = {}
         self._n_serial = 0  # waiting serial tasks
+        # shapes by their next task's (-priority, seq); entries not matching _head_of are stale
+        self._heads: list[tuple[int, int, Shape]] = []
+        self._head_of: dict[Shape, tuple[int, int]] = {}
         self._gangs: dict[TaskId, _Task] = {}  # waiting gangs (with or without reservation)
         self._res: dict[TaskId, _Reservation] = {}
         self._head: _Reservation | None = None
@@ -299,6 +304,10 @@ class Placer:
                 queue = self._queues[shape] = _ShapeQueue()
             queue.push(task)
             self._n_serial += 1
+            head = (-queue.top, queue.fifo[0].seq)
+            if self._head_of.get(shape) != head:
+                self._head_of[shape] = head
+                heapq.heappush(self._heads, (*head, shape))
 
     def cancel(self, task_id: TaskId) -> bool:
         """Withdraw a waiting or running task; returns False if the task is unknown."""
@@ -325,7 +334,9 @@ class Placer:
         if task.state != _RUNNING:
             raise PlacementError(f"task {task_id!r} is waiting, not running: use cancel({task_id!r})")
         self._free(task)
-        self._drop(task)
+        task.state = _GONE
+        task.nodes = []
+        del self._tasks[task_id]
 
     # ------------------------------------------------------------------ scheduling
     def schedule(self, now: float) -> list[Assignment]:
@@ -348,21 +359,21 @@ class Placer:
 
     def _schedule_serial(self, now: float, out: list[Assignment]) -> None:
         queues, keys, buckets, by_idx = self._queues, self._keys, self._buckets, self._by_idx
-        most = keys[-1][0]  # the most free cores on any node that takes tasks
-        heads: list[tuple[int, int, Shape]] = []
-        for shape, sq in list(queues.items()):
-            fifo = sq.fifo
-            if (not fifo or fifo[0].state != _WAITING) and not sq.next_fifo():
-                del queues[shape]
-            elif shape[0] <= most:
-                heads.append((-sq.top, sq.fifo[0].seq, shape))
-        heapq.heapify(heads)
+        heads, head_of = self._heads, self._head_of
+        tried: list[tuple[int, int, Shape]] = []  # shapes that fit nowhere now: back in at the end
         # With many keys, skip whole groups of equal free cores whose latest end is too early:
         # latest end per free-core count, an upper bound while this call only uses capacity.
         group: dict[int, float] | None = None
         at_least: list[float] = []  # latest end among nodes with at least c free cores
         while heads and keys:
-            shape = heapq.heappop(heads)[2]
+            entry = heapq.heappop(heads)
+            shape = entry[2]
+            if head_of.get(shape) != entry[:2]:
+                continue  # stale entry
+            sq = queues[shape]
+            fifo = sq.fifo
+            if (not fifo or fifo[0].state != _WAITING) and not self._next_head(shape, sq):
+                continue  # only cancelled tasks were left, or the head changed
             cores, gpus, wt = shape
             need_end = -_INF if wt is None else now + wt
             if group is None and len(keys) > 16:
@@ -374,9 +385,8 @@ class Placer:
                 for c in range(len(at_least) - 2, -1, -1):
                     at_least[c] = max(at_least[c + 1], group.get(c, -_INF))
             if group is not None and (cores >= len(at_least) or at_least[cores] < need_end):
+                tried.append(entry)
                 continue
-            sq = queues[shape]
-            fifo = sq.fifo
             while True:
                 key = None  # best fit: the first key with enough cores, GPUs and time
                 j, n = bisect_left(keys, (cores,)), len(keys)
@@ -389,8 +399,9 @@ class Placer:
                         j = bisect_left(keys, (k[0] + 1,), j)
                     else:
                         j += 1
-                if key is None:
-                    break  # fits nowhere now; the other shapes still get their turn
+                if key is None:  # fits nowhere now; the other shapes still get their turn
+                    tried.append((-sq.top, fifo[0].seq, shape))
+                    break
                 task = fifo.popleft()
                 bucket = buckets[key]
                 node = by_idx[bucket.pop()]
@@ -411,19 +422,42 @@ class Placer:
                     node.est = now + wt
                 task.state, task.nodes, task.gpu_ids, task.start = _RUNNING, [node], ids, now
                 self._n_serial -= 1
-                if node.free_cores > 0:
-                    self._rekey(node)
-                    if group is not None and node.key is not None:
-                        group[node.free_cores] = max(node.key[2], group.get(node.free_cores, -_INF))
+                if node.free_cores > 0:  # back into the index under its new free capacity
+                    res = node.reserved_by
+                    end = node.end if res is None else min(node.end, res.promise)  # promise: backfill
+                    if end != _INF or res is None:
+                        nk = (node.free_cores, len(node.free_gpus), end)
+                        bucket = buckets.get(nk)  # type: ignore[assignment]
+                        if bucket is None:
+                            bucket = buckets[nk] = set()
+                            insort(keys, nk)
+                        bucket.add(node.idx)
+                        node.key = nk
+                        if group is not None and end > group.get(nk[0], -_INF):
+                            group[nk[0]] = end
                 out.append(Assignment(task.id, (node.name,), ids))
-                if (not fifo or fifo[0].state != _WAITING) and not sq.next_fifo():
+                if (not fifo or fifo[0].state != _WAITING) and not self._next_head(shape, sq):
                     break
                 fifo = sq.fifo
-                if heads and (-sq.top, fifo[0].seq) > heads[0][:2]:
-                    heapq.heappush(heads, (-sq.top, fifo[0].seq, shape))
+                head = (-sq.top, fifo[0].seq)
+                head_of[shape] = head
+                if not keys or (heads and head > heads[0][:2]):
+                    heapq.heappush(heads, (*head, shape))
                     break
-                if not keys:
-                    break
+        for entry in tried:
+            heapq.heappush(heads, entry)
+
+    def _next_head(self, shape: Shape, sq: _ShapeQueue) -> bool:
+        """The shape's head was taken or cancelled: queue its next task (False if none)."""
+        if not sq.next_fifo():
+            del self._queues[shape], self._head_of[shape]
+            return False
+        head = (-sq.top, sq.fifo[0].seq)
+        if self._head_of.get(shape) != head:
+            self._head_of[shape] = head
+            heapq.heappush(self._heads, (*head, shape))
+            return False  # it waits for its turn in the heap
+        return True
 
     def _reserve(self, now: float, out: list[Assignment]) -> None:
         """Reserve nodes for waiting gangs in priority order; extend the head; backfill."""
@@ -613,10 +647,23 @@ class Placer:
             node.free_gpus.extend(task.gpu_ids)
             node.free_gpus.sort(key=int)
         node.est_dirty = True
-        if node.running:
-            self._rekey(node)
-        else:
+        if not node.running:
             self._idle(node)
+        elif node.reserved_by is None and not node.draining:  # the common case, inlined _rekey
+            key = (node.free_cores, len(node.free_gpus), node.end)
+            if node.key is not None:
+                bucket = self._buckets[node.key]
+                bucket.discard(node.idx)
+                if not bucket:
+                    del self._buckets[node.key], self._keys[bisect_left(self._keys, node.key)]
+            bucket = self._buckets.get(key)  # type: ignore[assignment]
+            if bucket is None:
+                bucket = self._buckets[key] = set()
+                insort(self._keys, key)
+            bucket.add(node.idx)
+            node.key = key
+        else:
+            self._rekey(node)
 
     def _idle(self, node: _Node) -> None:
         """The node runs nothing any more: a reservation waiting for it may be complete."""

@@ -114,3 +114,101 @@ def test_bad_mpi_input(ens) -> None:  # type: ignore[no-untyped-def]
     missing = client.submit_mpi(["/no/such/binary"], ranks_per_node=2)
     with pytest.raises(InvalidSpec, match="executable '/no/such/binary' not found on node-"):
         missing.result(timeout=60)
+
+
+def test_wide_gang_does_not_starve_and_serial_backfills(tmp_path: Path) -> None:
+    with ensemble(f"sqlite:///{tmp_path}/s.db", tmp_path, nodes=4, cores_per_node=2) as (cluster, client):
+        stream = [client.submit(nap, 0.4, key=f"early-{i}") for i in range(16)]  # fills every core
+        time.sleep(0.5)
+        cmd = [sys.executable, "-c", "import time; time.sleep(0.5)"]
+        three = client.submit_mpi(cmd, nodes=3, ranks_per_node=1, key="gang-3")
+        stream += [client.submit(nap, 0.2, key=f"late-{i}") for i in range(60)]  # a continuous stream behind it
+        client.gather([three, *stream])
+        client.flush()
+        store = Store(cluster.store_url)
+        try:
+            tasks = store.tasks(limit=None)
+            rs = {r.task.key: r for r in runs(store, tasks)}
+            (g,) = [t for t in tasks if t.key == "gang-3"]
+            gang_run = [e for e in store.history(g.id) if e.to_state == "RUNNING"][-1]
+            gang_nodes = gang_run.message.split("workers=")[1].split()[0].split(",")
+        finally:
+            store.close()
+    gang = rs["gang-3"]
+    on_gang_nodes = [r for k, r in rs.items() if k != "gang-3" and r.worker in gang_nodes]
+    # no serial task started on a reserved node between the gang becoming ready and starting
+    intruders = [r.task.key for r in on_gang_nodes if gang.ready < r.start < gang.start]
+    assert intruders == [], intruders
+    # it started as soon as the tasks already running on its nodes finished
+    blockers = [r.end for r in on_gang_nodes if r.start <= gang.ready < r.end]
+    assert gang.start - max(blockers, default=gang.ready) < 0.5
+    # the fourth node kept taking serial tasks meanwhile (backfill)
+    free_node = {r.worker for r in rs.values()} - set(gang_nodes)
+    assert len(free_node) == 1
+    backfilled = [r for r in rs.values() if r.worker in free_node and gang.ready < r.start < gang.start + 0.5]
+    assert backfilled, "the node no gang could use stayed idle"
+
+
+@pytest.mark.parametrize("who", ["follower", "leader"])
+def test_gang_survives_a_lost_node(tmp_path: Path, who: str) -> None:
+    import os
+    import signal
+
+    with ensemble(f"sqlite:///{tmp_path}/f.db", tmp_path, nodes=3, cores_per_node=1) as (cluster, client):
+        marker = tmp_path / "attempts"
+        script = f"import time; open({str(marker)!r}, 'a').write('x'); time.sleep(3)"
+        fut = client.submit_mpi([sys.executable, "-c", script], nodes=2, ranks_per_node=1, key="gang-lost")
+        deadline = time.time() + 60
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        client.flush()
+        store = Store(cluster.store_url)
+        try:
+            (t,) = store.tasks(key="gang-lost")
+            running = [e for e in store.history(t.id) if e.to_state == "RUNNING"][-1]
+            victim = running.message.split("workers=")[1].split()[0].split(",")[1 if who == "follower" else 0]
+            pid = client.run(os.getpid, workers=[victim])[victim]
+            os.kill(pid, signal.SIGKILL)  # a node of the running gang dies
+            assert fut.result(timeout=120).returncode == 0
+            client.flush()
+            hist = store.history(t.id)
+        finally:
+            store.close()
+        states = [e.to_state for e in hist]
+        assert states.count("RUNNING") == 2 and states[-2:] == ["RUN_DONE", "FINISHED"]
+        lost = next(e for e in hist if e.to_state == "RESTART_READY")
+        expected = f"gang node {victim} left" if who == "follower" else f"worker {victim} left"
+        assert expected in (lost.message or ""), lost.message
+        assert len(marker.read_text()) >= 3  # 2 ranks ran in the first attempt, again in the second
+        status = client.balsam_status()
+        assert status["running"] == 0 and all(not n["reserved_by"] for n in status["nodes"].values())
+
+
+def test_reservation_survives_memory_pause(tmp_path: Path) -> None:
+    from distributed.core import Status
+
+    def set_status(status: str, dask_worker=None) -> None:  # type: ignore[no-untyped-def]
+        dask_worker.status = Status[status]  # what the worker's memory monitor does
+
+    with ensemble(f"sqlite:///{tmp_path}/p.db", tmp_path, nodes=2, cores_per_node=1) as (cluster, client):
+        blocker = client.submit(nap, 3.0, key="blocker")
+        time.sleep(0.8)
+        cmd = [sys.executable, "-c", "print('gang ran')"]
+        gang = client.submit_mpi(cmd, nodes=2, ranks_per_node=1, key="gang-2")
+        time.sleep(0.5)  # both nodes are now reserved; one drains the blocker
+        status = client.balsam_status()
+        reserved = [a for a, n in status["nodes"].items() if n["reserved_by"]]
+        assert len(reserved) == 2
+        idle = next(a for a in reserved if not status["nodes"][a]["running"])
+        client.run(set_status, "paused", workers=[idle])
+        time.sleep(0.3)
+        client.run(set_status, "running", workers=[idle])  # the worker un-pauses itself
+        time.sleep(0.3)
+        assert client.scheduler_info()["workers"][idle]["status"] == "paused"  # still held for the gang
+        with __import__("distributed").Client(cluster.scheduler_address) as plain:
+            side = plain.submit(nap, 0.0, key="plain-side-task")
+            time.sleep(0.5)
+            assert side.status == "pending"  # plain Dask work is kept off the held nodes...
+            assert gang.result(timeout=60).stdout.count("gang ran") == 2
+            assert side.result(timeout=30) == 0.0  # ...and runs once they are released
+        assert blocker.result() == 3.0
