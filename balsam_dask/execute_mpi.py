@@ -92,6 +92,7 @@ def run_mpi(call: MPICall, handlers: Handlers | None, *args: Any, **kwargs: Any)
         res = run_process(
             command, workdir=workdir, env=env, timeout=spec.timeout, kill_event=handle.kill_event,
             stdout_name=f"stdout{suffix}.txt", stderr_name=f"stderr{suffix}.txt", grace=MPI_GRACE,
+            unset=[k for k in launcher.clear_env(os.environ) if k not in env],
         )  # fmt: skip
         _check_process(res, spec, handle)
         if call.fn is not None:

@@ -78,11 +78,13 @@ def run_process(
     kill_event: threading.Event | None = None,
     on_start: Callable[[int], None] | None = None,
     grace: float = DEFAULT_GRACE,
+    unset: Sequence[str] = (),
 ) -> ProcessResult:
     """Run ``argv`` in ``workdir`` (created if needed) and wait for it.
 
-    ``env`` is merged over ``os.environ``. ``timeout`` (seconds) and ``kill_event``
-    stop the whole process group (SIGTERM, then SIGKILL after ``grace`` seconds).
+    ``env`` is merged over ``os.environ``, without the variables named in ``unset``.
+    ``timeout`` (seconds) and ``kill_event`` stop the whole process group (SIGTERM,
+    then SIGKILL after ``grace`` seconds).
     ``on_start(pid)`` is called once the process runs; the pid is also its process
     group id. An executable that cannot be found raises
     :class:`~balsam_dask.errors.InvalidSpec` before anything is created or started.
@@ -95,6 +97,8 @@ def run_process(
             raise InvalidSpec(f"{name}={value!r} is invalid: give a file name such as 'stdout.txt'")
     wd = Path(os.fspath(workdir))
     full_env = _merged_env(env)
+    for name in unset:
+        full_env.pop(name, None)
     resolve_executable(args[0], wd, full_env.get("PATH", os.defpath))
 
     wd.mkdir(parents=True, exist_ok=True)

@@ -423,9 +423,9 @@ class Placer:
                 task.state, task.nodes, task.gpu_ids, task.start = _RUNNING, [node], ids, now
                 self._n_serial -= 1
                 if node.free_cores > 0:  # back into the index under its new free capacity
-                    res = node.reserved_by
-                    end = node.end if res is None else min(node.end, res.promise)  # promise: backfill
-                    if end != _INF or res is None:
+                    res = node.reserved_by  # not None only when backfilling: end by the promise
+                    end = node.end if res is None else min(node.end, res.promise)
+                    if res is None or res.promise < _INF:
                         nk = (node.free_cores, len(node.free_gpus), end)
                         bucket = buckets.get(nk)  # type: ignore[assignment]
                         if bucket is None:
@@ -473,12 +473,14 @@ class Placer:
             else:
                 self._extend(head, pool, now)
         failed: list[_Task] = []
+        misses: list[tuple[int, float]] = []  # (k, need) that found no nodes: wider/longer fail too
+        widths: dict[float, dict[str, int]] = {}
         for task in sorted(self._gangs.values(), key=_order):
             if task.id in self._res:
                 continue
             need = now + (task.wt or 0.0)
             best: tuple[tuple[float, int, str], str, list[_Node]] | None = None
-            for alloc, nodes in pool.items():
+            for alloc, nodes in pool.items() if not any(k <= task.k and n <= need for k, n in misses) else ():
                 eligible = [n for n in nodes if n.end >= need]
                 if len(eligible) >= task.k:
                     chosen = heapq.nsmallest(task.k, eligible, key=lambda n: self._drain_key(n, now))
@@ -490,10 +492,13 @@ class Placer:
                 self._take(res, best[2], pool[best[1]], now)
                 continue
             failed.append(task)
+            misses.append((task.k, need))
             if self._head is None:
                 # The oldest gang that cannot be reserved now keeps an allocation where it fits
                 # and collects its nodes as they are released.
-                fits = [a for a, w in self._timely_width(task, now).items() if w >= task.k]
+                if need not in widths:
+                    widths[need] = self._timely_width(task, now)
+                fits = [a for a, w in widths[need].items() if w >= task.k]
                 if fits:
                     alloc = max(sorted(fits), key=lambda a: sum(1 for n in pool.get(a, []) if n.end >= need))
                     self._head = self._res[task.id] = _Reservation(task, alloc)

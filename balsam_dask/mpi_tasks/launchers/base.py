@@ -152,6 +152,11 @@ class Launcher(ABC):
             env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpu_ids)
         return env
 
+    def clear_env(self, environ: Mapping[str, str]) -> list[str]:
+        """Variables of ``environ`` (the launching process's) to remove before launching:
+        leftovers of the job step the launching worker itself runs in."""
+        return []
+
     def check_hosts(self, spec: LaunchSpec, hosts: Sequence[str]) -> list[str]:
         """The host list validated against the spec: one distinct, well-formed name per node."""
         if isinstance(hosts, (str, bytes)):

@@ -25,13 +25,17 @@ Options (from srun(1) of Slurm 22.05, https://slurm.schedmd.com/srun.html):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from balsam_dask.errors import LauncherError
 from balsam_dask.mpi_tasks.launchers.base import Launcher, LaunchSpec
 
 _MPI_TYPES = ("pmi2", "pmix", "cray_shasta", "none")
+#: Job-level variables a task step must keep; every other ``SLURM_*`` variable of the
+#: node-worker's own step (``SLURM_NTASKS``, ``SLURM_STEP_*``, ``SLURM_CPU_BIND``...)
+#: would be read by srun as defaults for the task's step.
+_KEEP_PREFIXES = ("SLURM_JOB_", "SLURM_SUBMIT_", "SLURM_CLUSTER_NAME", "SLURM_CONF", "SLURM_JOBID")
 
 
 class SrunLauncher(Launcher):
@@ -74,3 +78,9 @@ class SrunLauncher(Launcher):
         env = super().environ(spec, hosts)
         env.update(spec.env)
         return env
+
+    def clear_env(self, environ: Mapping[str, str]) -> list[str]:
+        return [
+            k for k in environ
+            if (k.startswith("SLURM_") and not k.startswith(_KEEP_PREFIXES)) or k.startswith(("PMI_", "PMIX_"))
+        ]  # fmt: skip

@@ -1,0 +1,88 @@
+"""Start one node-worker inside a batch job: ``python -m balsam_dask.node_worker``.
+
+The job script runs this once per node (``srun --overlap --ntasks-per-node=1``,
+``mpiexec -ppn 1``, ``blaunch``...). It works out which node it is on from the batch
+system's environment, describes the node (:class:`~balsam_dask.node.NodeConfig`: cores,
+GPUs, allocation id, allocation end) and execs ``dask worker`` with the balsam preload,
+named ``<prefix>-<node index>`` so the cluster knows which job each worker belongs to, and
+with a lifetime that makes it leave ``--drain-margin`` seconds before the allocation ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+
+from balsam_dask.node import ENV_VAR, PRELOAD, NodeConfig
+
+#: Where each batch system says which node of the job this is, and its host name.
+INDEX_VARS = ("SLURM_NODEID", "PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "BALSAM_DASK_NODE_INDEX")
+HOST_VARS = ("SLURMD_NODENAME", "BALSAM_DASK_NODE_HOST")
+
+
+def _first(names: Sequence[str]) -> str | None:
+    for n in names:
+        v = os.environ.get(n)
+        if v:
+            return v
+    return None
+
+
+def build_command(args: argparse.Namespace, now: float) -> tuple[list[str], NodeConfig]:
+    index = _first([args.index_env] if args.index_env else INDEX_VARS) or "0"
+    host = _first([args.host_env] if args.host_env else HOST_VARS) or socket.gethostname()
+    alloc = _first([args.alloc_env]) if args.alloc_env else None
+    name = f"{args.name_prefix}-{index}"
+    config = NodeConfig(
+        name=name, alloc_id=alloc or args.alloc or args.name_prefix, cores=args.cores, gpus=args.gpus,
+        end_time=args.end, host=host, workdir_root=args.workdir, results_dir=args.results_dir,
+        launcher=args.launcher,
+    )  # fmt: skip
+    cmd = [
+        args.python or sys.executable, "-m", "distributed.cli.dask_worker", args.scheduler,
+        "--name", name, "--nthreads", str(args.cores), "--nworkers", "1", "--preload", PRELOAD,
+        "--no-dashboard", "--nanny",
+    ]  # fmt: skip
+    if args.memory_limit:
+        cmd += ["--memory-limit", args.memory_limit]
+    if args.end is not None:
+        lifetime = int(args.end - args.drain_margin - now)
+        cmd += ["--lifetime", f"{max(lifetime, 1)}s"]
+    cmd += list(args.worker_args)
+    return cmd, config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m balsam_dask.node_worker")
+    p.add_argument("scheduler")
+    p.add_argument("--name-prefix", required=True, help="the job's name; the worker is <prefix>-<node index>")
+    p.add_argument("--cores", type=int, required=True)
+    p.add_argument("--gpus", type=int, default=0)
+    p.add_argument("--end", type=float, default=None, help="allocation end, epoch seconds")
+    p.add_argument("--drain-margin", type=float, default=60.0, help="leave this many seconds before the end")
+    p.add_argument("--alloc", default=None, help="allocation id (default: from --alloc-env)")
+    p.add_argument("--alloc-env", default=None, help="variable holding the batch job id, e.g. SLURM_JOB_ID")
+    p.add_argument("--index-env", default=None, help="variable holding this node's index in the job")
+    p.add_argument("--host-env", default=None, help="variable holding this node's host name")
+    p.add_argument("--launcher", default=None, help="MPI launcher for tasks on this allocation")
+    p.add_argument("--workdir", default="balsam_workdirs")
+    p.add_argument("--results-dir", default="balsam_results")
+    p.add_argument("--memory-limit", default=None)
+    p.add_argument("--python", default=None)
+    p.add_argument("worker_args", nargs=argparse.REMAINDER, help="after --: more `dask worker` options")
+    args = p.parse_args(argv)
+    if args.worker_args[:1] == ["--"]:
+        args.worker_args = args.worker_args[1:]
+    cmd, config = build_command(args, time.time())
+    os.environ[ENV_VAR] = config.to_env()
+    sys.stdout.flush()
+    os.execv(cmd[0], cmd)
+    return 0  # pragma: no cover - execv does not return
+
+
+if __name__ == "__main__":
+    sys.exit(main())
