@@ -152,7 +152,7 @@ class Client(distributed.Client):
             name=name, priority=priority, isolate=False, durable=durable, command=cmd,
             params=freeze_pairs("params", params_d), env=freeze_pairs("env", env), workdir=workdir, check=check,
         )  # fmt: skip
-        validate_template(cmd, params_d)
+        _check_template(cmd, params_d)
         if key is None:
             key = f"app-{name or 'task'}-{uuid.uuid4().hex}"
         with dask.annotate(**{SPEC_ANNOTATION: spec}):
@@ -200,7 +200,7 @@ class Client(distributed.Client):
             launcher=launcher, mpi_args=tuple(mpi_args), check=check,
         )  # fmt: skip
         if cmd is not None:
-            validate_template(cmd, params_d)
+            _check_template(cmd, params_d)
         self._check_fits(resources)
         widest = self.balsam_info().get("max_nodes")
         if widest and nodes > widest:
@@ -243,6 +243,15 @@ class Client(distributed.Client):
 
         plan = self.sync(self._balsam_rpc().balsam_resume, limit=limit)
         return resubmit(self, plan)
+
+
+def _check_template(command: str | tuple[str, ...], params: dict[str, Any]) -> None:
+    if isinstance(command, str):
+        validate_template(command, params)
+    elif params:
+        raise InvalidSpec(
+            "params= fill a template string such as './sim --n {n}'; a command given as a list runs unmodified"
+        )
 
 
 def _handlers(on_error: Any, on_timeout: Any) -> Handlers | None:

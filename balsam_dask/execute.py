@@ -227,6 +227,12 @@ def _report_done(ctx: TaskContext, spec: TaskSpec, value: Any, started: float) -
 # ---------------------------------------------------------------- bodies
 
 
+def command_argv(command: str | tuple[str, ...], params: dict[str, Any]) -> list[str]:
+    """A template string is rendered (every parameter shell-quoted); an argv list runs
+    unmodified (braces in it are literal: ``awk '{print $1}'``, f-strings...)."""
+    return render(command, params) if isinstance(command, str) else list(command)
+
+
 def _check_process(res: ProcessResult, spec: TaskSpec, handle: RunHandle) -> None:
     if res.killed:
         raise _Killed(handle.reason or "killed")
@@ -287,7 +293,7 @@ def run_app(app: AppCall, handlers: Handlers | None) -> AppResult:
     """An unmodified executable as a balsam task."""
 
     def body(ctx: TaskContext, handle: RunHandle) -> AppResult:
-        argv = render(app.command, app.params)
+        argv = command_argv(app.command, app.params)
         workdir = _workdir(get_runtime(), ctx.spec, ctx.key)
         suffix = "" if ctx.attempt <= 1 else f".{ctx.attempt}"
         res = run_process(

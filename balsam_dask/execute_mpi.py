@@ -28,11 +28,11 @@ from balsam_dask.execute import (
     _run_attempts,
     _task_env,
     _workdir,
+    command_argv,
 )
 from balsam_dask.mpi_tasks.detect import default_launcher
 from balsam_dask.mpi_tasks.launchers.base import LaunchSpec
 from balsam_dask.mpi_tasks.runner import run_process
-from balsam_dask.mpi_tasks.template import render
 from balsam_dask.runtime import RunHandle, get_runtime
 
 #: Seconds between SIGTERM and SIGKILL when stopping a launcher (it forwards the
@@ -77,7 +77,7 @@ def run_mpi(call: MPICall, handlers: Handlers | None, *args: Any, **kwargs: Any)
             env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p and os.path.isdir(p)])
         else:
             assert call.command is not None
-            argv = render(call.command, call.params)
+            argv = command_argv(call.command, call.params)
             if not _program_exists(argv[0], workdir):
                 raise InvalidSpec(
                     f"executable {argv[0]!r} not found on {rt.config.name} (PATH={os.environ.get('PATH', '')}); "

@@ -73,10 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--results-dir", default="balsam_results")
     p.add_argument("--memory-limit", default=None)
     p.add_argument("--python", default=None)
-    p.add_argument("worker_args", nargs=argparse.REMAINDER, help="after --: more `dask worker` options")
+    p.epilog = "Arguments after -- go to `dask worker` unchanged."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
     args = p.parse_args(argv)
-    if args.worker_args[:1] == ["--"]:
-        args.worker_args = args.worker_args[1:]
+    args.worker_args = extra
     cmd, config = build_command(args, time.time())
     os.environ[ENV_VAR] = config.to_env()
     sys.stdout.flush()

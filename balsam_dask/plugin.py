@@ -33,10 +33,13 @@ from balsam_dask.recorder import Recorder
 from balsam_dask.runtime import KILL_OP
 from balsam_dask.spec import TaskSpec
 from balsam_dask.store.api import Store
+from balsam_dask.store.ops import AllocationWrite
 from balsam_dask.store.states import FINAL_STATES, State
 
 log = logging.getLogger(__name__)
 
+#: Messages of attempts that ended with their allocation (recorded as RUN_TIMEOUT).
+TIMEOUT_PREFIX = "walltime: "
 #: A worker address that never exists: a task restricted to it waits in ``no-worker``.
 HOLD = "balsam-hold://placement"
 PLUGIN_NAME = "balsam-dask"
@@ -287,6 +290,17 @@ class BalsamPlugin(SchedulerPlugin):
         if worker in self.placed:
             self._remove_node(worker)
 
+    def _why_lost(self, worker: str, expected: bool) -> str:
+        """Why a worker's running tasks were lost. A batch node-worker told to stop (the
+        batch system's SIGTERM at walltime or scancel), or gone at its allocation's end,
+        ended with its allocation: its tasks timed out (RUN_TIMEOUT) and run elsewhere."""
+        cfg = self.nodes.get(worker)
+        batch = cfg is not None and not cfg.alloc_id.startswith(("local-", "unmanaged"))
+        ended = cfg is not None and cfg.end_time is not None and time.time() >= cfg.end_time - 5
+        if cfg is not None and (ended or (batch and expected)):
+            return f"{TIMEOUT_PREFIX}allocation {cfg.alloc_id} ended on {cfg.name}"
+        return f"attempt lost: worker {worker} left"
+
     def _remove_node(self, worker: str) -> None:
         self.placed.discard(worker)
         for task_id in self.placer.remove_node(worker):
@@ -314,8 +328,9 @@ class BalsamPlugin(SchedulerPlugin):
             return
         action = msg.get("action")
         if action == "remove-worker" and topic != "all":
+            why = self._why_lost(topic, bool(msg.get("expected")))
             for key in msg.get("processing-tasks") or ():
-                self._lost.setdefault(key, f"attempt lost: worker {topic} left")
+                self._lost.setdefault(key, why)
             if topic in self.placed:  # free its placement before its tasks come back
                 self._remove_node(topic)
         elif action == "worker-status-change" and topic in self.nodes and not is_ours(msg.get("stimulus_id")):
@@ -324,6 +339,17 @@ class BalsamPlugin(SchedulerPlugin):
                 self._node_running(topic)
             elif topic in self.placed and topic not in self.pauser.held:
                 self.placer.set_draining(topic, True)
+
+    # ------------------------------------------------------------------ allocations
+    def new_allocation(self, **fields: Any) -> int:
+        """Record a new allocation (batch job); returns its id in the store."""
+        assert self.store is not None
+        aid = self.store.new_id()
+        self.writer.put(AllocationWrite(aid, {"state": "PENDING", "submitted_at": time.time(), "info": {}, **fields}))
+        return aid
+
+    def update_allocation(self, alloc_id: int, **fields: Any) -> None:
+        self.writer.put(AllocationWrite(alloc_id, fields))
 
     # ------------------------------------------------------------------ kill
     def kill(self, keys: list[Hashable], reason: str = "killed on request", client: str | None = None) -> list[str]:

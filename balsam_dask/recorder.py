@@ -178,6 +178,8 @@ class Recorder:
         elif finish == "released":
             if start == "processing" and (lost or not cancelled):
                 why = note or (f"attempt lost: worker {track.worker} left" if lost else "attempt rescheduled")
+                if why.startswith("walltime: ") and track.state == S.RUNNING:
+                    self.move(track, S.RUN_TIMEOUT, message=why)  # ended with its allocation
                 self.move(track, S.RESTART_READY, message=why)
             elif cancelled and st in _UNFINISHED_FOR_KILL:
                 self.move(track, S.KILLED, message="cancelled")

@@ -1,0 +1,107 @@
+"""MPI tasks and ensemble jobs on the real local Slurm cluster (4 virtual nodes n1..n4)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from balsam_dask import Client, Store
+from tests.conftest import require_or_skip
+
+pytestmark = [pytest.mark.slurm, pytest.mark.mpi]
+
+# each rank writes its own file in the task's work directory (stdout lines of ranks may interleave)
+RANKS = (
+    "import os; from mpi4py import MPI; c = MPI.COMM_WORLD; s = c.allreduce(c.rank + 1); "
+    "open(f'rank-{c.rank}.txt', 'w').write(f\"{c.rank} {os.environ.get('SLURMD_NODENAME')} {s}\")"
+)
+
+
+def slurm_available() -> None:
+    if not os.environ.get("SLURM_CONF") or shutil.which("sinfo") is None:
+        require_or_skip("Slurm (SLURM_CONF and sinfo)")
+    out = subprocess.run(["sinfo", "-h", "-o", "%D %t"], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0 or "idle" not in out.stdout and "mix" not in out.stdout and "alloc" not in out.stdout:
+        require_or_skip(f"a responsive Slurm cluster (sinfo: {out.stdout.strip()} {out.stderr.strip()})")
+
+
+@pytest.fixture(scope="module")
+def slurm4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, Client]]:
+    slurm_available()
+    from balsam_dask.packing.clusters import SlurmEnsembleCluster
+
+    d = tmp_path_factory.mktemp("slurm4")
+    with SlurmEnsembleCluster(cores_per_node=4, walltime="00:10:00", log_directory=str(d), workdir=str(d),
+                              poll_interval=1.0) as cluster, Client(cluster) as client:  # fmt: skip
+        cluster.request(4)
+        client.wait_for_workers(4, timeout=120)
+        yield cluster, client
+
+
+@pytest.mark.parametrize("launcher", ["srun", "mpich"])
+@pytest.mark.parametrize("nodes", [2, 4])
+def test_mpi_ranks_on_distinct_slurm_nodes(slurm4: tuple[object, Client], launcher: str, nodes: int) -> None:
+    _, client = slurm4
+    f = client.submit_mpi([sys.executable, "-c", RANKS], nodes=nodes, ranks_per_node=2, launcher=launcher)
+    r = f.result(timeout=180)
+    lines = [(r.workdir / f"rank-{i}.txt").read_text().split() for i in range(2 * nodes)]
+    assert len(lines) == 2 * nodes
+    total = sum(range(1, 2 * nodes + 1))
+    assert {int(x[2]) for x in lines} == {total}  # every rank saw the same allreduce
+    names = [x[1] for x in lines]
+    assert len(set(names)) == nodes and set(names) <= {"n1", "n2", "n3", "n4"}
+    assert all(names.count(n) == 2 for n in set(names))  # ranks_per_node respected
+    assert r.command[0].endswith("srun" if launcher == "srun" else "mpiexec")
+
+
+def mpi_fn(comm) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    return comm.size, ",".join(sorted(set(comm.allgather(os.environ.get("SLURMD_NODENAME", "?")))))
+
+
+def test_mpi_function_on_slurm(slurm4: tuple[object, Client]) -> None:
+    cluster, client = slurm4
+    size, names = client.submit_mpi(mpi_fn, nodes=3, ranks_per_node=1).result(timeout=180)
+    assert size == 3 and len(names.split(",")) == 3
+    client.flush()
+    store = Store(cluster.store_url)  # type: ignore[attr-defined]
+    try:
+        (alloc,) = store.allocations()
+        assert alloc.system == "slurm" and alloc.nodes == 4 and alloc.scheduler_id and alloc.state == "RUNNING"
+    finally:
+        store.close()
+
+
+def test_job_script_text(tmp_path: Path) -> None:
+    from balsam_dask.packing.jobs import EnsembleJobSpec
+    from balsam_dask.packing.slurm import job_script
+
+    spec = EnsembleJobSpec(name="ens-1", scheduler="tcp://10.0.0.1:8786", nodes=4, walltime="01:30:00",
+                           cores_per_node=64, gpus_per_node=4, queue="debug", account="proj",
+                           job_extra_directives=("--constraint=gpu",), job_script_prologue=("module load cuda",),
+                           log_directory="/scratch/logs", python="/opt/py/bin/python")  # fmt: skip
+    assert job_script(spec) == (
+        "#!/usr/bin/env bash\n"
+        "#SBATCH --job-name=ens-1\n"
+        "#SBATCH --nodes=4\n"
+        "#SBATCH --ntasks-per-node=1\n"
+        "#SBATCH --exclusive\n"
+        "#SBATCH --time=01:30:00\n"
+        "#SBATCH --partition=debug\n"
+        "#SBATCH --account=proj\n"
+        "#SBATCH --gpus-per-node=4\n"
+        "#SBATCH --output=/scratch/logs/ens-1-%j.out\n"
+        "#SBATCH --constraint=gpu\n"
+        "\n"
+        "module load cuda\n"
+        "END=$(( $(date +%s) + 5400 ))\n"
+        "exec srun --overlap --nodes=4 --ntasks-per-node=1 --kill-on-bad-exit=0 /opt/py/bin/python -m "
+        "balsam_dask.node_worker tcp://10.0.0.1:8786 --name-prefix ens-1 --cores 64 --gpus 4 --end \"$END\" "
+        "--drain-margin 60 --alloc-env SLURM_JOB_ID --workdir balsam_workdirs --results-dir balsam_results "
+        "--index-env SLURM_NODEID --host-env SLURMD_NODENAME --launcher srun\n"
+    )
