@@ -81,7 +81,12 @@ class LocalEnsembleCluster(SpecCluster):
         self.plugin = plugin
         scheduler = {
             "cls": Scheduler,
-            "options": {"plugins": [plugin], "dashboard_address": dashboard_address, "validate": validate},
+            "options": {
+                "plugins": [plugin],
+                "dashboard": dashboard_address is not None,
+                "dashboard_address": dashboard_address,
+                "validate": validate,
+            },
         }
         memory = memory_per_node if memory_per_node is not None else "auto"
         if launcher is not None:

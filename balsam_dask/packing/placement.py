@@ -374,6 +374,7 @@ class Placer:
             fifo = sq.fifo
             if (not fifo or fifo[0].state != _WAITING) and not self._next_head(shape, sq):
                 continue  # only cancelled tasks were left, or the head changed
+            fifo = sq.fifo
             cores, gpus, wt = shape
             need_end = -_INF if wt is None else now + wt
             if group is None and len(keys) > 16:
@@ -474,14 +475,16 @@ class Placer:
                 self._extend(head, pool, now)
         failed: list[_Task] = []
         misses: list[tuple[int, float]] = []  # (k, need) that found no nodes: wider/longer fail too
-        widths: dict[float, dict[str, int]] = {}
+        widest: dict[float, tuple[int, dict[str, int]]] = {}  # per need: allocations wide enough
+        most = max(map(len, pool.values()), default=0)  # pools only shrink during the pass
         for task in sorted(self._gangs.values(), key=_order):
             if task.id in self._res:
                 continue
             need = now + (task.wt or 0.0)
+            hopeless = task.k > most or any(k <= task.k and n <= need for k, n in misses)
             best: tuple[tuple[float, int, str], str, list[_Node]] | None = None
-            for alloc, nodes in pool.items() if not any(k <= task.k and n <= need for k, n in misses) else ():
-                eligible = [n for n in nodes if n.end >= need]
+            for alloc, nodes in () if hopeless else pool.items():
+                eligible = [n for n in nodes if n.end >= need] if len(nodes) >= task.k else ()
                 if len(eligible) >= task.k:
                     chosen = heapq.nsmallest(task.k, eligible, key=lambda n: self._drain_key(n, now))
                     score = (self._drain_time(chosen[-1], now), sum(n.cores - n.free_cores for n in chosen), alloc)
@@ -490,29 +493,35 @@ class Placer:
             if best is not None:
                 res = self._res[task.id] = _Reservation(task, best[1])
                 self._take(res, best[2], pool[best[1]], now)
+                most = max(map(len, pool.values()), default=0)
                 continue
             failed.append(task)
-            misses.append((task.k, need))
+            if not hopeless:
+                misses.append((task.k, need))
             if self._head is None:
                 # The oldest gang that cannot be reserved now keeps an allocation where it fits
                 # and collects its nodes as they are released.
-                if need not in widths:
-                    widths[need] = self._timely_width(task, now)
-                fits = [a for a, w in widths[need].items() if w >= task.k]
-                if fits:
-                    alloc = max(sorted(fits), key=lambda a: sum(1 for n in pool.get(a, []) if n.end >= need))
+                if need not in widest:
+                    w = self._timely_width(task, now)
+                    widest[need] = (max(w.values(), default=0), w)
+                if widest[need][0] >= task.k:
+                    fits = sorted(a for a, n in widest[need][1].items() if n >= task.k)
+                    alloc = max(fits, key=lambda a: sum(1 for n in pool.get(a, []) if n.end >= need))
                     self._head = self._res[task.id] = _Reservation(task, alloc)
                     self._extend(self._head, pool, now)
+                    most = max(map(len, pool.values()), default=0)
         if self._backfill and failed:
             idle: dict[str, list[_Node]] = {}  # idle nodes a gang could borrow, per allocation
             for node in self._nodes.values():
                 r = node.reserved_by
-                if not node.running and node.gang is None and not node.draining and (r is None or r.promise < _INF):
+                lend = r is None or (r.promise < _INF and r not in self._ready)
+                if not node.running and node.gang is None and not node.draining and lend:
                     idle.setdefault(node.alloc, []).append(node)
             tried: list[tuple[int, float]] = []
             for task in failed:
                 end = now + (task.wt or _INF)
-                if task.id in self._res or any(k <= task.k and e <= end for k, e in tried):
+                most = max(map(len, idle.values()), default=0)
+                if task.id in self._res or task.k > most or any(k <= task.k and e <= end for k, e in tried):
                     continue
                 if not self._backfill_gang(task, idle, end, now, out):
                     tried.append((task.k, end))
@@ -586,6 +595,8 @@ class Placer:
 
     def _start_gang(self, res: _Reservation, now: float, out: list[Assignment]) -> None:
         task = res.task
+        if res.busy or self._res.get(task.id) is not res:
+            return  # a node was lent again meanwhile, or the reservation is gone
         if res.min_end < now + (task.wt or 0.0):
             self._release(res)
             return

@@ -16,13 +16,14 @@ How it sizes (DESIGN.md §6):
    offers ``nodes * remaining_time`` (queued ones: their walltime), of which
    ``EFFICIENCY`` is assumed usable (packing and tails); the running tasks' remaining
    work is taken from the running allocations' share.
-4. The deficit (work - usable capacity) is covered by new jobs: the walltime is the shortest
-   that fits the longest waiting task (plus ``WALLTIME_PAD``, at least ``min_walltime``), made
-   longer only when the node room left under ``max_total_nodes`` is too small; the nodes
-   follow from the deficit. Jobs are split to at most ``max_nodes_per_job`` nodes, every job
-   is at least ``min_nodes`` and at least as wide as the widest waiting gang, and at most
-   ``max_queued_jobs`` jobs are queued. A gang no allocation can host gets a job even when
-   the deficit is covered.
+4. The deficit (work - usable capacity) is covered by new jobs. Their walltime is
+   ``run_factor`` (default ``RUN_FACTOR``) times the longest waiting task plus
+   ``WALLTIME_PAD``, within [``min_walltime``, ``max_walltime``], made longer only when the
+   node room left under ``max_total_nodes`` is too small; the nodes follow from the deficit.
+   The nodes are spread over several jobs (up to half the free queue slots, at most
+   ``max_nodes_per_job`` each) so each job is released as soon as its own nodes are idle;
+   every job is at least ``min_nodes`` and at least as wide as the widest waiting gang. A
+   gang no allocation can host gets a job even when the deficit is covered.
 5. Cancels: a queued job older than ``queued_timeout``, and a running job idle for
    ``idle_timeout``, are cancelled only when no waiting task could use them.
 
@@ -54,6 +55,8 @@ SPLIT_SLOTS = 2
 
 
 def _check(name: str, value: object, minimum: float, example: str, integer: bool = False) -> None:
+    if (type(value) is int or (type(value) is float and not integer)) and value >= minimum:
+        return  # the common case, fast: these are built in the scheduler's hot loop
     ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
     if not ok or value < minimum or (isinstance(value, float) and math.isnan(value)):  # type: ignore[operator]
         kind = "an integer" if integer else "a number"
@@ -187,8 +190,17 @@ def decide(
     allocations: Sequence[AllocationView],
     limits: SiteLimits,
     now: float,
+    *,
+    run_factor: float = RUN_FACTOR,
 ) -> Decision:
-    """Allocation requests and cancellations for this backlog (pure and deterministic)."""
+    """Allocation requests and cancellations for this backlog (pure and deterministic).
+
+    ``run_factor`` trades time for node-hours: jobs are sized to run about ``run_factor``
+    times the longest waiting task, so 1.0 finishes sooner on more nodes and larger values
+    waste less in the end-of-work tail.
+    """
+    if isinstance(run_factor, bool) or not isinstance(run_factor, (int, float)) or not run_factor >= 1:
+        raise InvalidSpec(f"run_factor={run_factor!r} is invalid: use a number >= 1, e.g. run_factor=1.5")
     notes: list[str] = []
     todo: list[tuple[BacklogShape, float]] = []  # waiting, runnable shapes with their walltime
     work = running_work = 0.0
@@ -239,7 +251,7 @@ def decide(
     ]
     requests: list[AllocationRequest] = []
     if todo and (deficit > 0 or unhosted):
-        requests = _size(todo, live, limits, max(deficit, 0.0), unhosted, notes)
+        requests = _size(todo, live, limits, max(deficit, 0.0), unhosted, notes, run_factor)
     summary = (
         f"backlog {sum(s.count for s, _ in todo)} task(s), {work:.3g} node-s; usable capacity "
         f"{capacity * EFFICIENCY:.3g} node-s less {running_work:.3g} running"
@@ -256,6 +268,7 @@ def _size(
     deficit: float,
     unhosted: list[tuple[BacklogShape, float]],
     notes: list[str],
+    run_factor: float,
 ) -> list[AllocationRequest]:
     slots = limits.max_queued_jobs - sum(1 for a in live if a.state == "queued")
     room = limits.max_total_nodes - sum(a.nodes for a in live)
@@ -268,7 +281,7 @@ def _size(
         notes.append(f"waiting: only {room} node(s) left under max_total_nodes={limits.max_total_nodes}")
         return []
     longest = max(wt for _, wt in todo)
-    walltime = min(limits.max_walltime, max(limits.min_walltime, longest * RUN_FACTOR + WALLTIME_PAD))
+    walltime = min(limits.max_walltime, max(limits.min_walltime, longest * run_factor + WALLTIME_PAD))
     # Longer jobs only when the nodes we may still add cannot cover the deficit in time.
     walltime = min(limits.max_walltime, max(walltime, deficit / (room * EFFICIENCY)))
     nodes = min(room, max(math.ceil(deficit / (walltime * EFFICIENCY)), low if unhosted else 0))
