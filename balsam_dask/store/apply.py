@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from balsam_dask.errors import IllegalTransition, UnknownTask
-from balsam_dask.store.models import allocations_t, events_t, sessions_t, shape_counts_t, tasks_t
+from balsam_dask.store.models import allocations_t, events_t, sessions_t, tasks_t
 from balsam_dask.store.ops import (
     UPDATABLE_TASK_FIELDS,
     AllocationWrite,
@@ -96,6 +95,15 @@ def raw_sql(dialect: str) -> dict[str, str]:
     }
 
 
+def existing_event_ids(conn: Connection, task_ids: Sequence[int]) -> set[int]:
+    """Ids of the events already stored for these tasks (the events' key is (task, id))."""
+    found: set[int] = set()
+    for part in chunks(sorted(set(task_ids))):
+        q = select(events_t.c.id).where(events_t.c.task_id.in_(part))
+        found.update(conn.execute(q).scalars())
+    return found
+
+
 def _task_row(op: NewTask, session_id: int, now: float, cache: dict[int, tuple[Any, ...]]) -> tuple[Any, ...]:
     """A task as a tuple in TASK_COLS order. Spec-derived columns are cached per spec
     object: ``client.map`` creates many tasks that share one spec."""
@@ -125,22 +133,18 @@ def _shape_memo(raw: tuple[int, int, int, float | None]) -> Shape:
 
 
 def add_shape_counts(conn: Connection, deltas: Counter[tuple[Shape, str]]) -> None:
-    """Add ``deltas`` to shape_counts (upsert), in key order so concurrent writers
-    lock the rows in the same order and cannot deadlock."""
-    rows = [
-        {"nodes": s.nodes, "cores": s.cores, "gpus": s.gpus, "walltime": s.walltime, "state": st, "count": n}
-        for (s, st), n in sorted(deltas.items())
-        if n
-    ]
+    """Add ``deltas`` to shape_counts in one upsert statement, rows in key order so
+    concurrent writers lock them in the same order and cannot deadlock."""
+    rows = [(s.nodes, s.cores, s.gpus, s.walltime, st, n) for (s, st), n in sorted(deltas.items()) if n]
     if not rows:
         return
-    ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(shape_counts_t)
-    stmt = ins.on_conflict_do_update(
-        index_elements=["nodes", "cores", "gpus", "walltime", "state"],
-        set_={"count": shape_counts_t.c.count + ins.excluded.count},
+    ph = "%s" if conn.dialect.name == "postgresql" else "?"
+    values = ", ".join([f"({ph}, {ph}, {ph}, {ph}, {ph}, {ph})"] * len(rows))
+    conn.exec_driver_sql(
+        f"INSERT INTO shape_counts (nodes, cores, gpus, walltime, state, count) VALUES {values} "
+        "ON CONFLICT (nodes, cores, gpus, walltime, state) DO UPDATE SET count = shape_counts.count + excluded.count",
+        tuple(v for row in rows for v in row),
     )
-    for row in rows:  # one statement each: upsert executemany is not portable
-        conn.execute(stmt, row)
 
 
 def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool = False) -> ApplyStats:
@@ -173,7 +177,7 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
             seen = existing_ids(conn, tasks_t, [t.id for t in new_tasks])
             new_tasks = [t for t in new_tasks if t.id not in seen]
         if transitions:
-            seen = existing_ids(conn, events_t, [e.id for e in transitions])
+            seen = existing_event_ids(conn, [e.task_id for e in transitions])
             transitions = [e for e in transitions if e.id not in seen]
         stats.skipped = n0 - len(new_tasks) - len(transitions)
 
@@ -183,12 +187,13 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
     # current state and shape of every task the batch touches
     state: dict[int, str] = {}
     shape: dict[int, Shape] = {}
-    for row in task_rows:
-        tid = row[0]
-        state[tid] = _CREATED
-        s = shape_of(row[6], row[9], row[10], row[11])
-        shape[tid] = s
-        deltas[(s, _CREATED)] += 1
+    if task_rows:  # shapes come from the spec: count them per distinct shape, not per row
+        for raw, n in Counter([(r[6], r[9], r[10], r[11]) for r in task_rows]).items():
+            deltas[(_shape_memo(raw), _CREATED)] += n
+        if transitions or updates:
+            for r in task_rows:
+                state[r[0]] = _CREATED
+                shape[r[0]] = _shape_memo((r[6], r[9], r[10], r[11]))
     need = list(
         {e.task_id for e in transitions if e.task_id not in state}
         | {u.task_id for u in updates if u.task_id not in state}
@@ -200,7 +205,7 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
         for tid, st, n, c, g, w in conn.exec_driver_sql(q, tuple(part)).fetchall():
             state[tid] = st
             raw_shape[tid] = (n, c, g, w)
-    if len(state) < len(need) + len(task_rows):
+    if len(state) < len(need) + (len(task_rows) if transitions or updates else 0):
         missing = next(t for t in need if t not in state)
         raise UnknownTask(f"no task with id {missing} in the store")
 

@@ -26,6 +26,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+#: 64-bit ids; on SQLite exactly INTEGER, so the primary key is the table's own rowid
+#: (a BIGINT key gets a second index that every insert and update pays for).
+IdType = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -50,7 +53,7 @@ class Session(Base):
 class Task(Base):
     __tablename__ = "tasks"
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=False)
     key: Mapped[str] = mapped_column(String(512))
     name: Mapped[str | None] = mapped_column(String(255), nullable=True)
     kind: Mapped[str] = mapped_column(String(16))
@@ -96,12 +99,13 @@ class Task(Base):
 
 
 class Event(Base):
-    """One state change of one task: the provenance log."""
+    """One state change of one task: the provenance log. Clustered by task (a task's
+    history is one range of the primary key; SQLite keeps no separate rowid b-tree)."""
 
     __tablename__ = "events"
 
+    task_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    task_id: Mapped[int] = mapped_column(BigInteger)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     to_state: Mapped[str] = mapped_column(String(16))
@@ -110,7 +114,7 @@ class Event(Base):
     hosts: Mapped[str | None] = mapped_column(Text, nullable=True)
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
 
-    __table_args__ = (Index("ix_events_task_id", "task_id", "id"),)
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
 
 class Allocation(Base):
@@ -118,7 +122,7 @@ class Allocation(Base):
 
     __tablename__ = "allocations"
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=False)
     session_id: Mapped[int] = mapped_column(Integer)
     system: Mapped[str] = mapped_column(String(32))
     scheduler_id: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Select, and_, func, select
+from sqlalchemy import Select, and_, func, literal, select, tuple_
 
 from balsam_dask.errors import InvalidSpec
 from balsam_dask.spec import validate_tags
@@ -13,6 +13,7 @@ from balsam_dask.store.models import allocations_t, events_t, sessions_t, tasks_
 from balsam_dask.store.ops import AllocationRecord, EventRecord, SessionRecord, TaskRecord
 from balsam_dask.store.states import ALL_STATES
 
+MAX_ID = (1 << 63) - 1
 TASK_COLUMNS = [c for c in tasks_t.c if c.name not in ("result", "payload")]
 _has_result = (tasks_t.c.result.is_not(None)).label("has_result")
 _has_payload = (tasks_t.c.payload.is_not(None)).label("has_payload")
@@ -65,6 +66,14 @@ def task_filter(
     if session_id is not None:
         conds.append(tasks_t.c.session_id == session_id)
     return conds
+
+
+def state_cursor(state: str, after: int | None, newest_first: bool) -> list[Any]:
+    """``state = s`` (and ``id > after``) written as a range of the (state, id) key."""
+    key = tuple_(tasks_t.c.state, tasks_t.c.id)
+    if newest_first:
+        return [key < tuple_(literal(state), literal(after if after is not None else MAX_ID)), tasks_t.c.state >= state]
+    return [key > tuple_(literal(state), literal(after if after is not None else -1)), tasks_t.c.state <= state]
 
 
 def task_select(conds: list[Any]) -> Select[Any]:

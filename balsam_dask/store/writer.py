@@ -83,7 +83,7 @@ class BatchWriter:
     # --- producer side (any thread; never blocks) ---
     def put(self, op: Op) -> None:
         self._q.append(op)
-        if len(self._q) >= self.max_batch:
+        if len(self._q) >= self.max_batch and not self._wake.is_set():
             self._wake.set()
 
     def put_many(self, ops: Iterable[Op]) -> None:

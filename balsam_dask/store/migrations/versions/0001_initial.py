@@ -16,6 +16,7 @@ branch_labels = None
 depends_on = None
 
 JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+IdType = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
@@ -32,7 +33,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "tasks",
-        sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=False),
+        sa.Column("id", IdType, primary_key=True, autoincrement=False),
         sa.Column("key", sa.String(512), nullable=False),
         sa.Column("name", sa.String(255), nullable=True),
         sa.Column("kind", sa.String(16), nullable=False),
@@ -71,8 +72,8 @@ def upgrade() -> None:
     )
     op.create_table(
         "events",
+        sa.Column("task_id", sa.BigInteger(), primary_key=True, autoincrement=False),
         sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=False),
-        sa.Column("task_id", sa.BigInteger(), nullable=False),
         sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("from_state", sa.String(16), nullable=True),
         sa.Column("to_state", sa.String(16), nullable=False),
@@ -80,11 +81,11 @@ def upgrade() -> None:
         sa.Column("worker", sa.String(255), nullable=True),
         sa.Column("hosts", sa.Text(), nullable=True),
         sa.Column("message", sa.Text(), nullable=True),
+        sqlite_with_rowid=False,
     )
-    op.create_index("ix_events_task_id", "events", ["task_id", "id"])
     op.create_table(
         "allocations",
-        sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=False),
+        sa.Column("id", IdType, primary_key=True, autoincrement=False),
         sa.Column("session_id", sa.Integer(), nullable=False),
         sa.Column("system", sa.String(32), nullable=False),
         sa.Column("scheduler_id", sa.String(64), nullable=True),
