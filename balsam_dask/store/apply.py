@@ -35,6 +35,7 @@ from balsam_dask.store.states import LEGAL, State
 
 CHUNK = 2000
 _CREATED = State.CREATED.value
+_NOTHING: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -210,23 +211,18 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
         raise UnknownTask(f"no task with id {missing} in the store")
 
     initial = dict(state) if transitions else {}
-    attempt: dict[int, int] = {}
-    last_ts: dict[int, float] = {}
+    last: dict[int, tuple[int, float]] = {}  # task -> (attempt, time) of its last event in the batch
     event_rows: list[tuple[Any, ...]] = []
+    add_row = event_rows.append
     legal = LEGAL
-    for e in transitions:
-        tid = e.task_id
+    for eid, tid, _, to, ts, att, worker, hosts, message in transitions:  # the hot loop: plain tuples
         cur = state[tid]
-        to = e.to_state
-        allowed = legal.get(cur)
-        if allowed is None or to not in allowed:
+        if to not in legal.get(cur, _NOTHING):
             raise IllegalTransition(cur, to, tid)
         # from_state: the store's state is the truth, whatever the writer believed
-        event_rows.append((e.id, tid, e.attempt, cur, to, e.ts, e.worker, e.hosts, e.message))
+        add_row((eid, tid, att, cur, to, ts, worker, hosts, message))
         state[tid] = to
-        if e.attempt > attempt.get(tid, -1):
-            attempt[tid] = e.attempt
-        last_ts[tid] = e.ts
+        last[tid] = (att, ts)
     for u in updates:
         bad = set(u.fields) - UPDATABLE_TASK_FIELDS
         if bad:
@@ -241,9 +237,9 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
         conn.exec_driver_sql(sql["insert_event"], event_rows)
         stats.events = len(event_rows)
         rows = []
-        for tid, ts in last_ts.items():
+        for tid, (att, ts) in last.items():
             st = state[tid]
-            rows.append((st, attempt[tid], ts, tid))
+            rows.append((st, att, ts, tid))
             old = initial[tid]
             if old != st:
                 sh = shape.get(tid)
