@@ -8,6 +8,7 @@ allocation id and end time), so tasks are packed with exact accounting as on a r
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -18,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import dask
-from distributed import Nanny, Scheduler, SpecCluster
+from distributed import Nanny
+from distributed.deploy.spec import ProcessInterface
 
 from balsam_dask.errors import InvalidSpec
 from balsam_dask.node import ENV_VAR, PRELOAD, NodeConfig
-from balsam_dask.plugin import BalsamPlugin
+from balsam_dask.packing.allocations import AllocationCluster
 from balsam_dask.spec import NodeShape, parse_duration
 from balsam_dask.store.engine import DEFAULT_SQLITE_FILE, resolve_url
 
@@ -53,7 +55,57 @@ class NodeNanny(Nanny):
             return await super().instantiate()
 
 
-class LocalEnsembleCluster(SpecCluster):
+class LocalJob(ProcessInterface):
+    """One local allocation: ``nodes`` node-worker processes (Nannies) on this machine, that
+    leave ``drain_margin`` seconds before the allocation's walltime ends."""
+
+    def __init__(self, scheduler: str | None = None, name: str | None = None, *, job: dict[str, Any],
+                 on_event: Any = None, **_: Any) -> None:  # fmt: skip
+        super().__init__()
+        assert scheduler is not None and name is not None
+        self.scheduler_address = scheduler
+        self.name = name
+        self.job = job
+        self.on_event = on_event
+        self.job_id = f"{job['alloc_prefix']}-{name}"
+        self.nannies: list[NodeNanny] = []
+
+    async def start(self) -> None:
+        j = self.job
+        walltime = j["walltime"]
+        end = None if walltime is None else time.time() + walltime
+        hosts = local_host_aliases()
+        for i in range(j["nodes"]):
+            cfg = NodeConfig(
+                name=f"{self.name}-{i}", alloc_id=self.job_id, cores=j["cores"], gpus=j["gpus"], end_time=end,
+                workdir_root=j["workdir_root"], results_dir=j["results_dir"], host=hosts[i % len(hosts)],
+                launcher=j["launcher"],
+            )  # fmt: skip
+            options = {
+                "nthreads": j["cores"], "name": cfg.name, "env": {ENV_VAR: cfg.to_env()}, "preload": [PRELOAD],
+                "memory_limit": j["memory"], "local_directory": j["scratch"], "silence_logs": j["silence_logs"],
+                **j["worker_options"],
+            }  # fmt: skip
+            if end is not None:  # leave before the allocation ends, like a batch node-worker
+                options["lifetime"] = max(1.0, end - j["drain_margin"] - time.time())
+            self.nannies.append(NodeNanny(self.scheduler_address, **options))
+        await asyncio.gather(*self.nannies)
+        if self.on_event:
+            self.on_event(self, "RUNNING", None)
+        await super().start()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(n.close() for n in self.nannies), return_exceptions=True)
+        await super().close()
+
+
+class LocalEnsembleCluster(AllocationCluster):
+    """``nodes`` emulated nodes now (one allocation named ``node``: workers ``node-0`` ...);
+    ``request``/``adapt`` add more allocations of local node processes."""
+
+    job_cls = LocalJob
+    system_name = "local"
+
     def __init__(
         self, nodes: int = 4, cores_per_node: int | None = None, gpus_per_node: int = 0,
         memory_per_node: int | None = None, store: str | None = None, *, walltime: Any = None,
@@ -61,54 +113,46 @@ class LocalEnsembleCluster(SpecCluster):
         dashboard_address: str | None = None, validate: bool = False, silence_logs: int = logging.WARNING,
         asynchronous: bool = False, loop: Any = None, plugin_options: dict[str, Any] | None = None,
         worker_options: dict[str, Any] | None = None, launcher: str | None = None,
+        max_nodes_per_job: int | None = None, drain_margin: float = 5.0,
     ) -> None:  # fmt: skip
-        if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
-            raise InvalidSpec(f"nodes={nodes!r} is invalid: use an integer >= 1, e.g. nodes=4")
+        if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 0:
+            raise InvalidSpec(f"nodes={nodes!r} is invalid: use an integer >= 0, e.g. nodes=4")
         if cores_per_node is None:
-            cores_per_node = max(1, (os.cpu_count() or 1) // nodes)
+            cores_per_node = max(1, (os.cpu_count() or 1) // max(nodes, 1))
         shape = NodeShape(cores_per_node, gpus_per_node, memory_per_node)
         seconds = parse_duration("walltime", walltime)
-        base = Path(workdir or os.getcwd()).absolute()
-        self.store_url = resolve_url(store or os.environ.get("BALSAM_DASK_STORE") or str(base / DEFAULT_SQLITE_FILE))
-        self.node_shape = shape
-        self.alloc_id = alloc_id or f"local-{uuid.uuid4().hex[:8]}"
-        self.end_time = None if seconds is None else time.time() + seconds
-        plugin = BalsamPlugin(
-            self.store_url.render_as_string(hide_password=False),
-            node_shapes=[{"cores": shape.cores, "gpus": shape.gpus}], max_nodes_per_allocation=nodes,
-            **(plugin_options or {}),
-        )  # fmt: skip
-        self.plugin = plugin
-        scheduler = {
-            "cls": Scheduler,
-            "options": {
-                "plugins": [plugin],
-                "dashboard": dashboard_address is not None,
-                "dashboard_address": dashboard_address,
-                "validate": validate,
-            },
-        }
-        memory = memory_per_node if memory_per_node is not None else "auto"
         if launcher is not None:
             from balsam_dask.mpi_tasks.launchers import get_launcher
 
             get_launcher(launcher)
-        hosts = local_host_aliases()
-        workers = {}
-        for i in range(nodes):
-            name = f"node-{i}"
-            cfg = NodeConfig(
-                name=name, alloc_id=self.alloc_id, cores=shape.cores, gpus=shape.gpus, end_time=self.end_time,
-                workdir_root=str(base / "balsam_workdirs"), results_dir=str(base / "balsam_results"),
-                host=hosts[i % len(hosts)], launcher=launcher,
-            )  # fmt: skip
-            options = {
-                "nthreads": shape.cores, "name": name, "env": {ENV_VAR: cfg.to_env()}, "preload": [PRELOAD],
-                "memory_limit": memory, "local_directory": str(base / "dask-scratch"), "silence_logs": silence_logs,
-                **(worker_options or {}),
-            }  # fmt: skip
-            workers[name] = {"cls": NodeNanny, "options": options}
+        base = Path(workdir or os.getcwd()).absolute()
+        self.local_options = {
+            "cores": shape.cores, "gpus": shape.gpus, "memory": memory_per_node or "auto",
+            "workdir_root": str(base / "balsam_workdirs"), "results_dir": str(base / "balsam_results"),
+            "scratch": str(base / "dask-scratch"), "silence_logs": silence_logs, "launcher": launcher,
+            "worker_options": dict(worker_options or {}), "drain_margin": drain_margin,
+            "alloc_prefix": alloc_id or f"local-{uuid.uuid4().hex[:8]}",
+        }  # fmt: skip
+        store_url = resolve_url(store or os.environ.get("BALSAM_DASK_STORE") or str(base / DEFAULT_SQLITE_FILE))
         super().__init__(
-            workers=workers, scheduler=scheduler, asynchronous=asynchronous, loop=loop,
-            silence_logs=silence_logs, name="LocalEnsembleCluster",
+            node_shape=shape, store_url=store_url, max_nodes_per_job=max_nodes_per_job or max(nodes, 1),
+            default_walltime=seconds, plugin_options=plugin_options,
+            scheduler_options={"dashboard": dashboard_address is not None, "dashboard_address": dashboard_address,
+                               "validate": validate},
+            asynchronous=asynchronous, loop=loop, silence_logs=silence_logs, name="LocalEnsembleCluster",
         )  # fmt: skip
+        self._first = True
+        if nodes and not asynchronous:
+            self.request(nodes, seconds)
+
+    async def _start(self) -> None:
+        await super()._start()
+
+    def new_job_name(self) -> str:
+        if self._first:
+            self._first = False
+            return "node"  # the first allocation's workers are node-0, node-1, ...
+        return super().new_job_name()
+
+    def job_options(self, nodes: int, walltime: float | None) -> dict[str, Any]:
+        return {**self.local_options, "nodes": nodes, "walltime": walltime}

@@ -22,6 +22,7 @@ from balsam_dask.node import ENV_VAR, PRELOAD, NodeConfig
 #: Where each batch system says which node of the job this is, and its host name.
 INDEX_VARS = ("SLURM_NODEID", "PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "BALSAM_DASK_NODE_INDEX")
 HOST_VARS = ("SLURMD_NODENAME", "BALSAM_DASK_NODE_HOST")
+_LAUNCHER_VARS = frozenset({"PMI_FD", "PMI_PORT", "PMI_RANK", "PMI_SIZE", "PMI_ID", "HYDI_CONTROL_FD"})
 
 
 def _first(names: Sequence[str]) -> str | None:
@@ -83,6 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.worker_args = extra
     cmd, config = build_command(args, time.time())
     os.environ[ENV_VAR] = config.to_env()
+    # the launcher that started us (mpiexec, PALS, srun) left its connection in our environment:
+    # a task importing mpi4py would try to join *that* job and abort; tasks start their own
+    for name in list(os.environ):
+        if name in _LAUNCHER_VARS or name.startswith(("PMIX_", "PALS_", "HYDI_")):
+            del os.environ[name]
     sys.stdout.flush()
     os.execv(cmd[0], cmd)
     return 0  # pragma: no cover - execv does not return

@@ -15,17 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 import types
 from typing import Any, ClassVar
 
 from dask_jobqueue.core import Job
-from distributed import Scheduler, SpecCluster
 from distributed.deploy.spec import ProcessInterface
 
-from balsam_dask.errors import AllocationError, InvalidSpec
+from balsam_dask.packing.allocations import AllocationCluster
 from balsam_dask.packing.jobs import EnsembleJobSpec
-from balsam_dask.plugin import BalsamPlugin
 from balsam_dask.spec import NodeShape, parse_duration
 from balsam_dask.store.engine import resolve_url
 
@@ -75,7 +72,7 @@ class BatchJob(Job):
         await ProcessInterface.close(self)
 
 
-class EnsembleCluster(SpecCluster):
+class EnsembleCluster(AllocationCluster):
     """Base of SlurmEnsembleCluster, PBSEnsembleCluster and LSFEnsembleCluster."""
 
     job_cls: ClassVar[type[BatchJob]]
@@ -90,14 +87,9 @@ class EnsembleCluster(SpecCluster):
         submit_backoff: float = 10.0, asynchronous: bool = False, loop: Any = None,
         silence_logs: int | bool = logging.WARNING, name: str | None = None,
     ) -> None:  # fmt: skip
-        self.node_shape = NodeShape(cores_per_node, gpus_per_node)
         base = os.path.abspath(workdir or os.getcwd())
-        self.store_url = resolve_url(store or os.environ.get("BALSAM_DASK_STORE") or os.path.join(base, "balsam.db"))
-        self.default_walltime: float = parse_duration("walltime", walltime) or 1800.0
-        if isinstance(max_nodes_per_job, bool) or not isinstance(max_nodes_per_job, int) or max_nodes_per_job < 1:
-            raise InvalidSpec(f"max_nodes_per_job={max_nodes_per_job!r} is invalid: use an integer >= 1")
-        self.max_nodes_per_job = max_nodes_per_job
-        self.job_options: dict[str, Any] = {
+        default_walltime: float = parse_duration("walltime", walltime) or 1800.0
+        self.batch_options: dict[str, Any] = {
             "cores_per_node": cores_per_node, "gpus_per_node": gpus_per_node, "memory_per_node": memory_per_node,
             "queue": queue, "account": account, "job_extra_directives": tuple(job_extra_directives),
             "job_script_prologue": tuple(job_script_prologue), "launcher": launcher, "log_directory": log_directory,
@@ -105,101 +97,40 @@ class EnsembleCluster(SpecCluster):
             "results_dir": os.path.join(base, "balsam_results"),
         }  # fmt: skip
         if python:
-            self.job_options["python"] = python
-        EnsembleJobSpec(name="check", scheduler="tcp://x:1", nodes=1, walltime=self.default_walltime,
-                        **self.job_options)  # fmt: skip  # bad options fail now, not at the first submission
-        self.plugin = BalsamPlugin(
-            self.store_url.render_as_string(hide_password=False),
-            node_shapes=[{"cores": cores_per_node, "gpus": gpus_per_node}], max_nodes_per_allocation=max_nodes_per_job,
-        )  # fmt: skip
-        options = {"plugins": [self.plugin], "dashboard_address": None, "host": "0.0.0.0", **(scheduler_options or {})}
+            self.batch_options["python"] = python
+        # bad options fail now, not at the first submission
+        EnsembleJobSpec(name="check", scheduler="tcp://x:1", nodes=1, walltime=default_walltime, **self.batch_options)
         self.poll_interval = poll_interval
-        self.submit_backoff = submit_backoff
-        self._backoff_until = 0.0
-        self._failures = 0
-        self._counter = 0
-        self._jobs: dict[str, dict[str, Any]] = {}  # job name -> {alloc, job_id, nodes, walltime, state}
         self._watch_task: asyncio.Task[None] | None = None
+        store_url = resolve_url(store or os.environ.get("BALSAM_DASK_STORE") or os.path.join(base, "balsam.db"))
         super().__init__(
-            workers={}, scheduler={"cls": Scheduler, "options": options}, asynchronous=asynchronous, loop=loop,
-            silence_logs=silence_logs, name=name or type(self).__name__,
+            node_shape=NodeShape(cores_per_node, gpus_per_node), store_url=store_url,
+            max_nodes_per_job=max_nodes_per_job, default_walltime=default_walltime,
+            scheduler_options={"dashboard": False, "host": "0.0.0.0", **(scheduler_options or {})},
+            submit_backoff=submit_backoff, asynchronous=asynchronous, loop=loop, silence_logs=silence_logs, name=name,
         )  # fmt: skip
-
-    # ------------------------------------------------------------------ jobs
-    def job_script(self, nodes: int = 1, walltime: Any = None) -> str:
-        seconds = parse_duration("walltime", walltime) or self.default_walltime
-        spec = EnsembleJobSpec(name="example", scheduler=self.scheduler_address, nodes=nodes, walltime=seconds,
-                               **self.job_options)  # fmt: skip
-        return str(self.job_cls.system.job_script(spec))
-
-    def request(self, nodes: int, walltime: Any = None) -> str:
-        """Submit one ensemble job of ``nodes`` nodes; returns its name (its workers are
-        ``<name>-0`` ... ``<name>-<nodes-1>``)."""
-        if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
-            raise InvalidSpec(f"nodes={nodes!r} is invalid: use an integer >= 1, e.g. nodes=2")
-        if nodes > self.max_nodes_per_job:
-            raise InvalidSpec(f"nodes={nodes} is more than max_nodes_per_job={self.max_nodes_per_job}")
-        seconds = parse_duration("walltime", walltime) or self.default_walltime
-        if time.time() < self._backoff_until:
-            raise AllocationError(
-                f"submissions are backing off for {self._backoff_until - time.time():.0f}s after "
-                f"{self._failures} failed submission(s); see the allocations in the store"
-            )
-        self._counter += 1
-        name = f"{self.job_cls.system.__name__.rsplit('.', 1)[-1]}-{os.getpid()}-{self._counter}"
-        self._jobs[name] = {"nodes": nodes, "walltime": seconds, "state": "PENDING", "job_id": None,
-                            "alloc": self.plugin.new_allocation(system=self.job_cls.system.__name__.rsplit(".", 1)[-1],
-                                                                nodes=nodes, walltime=seconds,
-                                                                queue=self.job_options["queue"],
-                                                                account=self.job_options["account"])}  # fmt: skip
-        self.worker_spec[name] = {
-            "cls": self.job_cls,
-            "options": {"job": {**self.job_options, "nodes": nodes, "walltime": seconds}, "on_event": self._on_job},
-            "group": [f"-{i}" for i in range(nodes)],
-        }
-        self.sync(self._correct_state)
-        return name
-
-    def cancel(self, name: str) -> None:
-        """Cancel a job (its running tasks are recorded RUN_TIMEOUT and placed again)."""
-        if name not in self.worker_spec:
-            raise InvalidSpec(f"no job named {name!r}; jobs are: {', '.join(self.worker_spec) or 'none'}")
-        self._set_state(name, "CANCELLED", "cancelled by the cluster")
-        del self.worker_spec[name]
-        self.sync(self._correct_state)
 
     @property
-    def jobs(self) -> dict[str, dict[str, Any]]:
-        return {k: dict(v) for k, v in self._jobs.items()}
+    def system_name(self) -> str:  # type: ignore[override]
+        return str(self.job_cls.system.__name__.rsplit(".", 1)[-1])
 
-    def _on_job(self, job: BatchJob, state: str, message: str | None) -> None:
-        info = self._jobs.get(job.name)
-        if info is None:
-            return
-        info["job_id"] = job.job_id
-        if state == "SUBMIT_FAILED":
-            self._failures += 1
-            self._backoff_until = time.time() + self.submit_backoff * 2 ** min(self._failures - 1, 6)
-            self.worker_spec.pop(job.name, None)
-        else:
-            self._failures = 0
-        self._set_state(job.name, state, message, scheduler_id=job.job_id)
+    def job_options(self, nodes: int, walltime: float | None) -> dict[str, Any]:
+        return {**self.batch_options, "nodes": nodes, "walltime": walltime}
 
-    def _set_state(self, name: str, state: str, message: str | None, **fields: Any) -> None:
-        info = self._jobs[name]
-        if info["state"] == state and not fields:
-            return
-        info["state"] = state
-        now = time.time()
-        times = {"RUNNING": "started_at"}.get(state)
-        updates: dict[str, Any] = {"state": state, "message": message, **fields}
-        if times:
-            updates[times] = now
-        if state in ("FINISHED", "CANCELLED", "TIMEOUT", "FAILED", "SUBMIT_FAILED"):
-            updates["ended_at"] = now
-        self.plugin.update_allocation(info["alloc"], **updates)
+    def allocation_fields(self) -> dict[str, Any]:
+        return {"queue": self.batch_options["queue"], "account": self.batch_options["account"]}
 
-    # ------------------------------------------------------------------ watching
+    def new_job_name(self) -> str:
+        self._counter += 1
+        return f"{self.system_name}-{os.getpid()}-{self._counter}"
+
+    def job_script(self, nodes: int = 1, walltime: Any = None) -> str:
+        seconds = parse_duration("walltime", walltime) or self.default_walltime or 1800.0
+        spec = EnsembleJobSpec(name="example", scheduler=self.scheduler_address, walltime=seconds,
+                               **{**self.batch_options, "nodes": nodes})  # fmt: skip
+        return str(self.job_cls.system.job_script(spec))
+
+    # ------------------------------------------------------------------ watching the batch system
     async def _start(self) -> None:
         await super()._start()
         self._watch_task = asyncio.create_task(self._watch())
@@ -207,25 +138,31 @@ class EnsembleCluster(SpecCluster):
     async def _close(self) -> None:
         if self._watch_task is not None:
             self._watch_task.cancel()
-        for name, info in self._jobs.items():
-            if info["state"] in ("QUEUED", "RUNNING"):
-                self._set_state(name, "CANCELLED", "cluster closed")
         await super()._close()
 
     async def _watch(self) -> None:
         system = self.job_cls.system
         while True:
             await asyncio.sleep(self.poll_interval)
-            live = {
-                i["job_id"]: n for n, i in self._jobs.items() if i["job_id"] and i["state"] in ("QUEUED", "RUNNING")
-            }
+            live = {i["job_id"]: n for n, i in self._jobs.items()
+                    if i["job_id"] and i["state"] in ("QUEUED", "RUNNING")}  # fmt: skip
             if not live:
                 continue
             try:
-                out = await BatchJob._call(system.status_command(list(live)))
-            except Exception as e:  # the status command failing is logged, not fatal
+                proc = await asyncio.create_subprocess_exec(
+                    *system.status_command(list(live)), stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                out_b, err_b = await proc.communicate()
+            except OSError as e:  # the status command failing is logged, not fatal
                 log.warning("balsam_dask: %s failed: %s", system.STATUS, e)
                 continue
+            out, err = out_b.decode(errors="replace"), err_b.decode(errors="replace")
+            if proc.returncode and not out.strip() and not any(w in err.lower() for w in ("unknown", "not found")):
+                # nothing listed and no "unknown job" complaint: the command itself failed
+                log.warning("balsam_dask: %s exited %s: %s", system.STATUS, proc.returncode, err.strip()[:500])
+                continue
+            # (qstat/bjobs exit non-zero when some id is unknown, long gone: unlisted jobs have ended)
             states = system.parse_status(out)
             running = {cfg.alloc_id for cfg in self.plugin.nodes.values()}
             for job_id, name in live.items():
@@ -233,6 +170,6 @@ class EnsembleCluster(SpecCluster):
                 if state == "QUEUED" and job_id in running:
                     state = "RUNNING"  # its workers are here already
                 if state != self._jobs[name]["state"]:
-                    self._set_state(name, state, f"{system.STATUS}: {state}")
+                    self.set_state(name, state, f"{system.STATUS}: {state}")
                 if state not in ("QUEUED", "RUNNING"):
                     self.worker_spec.pop(name, None)

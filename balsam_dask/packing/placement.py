@@ -14,8 +14,9 @@ Gangs (``nodes == k > 1``) take ``k`` whole nodes of one allocation. Waiting gan
 *reservations* in priority/FIFO order: the ``k`` nodes of one allocation expected to be idle
 soonest take no new tasks and drain; when all are idle the gang starts. The first gang that
 cannot be fully reserved becomes the *head*: it keeps its allocation and collects every node
-released there, so a wide gang never starves behind narrower gangs or a stream of serial
-tasks. Serial tasks use the nodes nobody reserved.
+released there (it moves only to an allocation that can take it whole at once), so a wide
+gang never starves behind narrower gangs or a stream of serial tasks. Serial tasks use the
+nodes nobody reserved.
 
 With ``Placer(backfill=True)`` reserved idle nodes are also lent (EASY backfilling) to
 tasks whose walltime estimate ends before the reservation's *promised start*: the time its
@@ -229,6 +230,10 @@ class Placer:
         # shapes by their next task's (-priority, seq); entries not matching _head_of are stale
         self._heads: list[tuple[int, int, Shape]] = []
         self._head_of: dict[Shape, tuple[int, int]] = {}
+        # Shapes that fit nowhere at the last call wait here until some node's free capacity
+        # grows to fit them (time only ever makes nodes less eligible).
+        self._blocked: list[tuple[int, int, Shape]] = []
+        self._grown = (0, 0)  # the most free (cores, GPUs) any node gained since the last call
         self._gangs: dict[TaskId, _Task] = {}  # waiting gangs (with or without reservation)
         self._res: dict[TaskId, _Reservation] = {}
         self._head: _Reservation | None = None
@@ -360,7 +365,17 @@ class Placer:
     def _schedule_serial(self, now: float, out: list[Assignment]) -> None:
         queues, keys, buckets, by_idx = self._queues, self._keys, self._buckets, self._by_idx
         heads, head_of = self._heads, self._head_of
-        tried: list[tuple[int, int, Shape]] = []  # shapes that fit nowhere now: back in at the end
+        if self._blocked:
+            fc, fg = self._grown
+            still = []
+            for entry in self._blocked:
+                if entry[2][0] <= fc and entry[2][1] <= fg:
+                    heapq.heappush(heads, entry)
+                else:
+                    still.append(entry)
+            self._blocked = still
+        self._grown = (0, 0)
+        tried = self._blocked  # shapes that fit nowhere now
         # With many keys, skip whole groups of equal free cores whose latest end is too early:
         # latest end per free-core count, an upper bound while this call only uses capacity.
         group: dict[int, float] | None = None
@@ -377,29 +392,34 @@ class Placer:
             fifo = sq.fifo
             cores, gpus, wt = shape
             need_end = -_INF if wt is None else now + wt
-            if group is None and len(keys) > 16:
-                group = {}
-                for fc, _, end in keys:
-                    if end > group.get(fc, -_INF):
-                        group[fc] = end
-                at_least = [-_INF] * (max(group) + 2)
-                for c in range(len(at_least) - 2, -1, -1):
-                    at_least[c] = max(at_least[c + 1], group.get(c, -_INF))
             if group is not None and (cores >= len(at_least) or at_least[cores] < need_end):
                 tried.append(entry)
                 continue
             while True:
                 key = None  # best fit: the first key with enough cores, GPUs and time
                 j, n = bisect_left(keys, (cores,)), len(keys)
-                while j < n:
+                steps = 0
+                while j < n:  # keys are sorted by (free cores, free GPUs, end): jump sub-groups
                     k = keys[j]
-                    if k[1] >= gpus and k[2] >= need_end:
+                    if k[1] < gpus:
+                        j = bisect_left(keys, (k[0], gpus), j)
+                        continue
+                    if k[2] >= need_end:
                         key = k
                         break
+                    steps += 1
+                    if group is None and steps == 8:  # a long scan: build the bounds once
+                        group = {}
+                        for fc, _, end in keys:
+                            if end > group.get(fc, -_INF):
+                                group[fc] = end
+                        at_least = [-_INF] * (max(group) + 2)
+                        for c in range(len(at_least) - 2, -1, -1):
+                            at_least[c] = max(at_least[c + 1], group.get(c, -_INF))
                     if group is not None and group.get(k[0], -_INF) < need_end:
-                        j = bisect_left(keys, (k[0] + 1,), j)
+                        j = bisect_left(keys, (k[0] + 1,), j)  # no node with k[0] free cores lasts
                     else:
-                        j += 1
+                        j = bisect_left(keys, (k[0], k[1], need_end), j)
                 if key is None:  # fits nowhere now; the other shapes still get their turn
                     tried.append((-sq.top, fifo[0].seq, shape))
                     break
@@ -445,8 +465,6 @@ class Placer:
                 if not keys or (heads and head > heads[0][:2]):
                     heapq.heappush(heads, (*head, shape))
                     break
-        for entry in tried:
-            heapq.heappush(heads, entry)
 
     def _next_head(self, shape: Shape, sq: _ShapeQueue) -> bool:
         """The shape's head was taken or cancelled: queue its next task (False if none)."""
@@ -469,8 +487,17 @@ class Placer:
                 pool.setdefault(node.alloc, []).append(node)
         head = self._head
         if head is not None:
-            if self._timely_width(head.task, now).get(head.alloc_id, 0) < head.task.k:
-                self._release(head)  # its allocation shrank or ends too soon: choose again
+            need = now + (head.task.wt or 0.0)
+            elsewhere = any(
+                a != head.alloc_id and sum(1 for n in nodes if n.end >= need) >= head.task.k
+                for a, nodes in pool.items()
+            )
+            if elsewhere or self._timely_width(head.task, now).get(head.alloc_id, 0) < head.task.k:
+                # another allocation can take it whole now, or its own shrank or ends too soon
+                for node in head.nodes:
+                    if node.gang is None:
+                        pool.setdefault(node.alloc, []).append(node)
+                self._release(head)
             else:
                 self._extend(head, pool, now)
         failed: list[_Task] = []
@@ -678,6 +705,8 @@ class Placer:
                 insort(self._keys, key)
             bucket.add(node.idx)
             node.key = key
+            if key[0] > self._grown[0] or key[1] > self._grown[1]:
+                self._grown = (max(key[0], self._grown[0]), max(key[1], self._grown[1]))
         else:
             self._rekey(node)
 
@@ -733,6 +762,7 @@ class Placer:
                 bucket = self._buckets[key] = set()
                 insort(self._keys, key)
             bucket.add(node.idx)
+            self._grown = (max(key[0], self._grown[0]), max(key[1], self._grown[1]))
         node.key = key
 
     # ------------------------------------------------------------------ introspection

@@ -125,7 +125,7 @@ class Allocation(Base):
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=False)
     session_id: Mapped[int] = mapped_column(Integer)
     system: Mapped[str] = mapped_column(String(32))
-    scheduler_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    scheduler_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     queue: Mapped[str | None] = mapped_column(String(64), nullable=True)
     account: Mapped[str | None] = mapped_column(String(64), nullable=True)
     nodes: Mapped[int] = mapped_column(Integer)

@@ -90,8 +90,8 @@ def test_kill_needs_a_target(ens: tuple[LocalEnsembleCluster, Client]) -> None:
 
 
 def test_cluster_arguments() -> None:
-    with pytest.raises(InvalidSpec, match="nodes=0 is invalid"):
-        LocalEnsembleCluster(nodes=0)
+    with pytest.raises(InvalidSpec, match="nodes=-1 is invalid"):
+        LocalEnsembleCluster(nodes=-1)
     with pytest.raises(InvalidSpec, match="cores_per_node=0 is invalid"):
         LocalEnsembleCluster(nodes=1, cores_per_node=0)
     with pytest.raises(InvalidSpec, match="walltime='x' is invalid"):

@@ -27,7 +27,7 @@ def slurm_available() -> None:
     if not os.environ.get("SLURM_CONF") or shutil.which("sinfo") is None:
         require_or_skip("Slurm (SLURM_CONF and sinfo)")
     out = subprocess.run(["sinfo", "-h", "-o", "%D %t"], capture_output=True, text=True, timeout=30)
-    if out.returncode != 0 or "idle" not in out.stdout and "mix" not in out.stdout and "alloc" not in out.stdout:
+    if out.returncode != 0 or ("idle" not in out.stdout and "mix" not in out.stdout and "alloc" not in out.stdout):
         require_or_skip(f"a responsive Slurm cluster (sinfo: {out.stdout.strip()} {out.stderr.strip()})")
 
 
@@ -101,7 +101,7 @@ def test_job_script_text(tmp_path: Path) -> None:
         "module load cuda\n"
         "END=$(( $(date +%s) + 5400 ))\n"
         "exec srun --overlap --nodes=4 --ntasks-per-node=1 --kill-on-bad-exit=0 /opt/py/bin/python -m "
-        "balsam_dask.node_worker tcp://10.0.0.1:8786 --name-prefix ens-1 --cores 64 --gpus 4 --end \"$END\" "
+        'balsam_dask.node_worker tcp://10.0.0.1:8786 --name-prefix ens-1 --cores 64 --gpus 4 --end "$END" '
         "--drain-margin 60 --alloc-env SLURM_JOB_ID --workdir balsam_workdirs --results-dir balsam_results "
         "--index-env SLURM_NODEID --host-env SLURMD_NODENAME --launcher srun\n"
     )

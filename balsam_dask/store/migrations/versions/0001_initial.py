@@ -88,7 +88,7 @@ def upgrade() -> None:
         sa.Column("id", IdType, primary_key=True, autoincrement=False),
         sa.Column("session_id", sa.Integer(), nullable=False),
         sa.Column("system", sa.String(32), nullable=False),
-        sa.Column("scheduler_id", sa.String(64), nullable=True),
+        sa.Column("scheduler_id", sa.String(255), nullable=True),
         sa.Column("queue", sa.String(64), nullable=True),
         sa.Column("account", sa.String(64), nullable=True),
         sa.Column("nodes", sa.Integer(), nullable=False),

@@ -1,0 +1,207 @@
+"""What every ensemble cluster shares: allocations (jobs of several node-workers) on a
+SpecCluster, their records in the store, and scaling by the packing policy.
+
+A job is one SpecCluster worker entry whose *group* is its nodes (``<job>-0`` ...), so jobs
+of different sizes coexist and leave together. Subclasses give the job class: a batch job
+(``packing/cluster.py``) or local node processes (``balsam_dask/cluster.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, ClassVar
+
+from distributed import Scheduler, SpecCluster
+
+from balsam_dask.errors import AllocationError, InvalidSpec
+from balsam_dask.plugin import BalsamPlugin
+from balsam_dask.spec import NodeShape, parse_duration
+
+log = logging.getLogger(__name__)
+LIVE = ("PENDING", "QUEUED", "RUNNING")
+ENDED = ("FINISHED", "CANCELLED", "TIMEOUT", "FAILED", "SUBMIT_FAILED")
+
+
+class AllocationCluster(SpecCluster):
+    job_cls: ClassVar[type]
+    system_name: ClassVar[str] = "local"
+
+    def __init__(
+        self, *, node_shape: NodeShape, store_url: Any, max_nodes_per_job: int, default_walltime: float | None,
+        scheduler_options: dict[str, Any], plugin_options: dict[str, Any] | None = None,
+        submit_backoff: float = 10.0, asynchronous: bool = False, loop: Any = None,
+        silence_logs: int | bool = logging.WARNING, name: str | None = None,
+    ) -> None:  # fmt: skip
+        if isinstance(max_nodes_per_job, bool) or not isinstance(max_nodes_per_job, int) or max_nodes_per_job < 1:
+            raise InvalidSpec(f"max_nodes_per_job={max_nodes_per_job!r} is invalid: use an integer >= 1")
+        self.node_shape = node_shape
+        self.store_url = store_url
+        self.max_nodes_per_job = max_nodes_per_job
+        self.default_walltime = default_walltime
+        self.plugin = BalsamPlugin(
+            store_url.render_as_string(hide_password=False),
+            node_shapes=[{"cores": node_shape.cores, "gpus": node_shape.gpus}],
+            max_nodes_per_allocation=max_nodes_per_job, **(plugin_options or {}),
+        )  # fmt: skip
+        self.submit_backoff = submit_backoff
+        self._backoff_until = 0.0
+        self._failures = 0
+        self._counter = 0
+        self._jobs: dict[str, dict[str, Any]] = {}
+        super().__init__(
+            workers={}, scheduler={"cls": Scheduler, "options": {"plugins": [self.plugin], **scheduler_options}},
+            asynchronous=asynchronous, loop=loop, silence_logs=silence_logs, name=name or type(self).__name__,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ requests
+    def job_options(self, nodes: int, walltime: float | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def new_job_name(self) -> str:
+        self._counter += 1
+        return f"{self.system_name}-{self._counter}"
+
+    def request(self, nodes: int, walltime: Any = None) -> str:
+        """Start one allocation of ``nodes`` nodes; returns its name (its workers are
+        ``<name>-0`` ... ``<name>-<nodes-1>``)."""
+        return str(self.sync(self._request, nodes, walltime))
+
+    async def _request(self, nodes: int, walltime: Any = None) -> str:
+        if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+            raise InvalidSpec(f"nodes={nodes!r} is invalid: use an integer >= 1, e.g. nodes=2")
+        if nodes > self.max_nodes_per_job:
+            raise InvalidSpec(f"nodes={nodes} is more than max_nodes_per_job={self.max_nodes_per_job}")
+        seconds = parse_duration("walltime", walltime) or self.default_walltime
+        if time.time() < self._backoff_until:
+            raise AllocationError(
+                f"submissions are backing off for {self._backoff_until - time.time():.0f}s after "
+                f"{self._failures} failed submission(s); see `balsam-dask` allocations in the store"
+            )
+        name = self.new_job_name()
+        alloc = self.plugin.new_allocation(system=self.system_name, nodes=nodes, walltime=seconds or 0.0,
+                                           **self.allocation_fields())  # fmt: skip
+        self._jobs[name] = {"nodes": nodes, "walltime": seconds, "state": "PENDING", "job_id": None, "alloc": alloc,
+                            "submitted_at": time.time(), "started_at": None}  # fmt: skip
+        self.worker_spec[name] = {
+            "cls": self.job_cls,
+            "options": {"job": self.job_options(nodes, seconds), "on_event": self._on_job},
+            "group": [f"-{i}" for i in range(nodes)],
+        }
+        await self._correct_state()
+        return name
+
+    def allocation_fields(self) -> dict[str, Any]:
+        return {}
+
+    def cancel(self, name: str) -> None:
+        """End an allocation (its running tasks are recorded RUN_TIMEOUT and placed again)."""
+        self.sync(self._cancel, name)
+
+    async def _cancel(self, name: str) -> None:
+        if name not in self.worker_spec:
+            raise InvalidSpec(f"no allocation named {name!r}; live ones are: {', '.join(self.worker_spec) or 'none'}")
+        self.set_state(name, "CANCELLED", "cancelled by the cluster")
+        del self.worker_spec[name]
+        await self._correct_state()
+
+    @property
+    def jobs(self) -> dict[str, dict[str, Any]]:
+        return {k: dict(v) for k, v in self._jobs.items()}
+
+    def scale(self, n: int = 0, **kwargs: Any) -> None:  # type: ignore[override]
+        """``n`` nodes in all: one new allocation for the missing nodes, or drop the newest
+        allocations while more than ``n`` nodes are live (SpecCluster's ``_correct_state``
+        then closes them; ``close()`` calls ``scale(0)``)."""
+        live = {k: v for k, v in self._jobs.items() if k in self.worker_spec}
+        have = sum(v["nodes"] for v in live.values())
+        if n > have:
+            self.request(min(n - have, self.max_nodes_per_job))
+            return
+        for name in sorted(live, key=lambda k: -live[k]["submitted_at"]):
+            if have <= n:
+                break
+            self.set_state(name, "CANCELLED", "scaled down")
+            del self.worker_spec[name]
+            have -= live[name]["nodes"]
+
+    # ------------------------------------------------------------------ events
+    def _on_job(self, job: Any, state: str, message: str | None) -> None:
+        info = self._jobs.get(job.name)
+        if info is None:
+            return
+        info["job_id"] = getattr(job, "job_id", None)
+        if state == "SUBMIT_FAILED":
+            self._failures += 1
+            self._backoff_until = time.time() + self.submit_backoff * 2 ** min(self._failures - 1, 6)
+            self.worker_spec.pop(job.name, None)
+        elif state in ("QUEUED", "RUNNING"):
+            self._failures = 0
+        self.set_state(job.name, state, message, scheduler_id=info["job_id"])
+
+    def set_state(self, name: str, state: str, message: str | None, **fields: Any) -> None:
+        info = self._jobs[name]
+        if info["state"] == state and not any(fields.values()):
+            return
+        if info["state"] in ENDED:
+            return  # an ended allocation stays ended
+        info["state"] = state
+        now = time.time()
+        updates: dict[str, Any] = {"state": state, "message": message, **{k: v for k, v in fields.items() if v}}
+        if state == "RUNNING" and info["started_at"] is None:
+            info["started_at"] = updates["started_at"] = now
+        if state in ENDED:
+            updates["ended_at"] = now
+        self.plugin.update_allocation(info["alloc"], **updates)
+
+    async def _close(self) -> None:
+        for name, info in self._jobs.items():
+            if info["state"] in LIVE:
+                self.set_state(name, "CANCELLED" if info["state"] != "RUNNING" else "FINISHED", "cluster closed")
+        await super()._close()
+
+    # ------------------------------------------------------------------ policy
+    def adapt(  # type: ignore[override]
+        self, *, min_nodes: int = 1, max_nodes_per_job: int | None = None, max_walltime: Any = "06:00:00",
+        min_walltime: Any = "00:10:00", max_queued_jobs: int = 8, max_total_nodes: int = 64,
+        queued_timeout: Any = "04:00:00", idle_timeout: Any = 60, default_task_walltime: Any = "01:00:00",
+        interval: Any = "2s", **kwargs: Any,
+    ) -> Any:  # fmt: skip
+        """Scale with the packing policy (see ``packing/policy.py``) instead of Dask's Adaptive."""
+        from balsam_dask.packing.adaptive import PolicyAdaptive
+        from balsam_dask.packing.policy import SiteLimits
+
+        limits = SiteLimits(
+            min_nodes=min_nodes, max_nodes_per_job=max_nodes_per_job or self.max_nodes_per_job,
+            max_walltime=parse_duration("max_walltime", max_walltime) or 0.0,
+            min_walltime=parse_duration("min_walltime", min_walltime) or 0.0, max_queued_jobs=max_queued_jobs,
+            max_total_nodes=max_total_nodes, node=self.node_shape,
+            queued_timeout=parse_duration("queued_timeout", queued_timeout) or 0.0,
+            idle_timeout=float(idle_timeout), default_task_walltime=parse_duration("default_task_walltime",
+                                                                                   default_task_walltime) or 3600.0,
+        )  # fmt: skip
+        previous = getattr(self, "_adaptive", None)
+        if previous is not None:
+            previous.stop()
+        self._adaptive = PolicyAdaptive(self, limits=limits, interval=interval, **kwargs)
+        return self._adaptive
+
+    def node_usage(self) -> dict[str, tuple[int, int]]:
+        """``{allocation name: (registered nodes, idle nodes)}``. A node is idle when it runs
+        nothing, is reserved for no gang and holds no result a client still wants (closing
+        it would make Dask recompute that result)."""
+        s = self.scheduler
+        out: dict[str, list[int]] = {}
+        if s is None:
+            return {}
+        for addr, ws in s.workers.items():
+            job = str(ws.name).rsplit("-", 1)[0]
+            if job not in self._jobs:
+                continue
+            reg, idle = out.setdefault(job, [0, 0])
+            busy = bool(ws.processing) or any(ts.who_wants for ts in ws.has_what)
+            if addr in self.plugin.placed:
+                st = self.plugin.placer.node(addr)
+                busy = busy or bool(st.running) or st.reserved_by is not None
+            out[job] = [reg + 1, idle + (0 if busy else 1)]
+        return {k: (v[0], v[1]) for k, v in out.items()}

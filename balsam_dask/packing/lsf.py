@@ -1,0 +1,106 @@
+"""IBM Spectrum LSF: ensemble job scripts, submission and status parsing. Pure.
+
+The job asks for ``nodes`` slots, one per host (``-n N -R "span[ptile=1]"``), and takes
+the hosts whole (``-x``: MPI tasks need every CPU). The walltime is ``-W HH:MM`` (LSF's run
+limit is in minutes: rounded up); workers leave ``drain_margin`` seconds before the job
+ends. ``bsub`` reads the script on standard input (``bsub < script``): embedded ``#BSUB``
+options are read from a script given that way (see ``LSFJob`` in
+:mod:`balsam_dask.packing.clusters`). Output and error go to ``<name>-%J.out``/``.err``
+in the log directory (``%J``: the job id).
+
+One node-worker per host is started with ``blaunch <host>``, LSF's own remote launcher,
+present in every LSF cluster: it starts and tracks the task through the execution host's
+daemons, so ``bkill`` and the run limit reach it. The hosts are read from
+``$LSB_MCPU_HOSTS`` (``host slots host slots ...``; ``$LSB_HOSTS`` repeats a host per slot
+and may be left unset for large jobs). Each launch is given its node index and host name
+explicitly (``BALSAM_DASK_NODE_INDEX``, ``BALSAM_DASK_NODE_HOST``) and the job id
+(``LSB_JOBID``), so nothing depends on which variables a given LSF version passes to
+remote tasks. The script waits for every node-worker; one ending does not end the others.
+``jsrun`` (IBM's Job Step Manager) was not chosen: it exists only on CSM systems such as
+Summit, and only the job's launch node may call it, while node-workers run on the
+compute nodes and launch their MPI tasks from there.
+
+Tasks' MPI launcher is left to detection on the node unless the job names one.
+
+Status comes from ``bjobs -noheader -o "jobid stat" <ids>``: one ``<id> <STAT>`` line per
+job, finished jobs included for a while (``CLEAN_PERIOD``); unknown ids are reported on
+standard error. DONE is FINISHED; EXIT (non-zero exit, ``bkill`` or the run limit) FAILED.
+"""
+
+from __future__ import annotations
+
+import re
+
+from balsam_dask.packing.jobs import EnsembleJobSpec, end_time_line, node_worker_argv, shell_join
+
+SUBMIT = "bsub"
+CANCEL = "bkill"
+STATUS = "bjobs"
+#: ``bsub`` prints ``Job <1234> is submitted to queue <normal>.`` (or ``default queue``).
+JOB_ID_REGEXP = r"Job <(?P<job_id>\d+(?:\[\d+\])?)> is submitted"
+#: ``bjobs`` STAT values, as the allocation states of the store.
+STATES = {
+    "PEND": "QUEUED", "PSUSP": "QUEUED", "WAIT": "QUEUED", "PROV": "QUEUED",
+    "RUN": "RUNNING", "USUSP": "RUNNING", "SSUSP": "RUNNING", "UNKWN": "RUNNING",
+    "DONE": "FINISHED", "EXIT": "FAILED", "ZOMBI": "FAILED",
+}  # fmt: skip
+INDEX_ENV = "BALSAM_DASK_NODE_INDEX"
+HOST_ENV = "BALSAM_DASK_NODE_HOST"
+
+
+def walltime_hhmm(seconds: float) -> str:
+    """LSF's ``-W [hours:]minutes``, rounded up to the minute."""
+    minutes = int(-(-seconds // 60))
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def job_script(job: EnsembleJobSpec) -> str:
+    lines = [
+        "#!/usr/bin/env bash",
+        f"#BSUB -J {job.name}",
+        f"#BSUB -n {job.nodes}",
+        '#BSUB -R "span[ptile=1]"',
+        "#BSUB -x",
+        f"#BSUB -W {walltime_hhmm(job.walltime)}",
+    ]
+    if job.queue:
+        lines.append(f"#BSUB -q {job.queue}")
+    if job.account:
+        lines.append(f"#BSUB -P {job.account}")
+    if job.gpus_per_node:
+        lines.append(f'#BSUB -gpu "num={job.gpus_per_node}"')
+    if job.log_directory:
+        lines.append(f"#BSUB -o {job.log_directory}/{job.name}-%J.out")
+        lines.append(f"#BSUB -e {job.log_directory}/{job.name}-%J.err")
+    lines += [f"#BSUB {d}" for d in job.job_extra_directives]
+    lines += ["", *job.job_script_prologue, end_time_line(job)]
+    worker = node_worker_argv(job, alloc_env="LSB_JOBID", index_env=INDEX_ENV, host_env=HOST_ENV, end='"$END"')
+    launch = f'blaunch "$host" env {INDEX_ENV}="$i" {HOST_ENV}="$host" LSB_JOBID="$LSB_JOBID"'
+    lines += [
+        "i=0",
+        "for host in $(echo $LSB_MCPU_HOSTS | awk '{for (k = 1; k < NF; k += 2) print $k}'); do",
+        f"  {launch} {shell_join(worker)} &",
+        "  i=$((i + 1))",
+        "done",
+        "wait",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_job_id(out: str) -> str | None:
+    m = re.search(JOB_ID_REGEXP, out)
+    return m.group("job_id") if m else None
+
+
+def status_command(job_ids: list[str]) -> list[str]:
+    return [STATUS, "-noheader", "-o", "jobid stat", *job_ids]
+
+
+def parse_status(out: str) -> dict[str, str]:
+    """``{job id: store state}`` from ``bjobs -noheader -o "jobid stat"``."""
+    states = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and re.fullmatch(r"\d+(?:\[\d+\])?", parts[0]) and parts[1].isupper():
+            states[parts[0]] = STATES.get(parts[1], parts[1])
+    return states
