@@ -33,6 +33,10 @@ def _first(names: Sequence[str]) -> str | None:
     return None
 
 
+def _margin(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
 def build_command(args: argparse.Namespace, now: float) -> tuple[list[str], NodeConfig]:
     index = _first([args.index_env] if args.index_env else INDEX_VARS) or "0"
     host = _first([args.host_env] if args.host_env else HOST_VARS) or socket.gethostname()
@@ -50,7 +54,7 @@ def build_command(args: argparse.Namespace, now: float) -> tuple[list[str], Node
     ]  # fmt: skip
     if args.memory_limit:
         cmd += ["--memory-limit", args.memory_limit]
-    if args.end is not None:
+    if args.end is not None and args.drain_margin is not None:
         lifetime = int(args.end - args.drain_margin - now)
         cmd += ["--lifetime", f"{max(lifetime, 1)}s"]
     cmd += list(args.worker_args)
@@ -64,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cores", type=int, required=True)
     p.add_argument("--gpus", type=int, default=0)
     p.add_argument("--end", type=float, default=None, help="allocation end, epoch seconds")
-    p.add_argument("--drain-margin", type=float, default=60.0, help="leave this many seconds before the end")
+    p.add_argument("--drain-margin", type=_margin, default=60.0,
+                   help="leave this many seconds before the end ('none': stay until stopped)")  # fmt: skip
     p.add_argument("--alloc", default=None, help="allocation id (default: from --alloc-env)")
     p.add_argument("--alloc-env", default=None, help="variable holding the batch job id, e.g. SLURM_JOB_ID")
     p.add_argument("--index-env", default=None, help="variable holding this node's index in the job")

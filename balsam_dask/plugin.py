@@ -290,16 +290,19 @@ class BalsamPlugin(SchedulerPlugin):
         if worker in self.placed:
             self._remove_node(worker)
 
-    def _why_lost(self, worker: str, expected: bool) -> str:
-        """Why a worker's running tasks were lost. A batch node-worker told to stop (the
-        batch system's SIGTERM at walltime or scancel), or gone at its allocation's end,
-        ended with its allocation: its tasks timed out (RUN_TIMEOUT) and run elsewhere."""
+    def _why_lost(self, worker: str) -> str:
+        """Why a worker's running tasks were lost. As in Balsam, the tasks of a batch
+        node-worker that went away (walltime, ``scancel``/``qdel``, its node lost) are
+        recorded RUN_TIMEOUT and run again in another allocation; an emulated local node
+        that dies loses its attempt (RESTART_READY)."""
         cfg = self.nodes.get(worker)
-        batch = cfg is not None and not cfg.alloc_id.startswith(("local-", "unmanaged"))
-        ended = cfg is not None and cfg.end_time is not None and time.time() >= cfg.end_time - 5
-        if cfg is not None and (ended or (batch and expected)):
-            return f"{TIMEOUT_PREFIX}allocation {cfg.alloc_id} ended on {cfg.name}"
-        return f"attempt lost: worker {worker} left"
+        if cfg is None:
+            return f"attempt lost: worker {worker} left"
+        if cfg.end_time is not None and time.time() >= cfg.end_time - 5:
+            return f"{TIMEOUT_PREFIX}allocation {cfg.alloc_id} reached its end on {cfg.name}"
+        if not cfg.alloc_id.startswith(("local-", "unmanaged")):
+            return f"{TIMEOUT_PREFIX}allocation {cfg.alloc_id} ended on {cfg.name} (job cancelled or node lost)"
+        return f"attempt lost: worker {worker} left ({cfg.name})"
 
     def _remove_node(self, worker: str) -> None:
         self.placed.discard(worker)
@@ -328,7 +331,7 @@ class BalsamPlugin(SchedulerPlugin):
             return
         action = msg.get("action")
         if action == "remove-worker" and topic != "all":
-            why = self._why_lost(topic, bool(msg.get("expected")))
+            why = self._why_lost(topic)
             for key in msg.get("processing-tasks") or ():
                 self._lost.setdefault(key, why)
             if topic in self.placed:  # free its placement before its tasks come back

@@ -82,7 +82,7 @@ class EnsembleCluster(AllocationCluster):
         walltime: Any = "00:30:00", queue: str | None = None, account: str | None = None,
         job_extra_directives: tuple[str, ...] | list[str] = (), job_script_prologue: tuple[str, ...] | list[str] = (),
         python: str | None = None, launcher: str | None = None, log_directory: str | None = None,
-        store: str | None = None, drain_margin: float = 60.0, max_nodes_per_job: int = 64,
+        store: str | None = None, drain_margin: float | None = 60.0, max_nodes_per_job: int = 64,
         workdir: str | None = None, scheduler_options: dict[str, Any] | None = None, poll_interval: float = 5.0,
         submit_backoff: float = 10.0, asynchronous: bool = False, loop: Any = None,
         silence_logs: int | bool = logging.WARNING, name: str | None = None,

@@ -47,7 +47,9 @@ class EnsembleJobSpec:
     python: str = field(default_factory=lambda: sys.executable)
     launcher: str | None = None  # the MPI launcher tasks of this job use (None: detect on the node)
     log_directory: str | None = None
-    drain_margin: float = 60.0  # workers leave this many seconds before the walltime ends
+    # workers leave this many seconds before the walltime ends; None: they stay until the batch
+    # system stops them (their running tasks are then recorded RUN_TIMEOUT and run elsewhere)
+    drain_margin: float | None = 60.0
     workdir: str = "balsam_workdirs"
     results_dir: str = "balsam_results"
     worker_extra_args: tuple[str, ...] = ()
@@ -60,7 +62,7 @@ class EnsembleJobSpec:
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise InvalidSpec(f"{label}={value!r} is invalid: use an integer >= {lo}, e.g. {label}={max(lo, 4)}")
         object.__setattr__(self, "walltime", parse_duration("walltime", self.walltime))
-        if self.drain_margin < 0 or self.drain_margin >= self.walltime:
+        if self.drain_margin is not None and not 0 <= self.drain_margin < self.walltime:
             raise InvalidSpec(
                 f"drain_margin={self.drain_margin!r} is invalid for walltime={self.walltime:g}s: "
                 "use a margin >= 0 and well under the walltime, e.g. drain_margin=60"
@@ -89,7 +91,7 @@ def node_worker_argv(
     argv = [
         job.python, "-m", "balsam_dask.node_worker", job.scheduler, "--name-prefix", job.name,
         "--cores", str(job.cores_per_node), "--gpus", str(job.gpus_per_node), "--end", end,
-        "--drain-margin", f"{job.drain_margin:g}", "--alloc-env", alloc_env,
+        "--drain-margin", "none" if job.drain_margin is None else f"{job.drain_margin:g}", "--alloc-env", alloc_env,
         "--workdir", job.workdir, "--results-dir", job.results_dir,
     ]  # fmt: skip
     if index_env:
