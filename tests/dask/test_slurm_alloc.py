@@ -117,7 +117,7 @@ def test_running_tasks_survive_the_end_of_their_job(tmp_path: Path, how: str) ->
                 states = [e.to_state for e in store.history(t.id)]
                 assert states.count("RUNNING") == 2 and states[-1] == "FINISHED", states
                 timeout = next(e for e in store.history(t.id) if e.to_state == "RUN_TIMEOUT")
-                assert "ended" in (timeout.message or ""), timeout.message
+                assert (timeout.message or "").startswith("walltime: allocation"), timeout.message
             ended = store.allocation(cluster.jobs[first]["alloc"])
             assert ended.state == ("TIMEOUT" if how == "time-limit" else "CANCELLED"), ended
         finally:
