@@ -43,6 +43,10 @@ TIMEOUT_PREFIX = "walltime: "
 #: A worker address that never exists: a task restricted to it waits in ``no-worker``.
 HOLD = "balsam-hold://placement"
 PLUGIN_NAME = "balsam-dask"
+#: Batching interval (s) of the scheduler's and node-workers' streams. Balsam tasks are
+#: dispatched exactly (no task waits on a worker), so each completion -> dispatch round trip
+#: idles a core: Dask's default 2-5 ms of batching was most of that trip for short tasks.
+STREAM_INTERVAL = 0.0005
 _CANCEL_STIMULI = ("cancel-key", "client-releases-keys")
 
 
@@ -57,10 +61,11 @@ class BalsamPlugin(SchedulerPlugin):
     def __init__(
         self, store: str | None = None, *, writer_options: dict[str, Any] | None = None,
         poll_interval: float = 1.0, node_shapes: list[dict[str, int]] | None = None,
-        max_nodes_per_allocation: int | None = None,
+        max_nodes_per_allocation: int | None = None, writer_process: bool = True,
     ) -> None:  # fmt: skip
         self.store_url = store
         self.writer_options = writer_options or {}
+        self.writer_process = writer_process
         self.poll_interval = poll_interval
         self.declared_shapes = list(node_shapes or [])
         self.max_nodes_per_allocation = max_nodes_per_allocation
@@ -86,7 +91,12 @@ class BalsamPlugin(SchedulerPlugin):
         self.store = await loop.run_in_executor(None, partial(Store, self.store_url, kind="scheduler"))
         store = self.store
         await loop.run_in_executor(None, lambda: store.session_id)
-        self.writer = store.writer(**self.writer_options)
+        if self.writer_process:  # the SQL work off the event loop's GIL (store/procwriter.py)
+            from balsam_dask.store.procwriter import ProcessWriter
+
+            self.writer: Any = await loop.run_in_executor(None, partial(ProcessWriter, store, **self.writer_options))
+        else:
+            self.writer = store.writer(**self.writer_options)
         self.recorder = Recorder(self.writer.put, store.ids.next)
         for name in ("info", "kill", "resume", "status", "flush", "declare_nodes"):
             scheduler.handlers[f"balsam_{name}"] = getattr(self, f"_handle_{name}")
@@ -277,6 +287,9 @@ class BalsamPlugin(SchedulerPlugin):
         cfg = self.nodes.get(worker)
         if cfg is None:
             return
+        stream = self.scheduler.stream_comms.get(worker)
+        if stream is not None:  # dispatch one task at a time without Dask's 5 ms batching delay
+            stream.interval = STREAM_INTERVAL
         if worker in self.placed:
             self.placer.set_draining(worker, False)
         else:

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import URL
 
 from balsam_dask.errors import InvalidSpec, SchemaMissing, UnknownTask
@@ -90,8 +90,16 @@ class Store:
             self._ids = IdAllocator(self._session_id)
         return self._session_id
 
+    def bind_session(self, session_id: int) -> None:
+        """Write on behalf of an existing session (the writer process of a scheduler). A
+        bound store makes no ids: the session's owner does."""
+        self._session_id = session_id
+        self._bound = True
+
     @property
     def ids(self) -> IdAllocator:
+        if getattr(self, "_bound", False):
+            raise RuntimeError("a store bound to another process's session cannot make ids")
         if self._ids is None:
             _ = self.session_id
         assert self._ids is not None
@@ -208,7 +216,8 @@ class Store:
     def kill_requests(self, session_id: int | None = None) -> list[int]:
         conds = Q.task_filter(state=sorted(UNFINISHED_STATES), session_id=session_id)
         with read_tx(self.engine) as conn:
-            q = select(tasks_t.c.id).where(tasks_t.c.kill_requested.is_(True), *conds)
+            # the bare column, as in the partial index's WHERE: the planner then uses ix_tasks_kill
+            q = select(tasks_t.c.id).where(text("kill_requested"), *conds)
             return list(conn.execute(q).scalars())
 
     def claim(

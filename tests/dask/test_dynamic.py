@@ -130,6 +130,7 @@ def test_kill_requested_from_the_cli(tmp_path: Path) -> None:
         fut = client.submit_app(["sh", "-c", f"echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; exec sleep 60"],
                                 tags={"exp": "cli"}, key="cli-kill")  # fmt: skip
         _wait_for(pidfile)
+        client.flush()  # the task's row is in the store before the CLI looks for it
         import subprocess
         import sys
 

@@ -1,0 +1,183 @@
+"""The batching writer in a process of its own.
+
+In the scheduler process the SQL work of recording (row building, validation, the
+driver) competes with Dask's event loop for the GIL. :class:`ProcessWriter` keeps the
+:class:`~balsam_dask.store.writer.BatchWriter` interface but runs the writer in a child
+process: ``put`` still only appends to a deque; a feeder thread ships batches through a
+pipe (one ``pickle`` per batch, in C); the child applies them with a BatchWriter of its
+own, under the parent's session, with the same retries and replay. When the parent dies,
+the pipe closes and the child writes what it received and exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing as mp
+import pickle
+import threading
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from balsam_dask.errors import StoreUnavailable
+from balsam_dask.store.ops import NewTask, Op
+from balsam_dask.store.writer import WriterStats
+
+if TYPE_CHECKING:
+    from balsam_dask.store.api import Store
+
+log = logging.getLogger(__name__)
+
+
+def _child(url: str, session_id: int, conn: Any, options: dict[str, Any]) -> None:
+    from balsam_dask.store.api import Store
+
+    store = Store(url, kind="writer")
+    store.bind_session(session_id)
+    close_timeout = options.pop("close_timeout", 60.0)
+    writer = store.writer(**options)
+    try:
+        while True:
+            try:
+                kind, data = pickle.loads(conn.recv_bytes())
+            except EOFError:  # the parent is gone: write what we have and leave
+                break
+            if kind == "ops":
+                writer.put_many(data)
+            elif kind == "flush":
+                ok = writer.flush(data)
+                conn.send_bytes(pickle.dumps(("flushed", (ok, writer.stats))))
+            elif kind == "close":
+                break
+    finally:
+        error = None
+        try:
+            writer.close(timeout=close_timeout)
+        except Exception as e:  # reported to the parent
+            error = str(e)
+        try:
+            conn.send_bytes(pickle.dumps(("closed", (error, writer.stats))))
+        except (OSError, EOFError):
+            pass
+        store.engine.dispose()
+
+
+class ProcessWriter:
+    def __init__(self, store: Store, *, max_batch: int = 5000, max_delay: float = 0.2, **options: Any) -> None:
+        self.session_id = store.session_id
+        self.max_batch = max_batch
+        self.max_delay = max_delay
+        self.stats = WriterStats()
+        self._q: deque[Op] = deque()
+        self._lock = threading.Lock()  # one sender on the pipe at a time
+        self._wake = threading.Event()
+        self._closing = False
+        ctx = mp.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe()
+        url = store.url.render_as_string(hide_password=False)
+        # the parent already batched by time: the child writes what arrives almost at once
+        opts = {"max_batch": max_batch, "max_delay": min(max_delay, 0.02), **options}
+        self._proc = ctx.Process(target=_child, args=(url, self.session_id, child_conn, opts),
+                                 name="balsam-dask-writer", daemon=True)  # fmt: skip
+        self._proc.start()
+        child_conn.close()
+        self._thread = threading.Thread(target=self._feed, name="balsam-dask-feeder", daemon=True)
+        self._thread.start()
+        atexit.register(self._atexit)
+
+    # --- producer side (never blocks) ---
+    def put(self, op: Op) -> None:
+        self._q.append(op)
+        if len(self._q) >= self.max_batch and not self._wake.is_set():
+            self._wake.set()
+
+    def put_many(self, ops: Iterable[Op]) -> None:
+        self._q.extend(ops)
+        if len(self._q) >= self.max_batch:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._q)
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.is_alive()
+
+    # --- feeder ---
+    def _take(self) -> list[Op]:
+        q = self._q
+        batch: list[Op] = []
+        while q and len(batch) < self.max_batch * 4:
+            op = q.popleft()
+            if type(op) is NewTask and callable(op.payload):
+                op = op._replace(payload=op.payload())  # serialize durable payloads here, not in the loop
+            batch.append(op)
+        return batch
+
+    def _send(self, kind: str, data: Any) -> None:
+        self._conn.send_bytes(pickle.dumps((kind, data), protocol=pickle.HIGHEST_PROTOCOL))
+
+    def _feed(self) -> None:
+        while not self._closing:
+            self._wake.wait(self.max_delay)
+            self._wake.clear()
+            self._ship()
+
+    def _ship(self) -> None:
+        with self._lock:
+            while self._q:
+                batch = self._take()
+                try:
+                    self._send("ops", batch)
+                except (OSError, EOFError):
+                    self.stats.last_error = "the writer process is gone"
+                    self._q.extendleft(reversed(batch))
+                    return
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until everything queued before this call is written; False on timeout."""
+        self._ship()
+        with self._lock:
+            try:
+                self._send("flush", timeout)
+                if not self._conn.poll(None if timeout is None else timeout + 5):
+                    return False
+                _, (ok, stats) = pickle.loads(self._conn.recv_bytes())
+            except (OSError, EOFError):
+                return False
+        self.stats = stats  # the child's: what was written, retried, rejected
+        return bool(ok)
+
+    def close(self, timeout: float | None = 60.0) -> None:
+        if self._closing:
+            return
+        self._ship()
+        self._closing = True
+        self._wake.set()
+        self._thread.join(5)
+        atexit.unregister(self._atexit)
+        error = None
+        with self._lock:
+            try:
+                self._send("close", None)
+                if self._conn.poll(None if timeout is None else timeout + 10):
+                    _, (error, stats) = pickle.loads(self._conn.recv_bytes())
+                    self.stats = stats
+                else:
+                    error = f"the writer process did not finish within {timeout}s"
+            except (OSError, EOFError):
+                error = "the writer process is gone"
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(5)
+        if error or self._q:
+            raise StoreUnavailable(f"the store writer could not write everything before closing: {error}")
+
+    def _atexit(self) -> None:
+        try:
+            self.close(timeout=10.0)
+        except Exception as e:  # pragma: no cover - interpreter shutdown
+            log.error("%s", e)
