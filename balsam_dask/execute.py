@@ -11,7 +11,9 @@ holds every attempt and the result even if the client dies.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import pickle
 import re
 import shlex
 import sys
@@ -127,6 +129,26 @@ def _task_env(spec: TaskSpec, gpus: tuple[str, ...]) -> dict[str, str]:
     return env
 
 
+def wire_spec(spec: TaskSpec) -> bytes:
+    """The spec as it travels to workers in a task's annotations: bytes, which msgpack sends as
+    they are (a TaskSpec object would make Dask try msgpack, fail, log and pickle it per task)."""
+    return pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+@functools.lru_cache(maxsize=256)
+def _unwire_spec(data: bytes) -> TaskSpec:
+    spec = pickle.loads(data)
+    assert isinstance(spec, TaskSpec)
+    return spec
+
+
+def task_spec(value: Any) -> TaskSpec:
+    """The spec of a task's annotation, in either form (bytes on workers, an object in graphs)."""
+    if isinstance(value, bytes):
+        return _unwire_spec(value)
+    return value if isinstance(value, TaskSpec) else TaskSpec()
+
+
 def _annotations(key: str) -> dict[str, Any]:
     from distributed import get_worker
 
@@ -142,7 +164,7 @@ def _run_attempts(body: Callable[[TaskContext, RunHandle], Any], handlers: Handl
 
     key = str(getattr(thread_state, "key", "direct-call"))
     ann = _annotations(key)
-    spec: TaskSpec = ann.get(SPEC_ANNOTATION) or TaskSpec()
+    spec = task_spec(ann.get(SPEC_ANNOTATION))
     dispatch: dict[str, Any] = ann.get(DISPATCH_ANNOTATION) or {}
     handlers = handlers or Handlers()
     rt = get_runtime()

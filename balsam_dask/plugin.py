@@ -22,13 +22,20 @@ from collections.abc import Hashable
 from functools import partial
 from typing import Any
 
-import cloudpickle
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from balsam_dask.execute import DISPATCH_ANNOTATION, PARENT_ANNOTATION, RESCHEDULE_REASON, SPEC_ANNOTATION, TOPIC
+from balsam_dask.execute import (
+    DISPATCH_ANNOTATION,
+    PARENT_ANNOTATION,
+    RESCHEDULE_REASON,
+    SPEC_ANNOTATION,
+    TOPIC,
+    wire_spec,
+)
 from balsam_dask.node import EXTRA_KEY, NodeConfig
 from balsam_dask.packing.placement import NodeInfo, Placer
 from balsam_dask.pausing import Pauser, is_ours
+from balsam_dask.payload import dump_payload
 from balsam_dask.recorder import Recorder
 from balsam_dask.runtime import KILL_OP
 from balsam_dask.spec import TaskSpec
@@ -48,11 +55,6 @@ PLUGIN_NAME = "balsam-dask"
 #: idles a core: Dask's default 2-5 ms of batching was most of that trip for short tasks.
 STREAM_INTERVAL = 0.0005
 _CANCEL_STIMULI = ("cancel-key", "client-releases-keys")
-
-
-def dump_payload(spec: TaskSpec, run_spec: Any) -> bytes:
-    """The serialized task (spec and Dask run_spec) kept for resuming after a crash."""
-    return cloudpickle.dumps((spec, run_spec))
 
 
 class BalsamPlugin(SchedulerPlugin):
@@ -136,6 +138,7 @@ class BalsamPlugin(SchedulerPlugin):
         specs = annotations.get(SPEC_ANNOTATION, {})
         parents = annotations.get(PARENT_ANNOTATION, {})
         rec = self.recorder
+        wired: dict[int, bytes] = {}  # one serialization per distinct spec (a map shares one)
         for key in tasks:
             ts = scheduler.tasks.get(key)
             if ts is None or key in rec.tracks:
@@ -144,6 +147,10 @@ class BalsamPlugin(SchedulerPlugin):
             if not isinstance(spec, TaskSpec):
                 spec = None
             else:
+                wire = wired.get(id(spec))
+                if wire is None:
+                    wire = wired[id(spec)] = wire_spec(spec)
+                ts.annotations = {**(ts.annotations or {}), SPEC_ANNOTATION: wire}
                 ts.worker_restrictions = {HOLD}
                 ts.host_restrictions = set()
                 ts.loose_restrictions = False

@@ -11,6 +11,7 @@ import distributed
 from dask._task_spec import DataNode
 
 from balsam_dask.execute import SPEC_ANNOTATION
+from balsam_dask.payload import load_payload
 
 
 def resubmit(client: distributed.Client, plan: list[dict[str, Any]]) -> dict[Hashable, distributed.Future]:
@@ -19,7 +20,7 @@ def resubmit(client: distributed.Client, plan: list[dict[str, Any]]) -> dict[Has
     futures: dict[Hashable, distributed.Future] = {}
     data_futures: list[distributed.Future] = []
     for item in plan:
-        spec, run_spec = cloudpickle.loads(item["payload"])
+        spec, run_spec = load_payload(item["payload"])
         key = item["key"]
         for dkey, stored in item["data"].items():
             if dkey in futures:
