@@ -211,18 +211,19 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
         raise UnknownTask(f"no task with id {missing} in the store")
 
     initial = dict(state) if transitions else {}
-    last: dict[int, tuple[int, float]] = {}  # task -> (attempt, time) of its last event in the batch
+    last: dict[int, Transition] = {}  # task -> its last event in the batch
     event_rows: list[tuple[Any, ...]] = []
     add_row = event_rows.append
     legal = LEGAL
-    for eid, tid, _, to, ts, att, worker, hosts, message in transitions:  # the hot loop: plain tuples
+    for op in transitions:  # the hot loop: plain tuples, nothing allocated but the row
+        eid, tid, _, to, ts, att, worker, hosts, message = op
         cur = state[tid]
         if to not in legal.get(cur, _NOTHING):
             raise IllegalTransition(cur, to, tid)
         # from_state: the store's state is the truth, whatever the writer believed
         add_row((eid, tid, att, cur, to, ts, worker, hosts, message))
         state[tid] = to
-        last[tid] = (att, ts)
+        last[tid] = op
     for u in updates:
         bad = set(u.fields) - UPDATABLE_TASK_FIELDS
         if bad:
@@ -237,9 +238,9 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
         conn.exec_driver_sql(sql["insert_event"], event_rows)
         stats.events = len(event_rows)
         rows = []
-        for tid, (att, ts) in last.items():
+        for tid, op in last.items():
             st = state[tid]
-            rows.append((st, att, ts, tid))
+            rows.append((st, op.attempt, op.ts, tid))
             old = initial[tid]
             if old != st:
                 sh = shape.get(tid)
