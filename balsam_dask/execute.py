@@ -243,7 +243,22 @@ def _report_done(ctx: TaskContext, spec: TaskSpec, value: Any, started: float) -
                 tmp.replace(path)
                 msg["result_ref"] = str(path.absolute())
     if spec.durable or ctx.gpu_ids or isinstance(value, AppResult):
-        _report(msg)
+        _attach_done(msg)
+
+
+def _attach_done(msg: dict[str, Any]) -> None:
+    """Put the done-report in the task's metadata: the worker sends it to the scheduler inside
+    its task-finished message (no message of its own, nothing kept in the event log)."""
+    from distributed import get_worker
+    from distributed.worker import thread_state
+
+    key = getattr(thread_state, "key", None)
+    try:
+        ts = get_worker().state.tasks.get(key) if key is not None else None
+    except ValueError:  # not on a worker (called directly): nothing to report to
+        return
+    if ts is not None:
+        ts.metadata[TOPIC] = msg
 
 
 # ---------------------------------------------------------------- bodies

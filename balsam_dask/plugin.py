@@ -181,6 +181,12 @@ class BalsamPlugin(SchedulerPlugin):
         if track is None:
             return
         ts = self.scheduler.tasks.get(key)
+        if finish == "memory" and start == "processing":
+            done = (kwargs.get("metadata") or {}).get(TOPIC)
+            if done is not None:  # the worker's done-report (execute._attach_done)
+                self.recorder.on_done(key, done)
+                if ts is not None and ts.metadata:
+                    ts.metadata.pop(TOPIC, None)  # the result bytes need not stay on the scheduler
         worker = None
         if finish == "processing" and ts is not None and ts.processing_on is not None:
             worker = ts.processing_on.address
@@ -344,8 +350,6 @@ class BalsamPlugin(SchedulerPlugin):
             key = msg.get("key")
             if msg.get("op") == "attempt":
                 self.recorder.on_attempt(key, msg)
-            elif msg.get("op") == "done":
-                self.recorder.on_done(key, msg)
             return
         if not isinstance(msg, dict):
             return
