@@ -17,12 +17,11 @@ import multiprocessing as mp
 import pickle
 import threading
 from collections import deque
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from balsam_dask.errors import StoreUnavailable
 from balsam_dask.store.ops import NewTask, Op
-from balsam_dask.store.writer import WriterStats
+from balsam_dask.store.writer import OpQueue, WriterStats
 
 if TYPE_CHECKING:
     from balsam_dask.store.api import Store
@@ -63,7 +62,7 @@ def _child(url: str, session_id: int, conn: Any, options: dict[str, Any]) -> Non
         store.engine.dispose()
 
 
-class ProcessWriter:
+class ProcessWriter(OpQueue):
     def __init__(self, store: Store, *, max_batch: int = 5000, max_delay: float = 0.2, **options: Any) -> None:
         self.session_id = store.session_id
         self.max_batch = max_batch
@@ -85,21 +84,6 @@ class ProcessWriter:
         self._thread = threading.Thread(target=self._feed, name="balsam-dask-feeder", daemon=True)
         self._thread.start()
         atexit.register(self._atexit)
-
-    # --- producer side (never blocks) ---
-    def put(self, op: Op) -> None:
-        self._q.append(op)
-        if len(self._q) >= self.max_batch and not self._wake.is_set():
-            self._wake.set()
-
-    def put_many(self, ops: Iterable[Op]) -> None:
-        self._q.extend(ops)
-        if len(self._q) >= self.max_batch:
-            self._wake.set()
-
-    @property
-    def pending(self) -> int:
-        return len(self._q)
 
     @property
     def alive(self) -> bool:

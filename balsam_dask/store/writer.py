@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from balsam_dask.errors import BalsamDaskError, StoreUnavailable
 from balsam_dask.store.engine import is_transient
@@ -50,7 +50,30 @@ class WriterStats:
     rejected: list[tuple[Op, str]] = field(default_factory=list)
 
 
-class BatchWriter:
+class OpQueue:
+    """The producer side of a writer (any thread; never blocks): ops go to a deque and the
+    writer is woken once a batch is full."""
+
+    max_batch: int
+    _q: deque[Any]
+    _wake: threading.Event
+
+    def put(self, op: Op) -> None:
+        self._q.append(op)
+        if len(self._q) >= self.max_batch and not self._wake.is_set():
+            self._wake.set()
+
+    def put_many(self, ops: Iterable[Op]) -> None:
+        self._q.extend(ops)
+        if len(self._q) >= self.max_batch:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._q)
+
+
+class BatchWriter(OpQueue):
     def __init__(
         self,
         store: Store,
@@ -79,21 +102,6 @@ class BatchWriter:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         atexit.register(self._atexit)
-
-    # --- producer side (any thread; never blocks) ---
-    def put(self, op: Op) -> None:
-        self._q.append(op)
-        if len(self._q) >= self.max_batch and not self._wake.is_set():
-            self._wake.set()
-
-    def put_many(self, ops: Iterable[Op]) -> None:
-        self._q.extend(ops)
-        if len(self._q) >= self.max_batch:
-            self._wake.set()
-
-    @property
-    def pending(self) -> int:
-        return len(self._q)
 
     @property
     def alive(self) -> bool:
