@@ -6,9 +6,12 @@ no I/O. A *node* is one node-worker of a batch allocation; a *task* is a
 
 Serial tasks (``nodes == 1``) pack beside each other with exact free cores and GPU ids; a
 node whose allocation ends before the task's walltime estimate is not eligible; higher
-priority goes first, FIFO within a priority, and a task that fits nowhere never blocks a
-smaller one behind it. Placement is best fit: the eligible node with the fewest free cores
-(then GPUs, then the least remaining time) that fits, so whole nodes stay free for gangs.
+priority goes first, FIFO within a priority, and a task that fits nowhere does not block a
+smaller one behind it; but once such later tasks have passed it for ``hold_after`` seconds
+(default 30), one node is *held* for it: that node takes no new task until the passed task
+fits there, so a wide serial task never starves behind a stream of narrow ones. Placement
+is best fit: the eligible node with the fewest free cores (then GPUs, then the least
+remaining time) that fits, so whole nodes stay free for gangs.
 
 Gangs (``nodes == k > 1``) take ``k`` whole nodes of one allocation. Waiting gangs get
 *reservations* in priority/FIFO order: the ``k`` nodes of one allocation expected to be idle
@@ -29,10 +32,11 @@ walltime estimates are grouped into classes (:func:`walltime_class`), nodes are 
 (free cores, free GPUs, usable until), and reservations are recomputed only when nodes,
 gangs or reservations changed.
 
-The code lives in three modules: this one (the public records, :func:`walltime_class`, and
+The code lives in four modules: this one (the public records, :func:`walltime_class`, and
 :class:`Placer`'s task and node API, serial placement and invariant checks), ``placement_state``
-(task, node and reservation records, the free-capacity index, freeing, queries) and
-``placement_gangs`` (gang reservations and backfilling). Every name stays importable from here.
+(task, node and reservation records, the free-capacity index, freeing, queries),
+``placement_gangs`` (gang reservations and backfilling) and ``placement_holds`` (held nodes for
+passed serial tasks). Every name stays importable from here.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from typing import NamedTuple
 
 from balsam_dask.errors import BalsamDaskError, InvalidSpec, UnknownTask
 from balsam_dask.packing.placement_gangs import _GangReservations
+from balsam_dask.packing.placement_holds import _SerialHolds
 from balsam_dask.packing.placement_state import (
     _GONE,
     _INF,
@@ -144,7 +149,7 @@ class NodeStatus:
     running: tuple[TaskId, ...]
 
 
-class Placer(_GangReservations):
+class Placer(_GangReservations, _SerialHolds):
     """Exact, walltime-aware placement of serial tasks and MPI gangs on node-workers."""
 
     # __init__(backfill=False), the index, freeing and the queries: placement_state._PlacerState;
@@ -168,6 +173,9 @@ class Placer(_GangReservations):
         node = self._node(name)
         if node.reserved_by is not None:
             self._release(node.reserved_by)
+        if node.held is not None:
+            self._holds.pop(node.held.id, None)
+            node.held = None
         lost: list[_Task] = [node.gang] if node.gang is not None else list(node.running)
         for task in lost:
             self._free(task)
@@ -189,6 +197,7 @@ class Placer(_GangReservations):
             self._alloc_dec(node.alloc)
             if node.reserved_by is not None:
                 self._release(node.reserved_by)
+            self._unhold(node)
         else:
             self._alloc_nodes[node.alloc] = self._alloc_nodes.get(node.alloc, 0) + 1
         self._rekey(node)
@@ -234,6 +243,7 @@ class Placer(_GangReservations):
             del self._gangs[task_id]
         else:
             self._n_serial -= 1  # its queue entry is skipped later
+            self._forget_hold(task_id)
         self._drop(task)
         return True
 
@@ -253,6 +263,8 @@ class Placer(_GangReservations):
     def schedule(self, now: float) -> list[Assignment]:
         """Place what can start now; returns the new assignments."""
         out: list[Assignment] = []
+        if self._hold_ready:
+            self._start_held(now, out)
         if self._gangs:
             if now > self._deadline:  # a reservation's allocation now ends too soon for it
                 for res in [r for r in self._res.values() if r.min_end < now + (r.task.wt or 0.0)]:
@@ -266,6 +278,15 @@ class Placer(_GangReservations):
                     self._start_gang(res, now, out)
         if self._n_serial and self._keys:
             self._schedule_serial(now, out)
+            if self._unheld:  # nodes held for tasks that started elsewhere take tasks again
+                self._unheld.clear()
+                if self._n_serial and self._keys:
+                    self._schedule_serial(now, out)
+                self._unheld.clear()
+        if self._passed_since and self._hold_after is not None:
+            self._hold_starving(now)
+            if self._hold_ready:
+                self._start_held(now, out)
         return out
 
     def _schedule_serial(self, now: float, out: list[Assignment]) -> None:
@@ -282,6 +303,8 @@ class Placer(_GangReservations):
             self._blocked = still
         self._grown = (0, 0)
         tried = self._blocked  # shapes that fit nowhere now
+        worst = (-(1 << 62), 0)  # the last in order of the tasks placed here (blocked heads they pass)
+        holds, unheld, passed = self._holds, self._unheld, self._passed_since
         # With many keys, skip whole groups of equal free cores whose latest end is too early:
         # latest end per free-core count, an upper bound while this call only uses capacity.
         group: dict[int, float] | None = None
@@ -363,6 +386,12 @@ class Placer(_GangReservations):
                         if group is not None and end > group.get(nk[0], -_INF):
                             group[nk[0]] = end
                 out.append(Assignment(task.id, (node.name,), ids))
+                if passed:  # a passed head starts after all: no hold for it
+                    passed.pop(task.id, None)
+                    if task.id in holds:  # started elsewhere first: its node is freed below
+                        unheld.append(holds.pop(task.id))
+                if tried and (-task.prio, task.seq) > worst:
+                    worst = (-task.prio, task.seq)
                 if (not fifo or fifo[0].state != _WAITING) and not self._next_head(shape, sq):
                     break
                 fifo = sq.fifo
@@ -371,6 +400,13 @@ class Placer(_GangReservations):
                 if not keys or (heads and head > heads[0][:2]):
                     heapq.heappush(heads, (*head, shape))
                     break
+        if tried and worst[0] > -(1 << 62) and self._hold_after is not None:
+            self._note_passed(tried, worst, now)
+        for node in unheld:
+            if node.held is not None:
+                self._passed_since.pop(node.held.id, None)
+                node.held = None
+                self._rekey(node)
 
     def _next_head(self, shape: Shape, sq: _ShapeQueue) -> bool:
         """The shape's head was taken or cancelled: queue its next task (False if none)."""
@@ -462,5 +498,11 @@ class Placer(_GangReservations):
             and sum(len(b) for b in self._buckets.values()) == sum(1 for n in self._nodes.values() if n.key),
             "the free-capacity index does not match the nodes",
         )
+        held = {n.held.id: n for n in self._nodes.values() if n.held is not None}
+        check(held == self._holds, f"held nodes {list(held)} do not match the holds {list(self._holds)}")
+        for tid, n in held.items():
+            ht = n.held
+            ok = ht is not None and self._tasks.get(tid) is ht and ht.state == _WAITING and ht.k == 1 and n.gang is None
+            check(ok and n.reserved_by is None, f"node {n.name!r} holds {tid!r}, which cannot use it")
         check(self._n_serial == sum(1 for t in self._tasks.values() if t.k == 1 and t.state == _WAITING),
               "waiting serial count is wrong")  # fmt: skip

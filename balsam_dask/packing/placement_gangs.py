@@ -89,7 +89,7 @@ class _GangReservations(_PlacerState):
             for node in self._nodes.values():
                 r = node.reserved_by
                 lend = r is None or (r.promise < _INF and r not in self._ready)
-                if not node.running and node.gang is None and not node.draining and lend:
+                if not node.running and node.gang is None and node.held is None and not node.draining and lend:
                     idle.setdefault(node.alloc, []).append(node)
             tried: list[tuple[int, float]] = []
             for task in failed:
@@ -126,6 +126,9 @@ class _GangReservations(_PlacerState):
             picked = set(chosen)
             pool_list[:] = [n for n in pool_list if n not in picked]
         for node in chosen:
+            if node.held is not None:  # a gang's reservation comes first: the serial task holds anew
+                self._holds.pop(node.held.id, None)
+                node.held = None
             node.reserved_by = res
             res.nodes.append(node)
             res.min_end = min(res.min_end, node.end)

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING
 
-from balsam_dask.errors import UnknownTask
+from balsam_dask.errors import InvalidSpec, UnknownTask
 from balsam_dask.spec import Resources
 
 if TYPE_CHECKING:
@@ -26,6 +26,9 @@ Shape = tuple[int, int, "float | None"]  # (cores per node, GPUs per node, wallt
 Key = tuple[int, int, float]  # (free cores, free GPUs, usable until)
 _INF = math.inf
 _WAITING, _RUNNING, _GONE = 1, 2, 3
+#: Seconds a blocked serial head may be passed by later tasks before a node is held for it
+#: (``placement_holds``); ``Placer(hold_after=None)`` never holds.
+HOLD_AFTER = 30.0
 
 
 class _Task:
@@ -43,7 +46,7 @@ class _Task:
 
 class _Node:
     __slots__ = ("all_gpus", "alloc", "cores", "draining", "end", "est", "est_dirty", "free_cores",
-                 "free_gpus", "gang", "gpus", "idx", "key", "name", "reserved_by", "running")  # fmt: skip
+                 "free_gpus", "gang", "gpus", "held", "idx", "key", "name", "reserved_by", "running")  # fmt: skip
 
     def __init__(self, info: NodeInfo, idx: int) -> None:
         self.name, self.idx, self.alloc = info.name, idx, info.alloc_id
@@ -55,6 +58,7 @@ class _Node:
         self.draining = False
         self.reserved_by: _Reservation | None = None
         self.gang: _Task | None = None  # the gang holding this whole node
+        self.held: _Task | None = None  # a starving serial task this node is kept for (placement_holds)
         self.running: dict[_Task, None] = {}  # serial tasks
         self.key: Key | None = None  # where the node sits in the free-capacity index
         self.est = 0.0  # estimated end of its running serial tasks (valid unless est_dirty)
@@ -119,8 +123,16 @@ def _per_alloc(nodes: Iterable[_Node]) -> dict[str, int]:
 class _PlacerState:
     """The placer's state, its free-capacity index, freeing and read-only queries."""
 
-    def __init__(self, backfill: bool = False) -> None:
+    def __init__(self, backfill: bool = False, hold_after: float | None = HOLD_AFTER) -> None:
+        if hold_after is not None and (isinstance(hold_after, bool) or not isinstance(hold_after, (int, float))
+                                       or hold_after < 0):  # fmt: skip
+            raise InvalidSpec(f"hold_after={hold_after!r} is invalid: use seconds >= 0 or None, e.g. hold_after=30")
         self._backfill = backfill
+        self._hold_after = hold_after
+        self._holds: dict[TaskId, _Node] = {}  # held serial task -> its node
+        self._hold_ready: list[_Node] = []  # held nodes whose task now fits
+        self._unheld: list[_Node] = []  # nodes whose held task started elsewhere (freed after the pass)
+        self._passed_since: dict[TaskId, float] = {}  # blocked heads: since when later tasks pass them
         self._nodes: dict[str, _Node] = {}
         self._by_idx: dict[int, _Node] = {}
         self._alloc_nodes: dict[str, int] = {}  # non-draining nodes per allocation
@@ -175,7 +187,7 @@ class _PlacerState:
         node.est_dirty = True
         if not node.running:
             self._idle(node)
-        elif node.reserved_by is None and not node.draining:  # the common case, inlined _rekey
+        elif node.reserved_by is None and not node.draining and node.held is None:  # the common case, inlined _rekey
             key = (node.free_cores, len(node.free_gpus), node.end)
             if node.key is not None:
                 bucket = self._buckets[node.key]
@@ -192,6 +204,14 @@ class _PlacerState:
                 self._grown = (max(key[0], self._grown[0]), max(key[1], self._grown[1]))
         else:
             self._rekey(node)
+        if node.held is not None:
+            self._check_hold(node)
+
+    def _check_hold(self, node: _Node) -> None:
+        """A held node's free capacity grew: its task may start at the next schedule()."""
+        task = node.held
+        if task is not None and node.free_cores >= task.cores and len(node.free_gpus) >= task.gpus:
+            self._hold_ready.append(node)
 
     def _idle(self, node: _Node) -> None:
         """The node runs nothing any more: a reservation waiting for it may be complete."""
@@ -218,7 +238,7 @@ class _PlacerState:
     # ------------------------------------------------------------------ index
     def _want(self, node: _Node) -> Key | None:
         """The index key a node should have: None if it must take no serial task now."""
-        if node.draining or node.gang is not None or node.free_cores <= 0:
+        if node.draining or node.gang is not None or node.held is not None or node.free_cores <= 0:
             return None
         end = node.end
         if node.reserved_by is not None:
