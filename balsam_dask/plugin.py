@@ -34,6 +34,7 @@ from balsam_dask.execute import (
 )
 from balsam_dask.node import EXTRA_KEY, NodeConfig
 from balsam_dask.packing.placement import NodeInfo, Placer
+from balsam_dask.packing.placement_state import HOLD_AFTER
 from balsam_dask.pausing import Pauser, is_ours
 from balsam_dask.payload import dump_payload
 from balsam_dask.recorder import Recorder
@@ -64,6 +65,7 @@ class BalsamPlugin(SchedulerPlugin):
         self, store: str | None = None, *, writer_options: dict[str, Any] | None = None,
         poll_interval: float = 1.0, node_shapes: list[dict[str, int]] | None = None,
         max_nodes_per_allocation: int | None = None, writer_process: bool = True,
+        hold_after: float | None = HOLD_AFTER,
     ) -> None:  # fmt: skip
         self.store_url = store
         self.writer_options = writer_options or {}
@@ -73,7 +75,7 @@ class BalsamPlugin(SchedulerPlugin):
         self.max_nodes_per_allocation = max_nodes_per_allocation
         self.scheduler: Any = None
         self.store: Store | None = None
-        self.placer = Placer()
+        self.placer = Placer(hold_after=hold_after)  # bad values fail here, before any task
         self.nodes: dict[str, NodeConfig] = {}  # worker address -> node config
         self.placed: set[str] = set()  # node-workers known to the placer
         self._lost: dict[Hashable, str] = {}  # key -> why its running attempt was lost

@@ -152,3 +152,28 @@ def test_priorities(tmp_path: Path) -> None:
     assert keys[0] == "blocker"
     assert set(keys[1:5]) == {f"high-{i}" for i in range(4)}, keys
     assert set(keys[5:]) == {f"low-{i}" for i in range(4)}, keys
+
+
+def test_a_wide_task_is_not_starved_by_a_stream_of_one_core_tasks(tmp_path: Path) -> None:
+    """A 2-core task behind a steady stream of 1-core tasks on one 2-core node: without a
+    hold the node never has 2 cores free at once; with one (hold_after=0.5 s, checked at the
+    plugin's 1 s poll) it drains and the wide task starts within seconds."""
+    from distributed import as_completed
+
+    with ensemble(f"sqlite:///{tmp_path}/s.db", tmp_path, nodes=1, cores_per_node=2,
+                  plugin_options={"hold_after": 0.5}) as (_cluster, client):  # fmt: skip
+        first = client.submit(nap, 0.3, cores=1, pure=False)
+        time.sleep(0.15)  # the two cores free up at different times, never together
+        stream = as_completed([first, client.submit(nap, 0.3, cores=1, pure=False)])
+        time.sleep(0.05)
+        wide = client.submit(nap, 0.1, cores=2, pure=False, key="wide")
+        for _ in range(4):  # a backlog of narrow tasks behind it, ready for each freed core
+            stream.add(client.submit(nap, 0.3, cores=1, pure=False))
+        t0 = time.monotonic()
+        for _ in stream:  # each finished narrow task is replaced at once: the node never empties by itself
+            if wide.done() or time.monotonic() - t0 > 20:
+                break
+            stream.add(client.submit(nap, 0.3, cores=1, pure=False))
+        assert wide.result(timeout=30) == 0.1
+        waited = time.monotonic() - t0
+        assert waited < 6.0, waited
