@@ -320,7 +320,7 @@ class Placer(_GangReservations, _SerialHolds):
                 continue  # only cancelled tasks were left, or the head changed
             fifo = sq.fifo
             cores, gpus, wt = shape
-            need_end = -_INF if wt is None else now + wt
+            need_end = now if wt is None else now + wt  # a node whose allocation ended takes nothing
             if group is not None and (cores >= len(at_least) or at_least[cores] < need_end):
                 tried.append(entry)
                 continue

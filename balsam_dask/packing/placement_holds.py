@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from balsam_dask.packing.placement_state import _INF, _RUNNING, _WAITING, Shape, TaskId, _Node, _PlacerState, _Task
+from balsam_dask.packing.placement_state import _RUNNING, _WAITING, Shape, TaskId, _Node, _PlacerState, _Task
 
 if TYPE_CHECKING:
     from balsam_dask.packing.placement import Assignment
@@ -55,7 +55,7 @@ class _SerialHolds(_PlacerState):
                 self._check_hold(node)
 
     def _hold_candidate(self, task: _Task, now: float) -> _Node | None:
-        need_end = -_INF if task.wt is None else now + task.wt
+        need_end = now if task.wt is None else now + task.wt
         usable = [
             n for n in self._nodes.values()
             if n.held is None and n.gang is None and n.reserved_by is None and not n.draining

@@ -387,3 +387,14 @@ def test_random_operations_keep_every_invariant(ops: list[tuple], backfill: bool
             break
     for tid in p.waiting():
         assert not _fits_somewhere(p, specs[tid], now), f"task {tid} ({specs[tid]}) fits but never ran"  # type: ignore[index]
+
+
+def test_a_node_whose_allocation_has_ended_takes_no_task_even_without_walltime() -> None:
+    # found by the property test: a task without a walltime estimate went to an expired node
+    p = placer_with({**{f"n{i}": ("A", 1, 0, None) for i in range(3)}, "old": ("A", 1, 0, 50.0)})
+    for tid in range(4):
+        p.submit(tid, serial())
+    placed = by_task(p.schedule(51.0))
+    assert sorted(a.nodes[0] for a in placed.values()) == ["n0", "n1", "n2"]
+    assert p.waiting() == [3]
+    p.check_invariants()
