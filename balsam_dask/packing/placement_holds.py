@@ -61,8 +61,7 @@ class _SerialHolds(_PlacerState):
             if n.held is None and n.gang is None and n.reserved_by is None and not n.draining
             and n.cores >= task.cores and n.gpus >= task.gpus and n.end >= need_end
         ]  # fmt: skip
-        best = max(usable, key=lambda n: (n.free_cores, -n.est), default=None)
-        return best
+        return max(usable, key=lambda n: (n.free_cores, -n.est), default=None)
 
     def _unhold(self, node: _Node) -> None:
         task = node.held
