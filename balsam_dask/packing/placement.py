@@ -276,20 +276,17 @@ class Placer(_GangReservations, _SerialHolds):
                 self._ready.clear()
                 for res in ready:
                     self._start_gang(res, now, out)
-        if self._n_serial and self._keys:
-            self._schedule_serial(now, out)
-            if self._unheld:  # nodes held for tasks that started elsewhere take tasks again
-                self._unheld.clear()
-                if self._n_serial and self._keys:
-                    self._schedule_serial(now, out)
-                self._unheld.clear()
+        if self._n_serial and self._keys and self._schedule_serial(now, out) and self._n_serial and self._keys:
+            self._schedule_serial(now, out)  # nodes held for tasks that started elsewhere take tasks again
         if self._passed_since and self._hold_after is not None:
             self._hold_starving(now)
             if self._hold_ready:
                 self._start_held(now, out)
         return out
 
-    def _schedule_serial(self, now: float, out: list[Assignment]) -> None:
+    def _schedule_serial(self, now: float, out: list[Assignment]) -> bool:
+        """Place waiting serial tasks; True when nodes held for tasks that started elsewhere
+        were freed (a second pass may use them)."""
         queues, keys, buckets, by_idx = self._queues, self._keys, self._buckets, self._by_idx
         heads, head_of = self._heads, self._head_of
         if self._blocked:
@@ -304,7 +301,8 @@ class Placer(_GangReservations, _SerialHolds):
         self._grown = (0, 0)
         tried = self._blocked  # shapes that fit nowhere now
         worst = (-(1 << 62), 0)  # the last in order of the tasks placed here (blocked heads they pass)
-        holds, unheld, passed = self._holds, self._unheld, self._passed_since
+        holds, passed = self._holds, self._passed_since
+        unheld: list[_Node] = []
         # With many keys, skip whole groups of equal free cores whose latest end is too early:
         # latest end per free-core count, an upper bound while this call only uses capacity.
         group: dict[int, float] | None = None
@@ -407,6 +405,7 @@ class Placer(_GangReservations, _SerialHolds):
                 self._passed_since.pop(node.held.id, None)
                 node.held = None
                 self._rekey(node)
+        return bool(unheld)
 
     def _next_head(self, shape: Shape, sq: _ShapeQueue) -> bool:
         """The shape's head was taken or cancelled: queue its next task (False if none)."""

@@ -131,7 +131,6 @@ class _PlacerState:
         self._hold_after = hold_after
         self._holds: dict[TaskId, _Node] = {}  # held serial task -> its node
         self._hold_ready: list[_Node] = []  # held nodes whose task now fits
-        self._unheld: list[_Node] = []  # nodes whose held task started elsewhere (freed after the pass)
         self._passed_since: dict[TaskId, float] = {}  # blocked heads: since when later tasks pass them
         self._nodes: dict[str, _Node] = {}
         self._by_idx: dict[int, _Node] = {}
