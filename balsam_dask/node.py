@@ -20,6 +20,10 @@ ENV_VAR = "BALSAM_DASK_NODE"
 #: Key under which workers report their NodeConfig (``WorkerState.extra[EXTRA_KEY]``).
 EXTRA_KEY = "balsam"
 PRELOAD = "balsam_dask.worker_setup"
+#: Dask worker resource counting a node-worker's cores. Every balsam task dispatched to the
+#: node asks for its cores, so the worker starts a task the scheduler queued there
+#: (prefetch) only when that many cores are free, exactly as the placer accounts them.
+CORES_RESOURCE = "BALSAM_CORES"
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,13 @@ every node-worker's free cores, GPUs and remaining allocation time, and dispatch
 places by restricting the task to the chosen worker and transitioning it to ``processing``
 (deferred to the next loop iteration, never from inside a transition hook). The dispatch
 decision (attempt, GPU ids, hosts) travels to the worker in the task's annotations.
+
+Prefetch (``prefetch``, default 2): while the backlog is deep, a full node also gets a few
+*queued* tasks (``packing/placement_prefetch``), so it starts its next task without a round
+trip through the scheduler. Every dispatched serial task asks for its cores as the worker
+resource ``BALSAM_CORES``, so the worker starts a queued task exactly when the placer
+promotes it; RUNNING is recorded then, not at dispatch. Queued tasks are taken back with
+Dask's own steal request (the worker gives a task back only if it has not started it).
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from balsam_dask.execute import (
     TOPIC,
     wire_spec,
 )
-from balsam_dask.node import EXTRA_KEY, NodeConfig
+from balsam_dask.node import CORES_RESOURCE, EXTRA_KEY, NodeConfig
 from balsam_dask.packing.placement import NodeInfo, Placer
 from balsam_dask.packing.placement_state import HOLD_AFTER
 from balsam_dask.pausing import Pauser, is_ours
@@ -56,6 +63,12 @@ PLUGIN_NAME = "balsam-dask"
 #: idles a core: Dask's default 2-5 ms of batching was most of that trip for short tasks.
 STREAM_INTERVAL = 0.0005
 _CANCEL_STIMULI = ("cancel-key", "client-releases-keys")
+#: Stimulus id prefix of our requests to take a queued task back from its worker.
+_UNQUEUE = "balsam-unqueue-"
+#: Worker task states in which a steal request takes the task back (it had not started).
+_GIVEN_BACK = frozenset({"ready", "constrained", "waiting", None})
+#: Queued tasks per full node while the backlog is deep (0: dispatch only onto free cores).
+PREFETCH = 2
 
 
 class BalsamPlugin(SchedulerPlugin):
@@ -65,7 +78,7 @@ class BalsamPlugin(SchedulerPlugin):
         self, store: str | None = None, *, writer_options: dict[str, Any] | None = None,
         poll_interval: float = 1.0, node_shapes: list[dict[str, int]] | None = None,
         max_nodes_per_allocation: int | None = None, writer_process: bool = True,
-        hold_after: float | None = HOLD_AFTER,
+        hold_after: float | None = HOLD_AFTER, prefetch: int = PREFETCH,
     ) -> None:  # fmt: skip
         self.store_url = store
         self.writer_options = writer_options or {}
@@ -75,7 +88,7 @@ class BalsamPlugin(SchedulerPlugin):
         self.max_nodes_per_allocation = max_nodes_per_allocation
         self.scheduler: Any = None
         self.store: Store | None = None
-        self.placer = Placer(hold_after=hold_after)  # bad values fail here, before any task
+        self.placer = Placer(hold_after=hold_after, prefetch=prefetch)  # bad values fail here, before any task
         self.nodes: dict[str, NodeConfig] = {}  # worker address -> node config
         self.placed: set[str] = set()  # node-workers known to the placer
         self._lost: dict[Hashable, str] = {}  # key -> why its running attempt was lost
@@ -85,6 +98,9 @@ class BalsamPlugin(SchedulerPlugin):
         self._resumed: dict[Hashable, tuple[int, str, int]] = {}
         self._resumed_data: set[Hashable] = set()  # finished parents re-entered as data: not new tasks
         self._dispatched: dict[Hashable, tuple[str, str | None]] = {}  # key -> (hosts, message)
+        self._queued: dict[Hashable, tuple[str, str, str | None]] = {}  # prefetched: key -> (worker, hosts, message)
+        self._steal_fallback: Any = None
+        self._order = 0  # dispatch order: the Dask priority of balsam tasks on their worker
         self.errors: list[str] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -104,6 +120,9 @@ class BalsamPlugin(SchedulerPlugin):
         self.recorder = Recorder(self.writer.put, store.ids.next)
         for name in ("info", "kill", "resume", "status", "flush", "declare_nodes"):
             scheduler.handlers[f"balsam_{name}"] = getattr(self, f"_handle_{name}")
+        # answers to our requests for queued tasks come back as Dask's steal responses
+        self._steal_fallback = scheduler.stream_handlers.get("steal-response")
+        scheduler.stream_handlers["steal-response"] = self._on_steal_response
         self._poll_task = asyncio.create_task(self._poll())
 
     async def close(self) -> None:
@@ -197,22 +216,67 @@ class BalsamPlugin(SchedulerPlugin):
         if finish == "erred" and ts is not None and ts.exception_blame is not None and "cause" not in kwargs:
             kwargs["cause"] = ts.exception_blame.key
         hosts, note = self._dispatched.pop(key, (None, None)) if finish == "processing" else (None, None)
-        self.recorder.on_transition(
-            key, start, finish, lost=lost_why is not None, cancelled=stimulus_id.startswith(_CANCEL_STIMULI),
-            deps_pending=deps_pending, worker=worker, kwargs=kwargs, hosts=hosts, note=note or lost_why,
-        )  # fmt: skip
+        cancelled = stimulus_id.startswith(_CANCEL_STIMULI)
+        record = True
+        if key in self._queued:  # prefetched, not started (as far as the placer knows)
+            if finish == "processing":
+                record = False  # RUNNING is recorded when the placer promotes it
+            elif start == "processing":
+                q_worker, q_hosts, q_note = self._queued.pop(key)
+                if finish in ("memory", "erred"):  # it ran before its promotion reached us
+                    self.recorder.move(track, State.RUNNING, worker=q_worker, hosts=q_hosts, message=q_note)
+                else:
+                    record = cancelled  # given back or its worker left: no attempt to record
+        if record:
+            self.recorder.on_transition(
+                key, start, finish, lost=lost_why is not None, cancelled=cancelled,
+                deps_pending=deps_pending, worker=worker, kwargs=kwargs, hosts=hosts, note=note or lost_why,
+            )  # fmt: skip
         if track.spec is None:
             return
         # placement of balsam tasks
         if start == "processing" or (start == "no-worker" and finish != "processing"):
             self._gangs.pop(track.id, None)
             if self.placer.cancel(track.id):
+                self._promoted()
                 self._want_schedule()
             if ts is not None and finish in ("released", "waiting"):
                 ts.worker_restrictions = {HOLD}  # the next attempt goes through placement again
         if finish == "no-worker":
             self.placer.submit(track.id, track.spec.resources, track.spec.priority)
             self._want_schedule()
+
+    def _promoted(self) -> None:
+        """Record the start of queued tasks the placer promoted (their node freed cores)."""
+        for task_id in self.placer.take_started():
+            track = self.recorder.by_id.get(task_id)  # type: ignore[call-overload]
+            info = self._queued.pop(track.key, None) if track is not None else None
+            if info is not None:
+                self.recorder.move(track, State.RUNNING, worker=info[0], hosts=info[1], message=info[2])
+
+    def _on_steal_response(self, key: Hashable = None, state: str | None = None, stimulus_id: str = "",
+                           worker: str | None = None, **kwargs: Any) -> None:  # fmt: skip
+        if not stimulus_id.startswith(_UNQUEUE):
+            if self._steal_fallback is not None:  # Dask's work stealing
+                self._steal_fallback(key=key, state=state, stimulus_id=stimulus_id, worker=worker, **kwargs)
+            return
+        track = self.recorder.tracks.get(key)
+        if track is None:
+            return
+        if state in _GIVEN_BACK:  # the worker dropped it: place it again
+            self.scheduler._reschedule(key, worker=worker, stimulus_id=stimulus_id)
+        else:  # it had started there
+            self.placer.steal_refused(track.id)
+        self._want_schedule()
+
+    def _send_steals(self, now: float) -> None:
+        for task_id, node in self.placer.take_steals():
+            track = self.recorder.by_id.get(task_id)  # type: ignore[call-overload]
+            stream = self.scheduler.stream_comms.get(node)
+            if track is None or stream is None:
+                self.placer.steal_refused(task_id)
+                continue
+            stream.send({"op": "steal-request", "key": track.key, "stimulus_id": f"{_UNQUEUE}{now}"})
 
     def _want_schedule(self) -> None:
         if not self._sched_pending:
@@ -229,6 +293,8 @@ class BalsamPlugin(SchedulerPlugin):
             self.errors.append(f"placer.schedule: {type(e).__name__}: {e}")
             log.exception("balsam_dask: placement failed")
             return
+        self._promoted()
+        self._send_steals(now)
         serial: dict[Hashable, str] = {}
         for a in assignments:
             track = self.recorder.by_id.get(a.task_id)  # type: ignore[call-overload]
@@ -249,7 +315,17 @@ class BalsamPlugin(SchedulerPlugin):
             notes = [f"gpus={','.join(a.gpu_ids)}"] if a.gpu_ids else []
             if len(a.nodes) > 1:
                 notes.append(f"workers={','.join(a.nodes)}")
-            self._dispatched[track.key] = (",".join(hosts), " ".join(notes) or None)
+            if a.queued:
+                self._queued[track.key] = (leader, ",".join(hosts), " ".join(notes) or None)
+            else:
+                self._dispatched[track.key] = (",".join(hosts), " ".join(notes) or None)
+            if len(a.nodes) == 1 and CORES_RESOURCE in s.workers[leader].resources:
+                # The worker starts it only when its cores are free, and its queued tasks in
+                # dispatch order (the placer's promotion order; among equal priorities Dask's
+                # worker would start the newest first).
+                ts.resource_restrictions = {CORES_RESOURCE: track.spec.resources.cores}
+                self._order += 1
+                ts.priority = (0, 0, self._order)
             if len(a.nodes) > 1:
                 self._gangs[track.id] = a.nodes
                 with self.pauser.running(leader):  # the leader is held (paused) for the gang
@@ -258,7 +334,9 @@ class BalsamPlugin(SchedulerPlugin):
             else:
                 serial[track.key] = "processing"
         if serial:
-            s.transitions(serial, stimulus_id=f"balsam-dispatch-{now}")
+            # Dask pops recommendations last-in first: reversed, the compute-task messages
+            # leave in placement order, so a worker meets its tasks in the placer's order
+            s.transitions(dict(reversed(serial.items())), stimulus_id=f"balsam-dispatch-{now}")
             for key in serial:
                 self._check_dispatched(key)
         self._sync_holds()
@@ -272,6 +350,7 @@ class BalsamPlugin(SchedulerPlugin):
         if ts is not None and ts.state == "no-worker" and track is not None and track.spec is not None:
             ts.worker_restrictions = {HOLD}
             self._dispatched.pop(key, None)
+            self._queued.pop(key, None)
             self._gangs.pop(track.id, None)
             self.placer.cancel(track.id)
             self.placer.submit(track.id, track.spec.resources, track.spec.priority)
@@ -334,7 +413,7 @@ class BalsamPlugin(SchedulerPlugin):
 
     def _remove_node(self, worker: str) -> None:
         self.placed.discard(worker)
-        for task_id in self.placer.remove_node(worker):
+        for task_id in self.placer.remove_node(worker):  # its queued tasks come back through Dask
             nodes = self._gangs.pop(task_id, None) if isinstance(task_id, int) else None
             track = self.recorder.by_id.get(task_id) if isinstance(task_id, int) else None
             if nodes and track is not None and nodes[0] != worker:

@@ -2,7 +2,8 @@
 
 ``dask worker --preload balsam_dask.worker_setup`` (or ``preload=[...]`` on a Nanny) with
 ``$BALSAM_DASK_NODE`` set to a :class:`~balsam_dask.node.NodeConfig`. The config reaches the
-scheduler with the worker's registration; the worker plugin stops a task's processes when
+scheduler with the worker's registration, with the node's cores as the worker resource
+``BALSAM_CORES`` (node.CORES_RESOURCE); the worker plugin stops a task's processes when
 the task is cancelled or killed. Without the variable the worker describes itself (its
 threads as cores, no GPUs, no allocation end).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from balsam_dask.node import ENV_VAR, EXTRA_KEY, NodeConfig
+from balsam_dask.node import CORES_RESOURCE, ENV_VAR, EXTRA_KEY, NodeConfig
 from balsam_dask.runtime import BalsamWorkerPlugin, install
 
 
@@ -23,6 +24,9 @@ async def dask_setup(worker: Any) -> None:
     else:
         config = NodeConfig(name=str(worker.name), alloc_id="unmanaged", cores=worker.state.nthreads)
     runtime = install(config)
+    state = worker.state  # before registration: the scheduler learns the resource with the worker
+    if CORES_RESOURCE not in state.total_resources:
+        state.total_resources[CORES_RESOURCE] = state.available_resources[CORES_RESOURCE] = config.cores
     info = {**config.to_dict(), "host": runtime.host}
     worker.startup_information[EXTRA_KEY] = lambda _worker: info
     await worker.plugin_add(BalsamWorkerPlugin(runtime), name=BalsamWorkerPlugin.name)

@@ -54,9 +54,11 @@ from typing import NamedTuple
 from balsam_dask.errors import BalsamDaskError, InvalidSpec, UnknownTask
 from balsam_dask.packing.placement_gangs import _GangReservations
 from balsam_dask.packing.placement_holds import _SerialHolds
+from balsam_dask.packing.placement_prefetch import _Prefetch
 from balsam_dask.packing.placement_state import (
     _GONE,
     _INF,
+    _QUEUED,
     _RUNNING,
     _WAITING,
     Shape,
@@ -126,11 +128,13 @@ class NodeInfo:
 
 
 class Assignment(NamedTuple):
-    """Run ``task_id`` on ``nodes`` (leader first); ``gpu_ids`` for node-local tasks."""
+    """Run ``task_id`` on ``nodes`` (leader first); ``gpu_ids`` for node-local tasks.
+    ``queued``: prefetched onto a full node; it starts when the placer promotes it."""
 
     task_id: TaskId
     nodes: tuple[str, ...]
     gpu_ids: tuple[str, ...] = ()
+    queued: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,9 +151,10 @@ class NodeStatus:
     draining: bool
     reserved_by: TaskId | None
     running: tuple[TaskId, ...]
+    queued: tuple[TaskId, ...] = ()
 
 
-class Placer(_GangReservations, _SerialHolds):
+class Placer(_GangReservations, _SerialHolds, _Prefetch):
     """Exact, walltime-aware placement of serial tasks and MPI gangs on node-workers."""
 
     # __init__(backfill=False), the index, freeing and the queries: placement_state._PlacerState;
@@ -176,6 +181,12 @@ class Placer(_GangReservations, _SerialHolds):
         if node.held is not None:
             self._holds.pop(node.held.id, None)
             node.held = None
+        for task in node.queued:  # never started: its worker hands it back to be placed again
+            self._stealing.discard(task.id)
+            self._drop(task)
+        self._n_queued -= len(node.queued)
+        node.queued.clear()
+        self._queued_on.discard(node)
         lost: list[_Task] = [node.gang] if node.gang is not None else list(node.running)
         for task in lost:
             self._free(task)
@@ -194,6 +205,7 @@ class Placer(_GangReservations, _SerialHolds):
             return
         node.draining = draining
         if draining:
+            self._review = bool(node.queued)
             self._alloc_dec(node.alloc)
             if node.reserved_by is not None:
                 self._release(node.reserved_by)
@@ -214,6 +226,8 @@ class Placer(_GangReservations, _SerialHolds):
             raise PlacementError(f"task {task_id!r} is already submitted; finished() or cancel() it first")
         self._seq += 1
         task = self._tasks[task_id] = _Task(task_id, resources, priority, self._seq, walltime_class(resources.walltime))
+        if self._n_queued and priority > self._queued_min_prio:
+            self._review = True  # queued tasks of lower priority go back: this one runs first
         if task.k > 1:
             self._gangs[task_id] = task
             self._version += 1
@@ -236,6 +250,13 @@ class Placer(_GangReservations, _SerialHolds):
             return False
         if task.state == _RUNNING:
             self._free(task)
+        elif task.state == _QUEUED:
+            node = task.nodes[0]
+            node.queued.remove(task)
+            self._n_queued -= 1
+            self._stealing.discard(task_id)
+            if self._prefetch and not node.free_cores:
+                self._refill[node] = None
         elif task.k > 1:
             res = self._res.get(task_id)
             if res is not None:
@@ -282,6 +303,12 @@ class Placer(_GangReservations, _SerialHolds):
             self._hold_starving(now)
             if self._hold_ready:
                 self._start_held(now, out)
+        if self._refill:
+            self._prefetch_pass(now, out)
+        if self._n_queued and (self._review or self._gangs or self._holds
+                               or (self._keys and self._n_serial <= len(self._nodes))):  # fmt: skip
+            self._review = False
+            self._review_queues(now)
         return out
 
     def _schedule_serial(self, now: float, out: list[Assignment]) -> bool:
@@ -370,6 +397,8 @@ class Placer(_GangReservations, _SerialHolds):
                     node.est = now + wt
                 task.state, task.nodes, task.gpu_ids, task.start = _RUNNING, [node], ids, now
                 self._n_serial -= 1
+                if not node.free_cores and self._prefetch:
+                    self._refill[node] = None
                 if node.free_cores > 0:  # back into the index under its new free capacity
                     res = node.reserved_by  # not None only when backfilling: end by the promise
                     end = node.end if res is None else min(node.end, res.promise)
@@ -443,7 +472,7 @@ class Placer(_GangReservations, _SerialHolds):
         reserved = n.reserved_by.task.id if n.reserved_by is not None else None
         end = None if n.end == _INF else n.end
         return NodeStatus(n.name, n.alloc, n.cores, n.free_cores, n.gpus, tuple(n.free_gpus), end,
-                          n.draining, reserved, running)  # fmt: skip
+                          n.draining, reserved, running, tuple(t.id for t in n.queued))  # fmt: skip
 
     def running(self) -> dict[TaskId, Assignment]:
         tasks = (t for t in self._tasks.values() if t.state == _RUNNING)
@@ -505,3 +534,4 @@ class Placer(_GangReservations, _SerialHolds):
             check(ok and n.reserved_by is None, f"node {n.name!r} holds {tid!r}, which cannot use it")
         check(self._n_serial == sum(1 for t in self._tasks.values() if t.k == 1 and t.state == _WAITING),
               "waiting serial count is wrong")  # fmt: skip
+        self._queued_invariants(check)

@@ -25,7 +25,7 @@ TaskId = Hashable
 Shape = tuple[int, int, "float | None"]  # (cores per node, GPUs per node, walltime class)
 Key = tuple[int, int, float]  # (free cores, free GPUs, usable until)
 _INF = math.inf
-_WAITING, _RUNNING, _GONE = 1, 2, 3
+_WAITING, _RUNNING, _GONE, _QUEUED = 1, 2, 3, 4  # _QUEUED: prefetched on a full node (placement_prefetch)
 #: Seconds a blocked serial head may be passed by later tasks before a node is held for it
 #: (``placement_holds``); ``Placer(hold_after=None)`` never holds.
 HOLD_AFTER = 30.0
@@ -45,8 +45,8 @@ class _Task:
 
 
 class _Node:
-    __slots__ = ("all_gpus", "alloc", "cores", "draining", "end", "est", "est_dirty", "free_cores",
-                 "free_gpus", "gang", "gpus", "held", "idx", "key", "name", "reserved_by", "running")  # fmt: skip
+    __slots__ = ("all_gpus", "alloc", "cores", "draining", "end", "est", "est_dirty", "free_cores", "free_gpus",
+                 "gang", "gpus", "held", "idx", "key", "name", "queued", "reserved_by", "running")  # fmt: skip
 
     def __init__(self, info: NodeInfo, idx: int) -> None:
         self.name, self.idx, self.alloc = info.name, idx, info.alloc_id
@@ -60,6 +60,7 @@ class _Node:
         self.gang: _Task | None = None  # the gang holding this whole node
         self.held: _Task | None = None  # a starving serial task this node is kept for (placement_holds)
         self.running: dict[_Task, None] = {}  # serial tasks
+        self.queued: deque[_Task] = deque()  # prefetched tasks that start when cores free up
         self.key: Key | None = None  # where the node sits in the free-capacity index
         self.est = 0.0  # estimated end of its running serial tasks (valid unless est_dirty)
         self.est_dirty = False
@@ -123,7 +124,9 @@ def _per_alloc(nodes: Iterable[_Node]) -> dict[str, int]:
 class _PlacerState:
     """The placer's state, its free-capacity index, freeing and read-only queries."""
 
-    def __init__(self, backfill: bool = False, hold_after: float | None = HOLD_AFTER) -> None:
+    def __init__(self, backfill: bool = False, hold_after: float | None = HOLD_AFTER, prefetch: int = 0) -> None:
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise InvalidSpec(f"prefetch={prefetch!r} is invalid: use an integer >= 0 (tasks queued per node), e.g. 2")
         if hold_after is not None and (isinstance(hold_after, bool) or not isinstance(hold_after, (int, float))
                                        or hold_after < 0):  # fmt: skip
             raise InvalidSpec(f"hold_after={hold_after!r} is invalid: use seconds >= 0 or None, e.g. hold_after=30")
@@ -155,6 +158,16 @@ class _PlacerState:
         self._deadline = _INF  # earliest time a reservation's allocation may become too short
         self._buckets: dict[Key, set[int]] = {}
         self._keys: list[Key] = []  # sorted keys of non-empty buckets
+        # prefetch (placement_prefetch): queued tasks per full node, at most _prefetch each
+        self._prefetch = prefetch
+        self._n_queued = 0
+        self._queued_on: set[_Node] = set()  # nodes that may have queued tasks
+        self._refill: dict[_Node, None] = {}  # full nodes that may take queued tasks (ordered set)
+        self._started: list[TaskId] = []  # queued tasks promoted to running (take_started)
+        self._stealing: set[TaskId] = set()  # queued tasks being taken back
+        self._steals: list[tuple[TaskId, str]] = []  # (task, node) to take back (take_steals)
+        self._review = False  # queued tasks may have to go back (node blocked, higher priority waits)
+        self._queued_min_prio = _INF  # a lower bound of the queued tasks' priorities
 
     # ------------------------------------------------------------------ freeing
     def _release(self, res: _Reservation) -> None:
@@ -184,9 +197,11 @@ class _PlacerState:
             node.free_gpus.extend(task.gpu_ids)
             node.free_gpus.sort(key=int)
         node.est_dirty = True
+        if node.queued:
+            self._promote(node)  # the worker starts them now: so does the placer
         if not node.running:
             self._idle(node)
-        elif node.reserved_by is None and not node.draining and node.held is None:  # the common case, inlined _rekey
+        elif node.free_cores and node.reserved_by is None and not node.draining and node.held is None:  # inlined _rekey
             key = (node.free_cores, len(node.free_gpus), node.end)
             if node.key is not None:
                 bucket = self._buckets[node.key]
@@ -205,6 +220,9 @@ class _PlacerState:
             self._rekey(node)
         if node.held is not None:
             self._check_hold(node)
+
+    def _promote(self, node: _Node) -> None:  # placement_prefetch
+        raise NotImplementedError
 
     def _check_hold(self, node: _Node) -> None:
         """A held node's free capacity grew: its task may start at the next schedule()."""
@@ -280,16 +298,16 @@ class _PlacerState:
         return {tid: tuple(n.name for n in r.nodes) for tid, r in self._res.items()}
 
     def state(self, task_id: TaskId) -> str | None:
-        """'waiting', 'running' or None (unknown, finished, cancelled or lost)."""
+        """'waiting', 'queued' (prefetched on a node), 'running' or None (unknown, finished, cancelled or lost)."""
         task = self._tasks.get(task_id)
-        return None if task is None else ("running" if task.state == _RUNNING else "waiting")
+        return None if task is None else {_RUNNING: "running", _QUEUED: "queued"}.get(task.state, "waiting")
 
     def backlog_counts(self) -> dict[tuple[int, int, int, float | None], tuple[int, int]]:
         """(nodes, cores, gpus, walltime class) -> (waiting, running), for the sizing policy."""
         out: dict[tuple[int, int, int, float | None], tuple[int, int]] = {}
         for t in self._tasks.values():
             w, r = out.get((t.k, t.cores, t.gpus, t.wt), (0, 0))
-            out[(t.k, t.cores, t.gpus, t.wt)] = (w + 1, r) if t.state == _WAITING else (w, r + 1)
+            out[(t.k, t.cores, t.gpus, t.wt)] = (w, r + 1) if t.state == _RUNNING else (w + 1, r)
         return out
 
     def max_gang_width(self) -> int:
@@ -306,7 +324,7 @@ class _PlacerState:
         if task is None:
             raise UnknownTask(f"task {task_id!r} is not known to the placer")
         nodes = [n for n in self._nodes.values() if not n.draining]
-        if task.state == _RUNNING:
+        if task.state in (_RUNNING, _QUEUED):
             return None
         if not nodes:
             return "no node-workers are connected yet"
