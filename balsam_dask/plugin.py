@@ -333,13 +333,13 @@ class BalsamPlugin(SchedulerPlugin):
                 self._check_dispatched(track.key)
             else:
                 serial[track.key] = "processing"
+        self._sync_holds()  # before the serial tasks: a node a gang just left takes them
         if serial:
             # Dask pops recommendations last-in first: reversed, the compute-task messages
             # leave in placement order, so a worker meets its tasks in the placer's order
             s.transitions(dict(reversed(serial.items())), stimulus_id=f"balsam-dispatch-{now}")
             for key in serial:
                 self._check_dispatched(key)
-        self._sync_holds()
         if s.validate:
             self.placer.check_invariants()
 

@@ -11,7 +11,7 @@ task's cores *promotes* the node's queued tasks that now fit, in queue order, an
 
 The mirror is exact only if the worker and the placer agree on which queued task starts
 next. So a node queues only tasks that start as soon as *any* of their cores frees: 1-core
-tasks, or whole-node tasks behind one whole-node task; never GPU tasks. Then a node with a
+tasks, or whole-node tasks behind whole-node tasks only; never GPU tasks. Then a node with a
 queued task has no free core, and no direct placement lands behind a queued task.
 
 Queued tasks are taken back (:meth:`take_steals`; the plugin asks the worker, which gives
@@ -74,7 +74,9 @@ class _Prefetch(_PlacerState):
             return False
         if node.free_cores or len(node.queued) >= self._prefetch or self._nodes.get(node.name) is not node:
             return False
-        if cores != 1 and not (cores == node.cores and len(node.running) == 1):
+        if cores != 1 and not (  # a whole-node task queues only behind whole-node tasks
+            cores == node.cores and len(node.running) == 1 and all(t.cores == cores for t in node.queued)
+        ):
             return False
         # it starts after what runs there now: ask for twice its estimate
         return node.end >= (now if wt is None else now + 2 * wt)

@@ -331,12 +331,13 @@ def _fits_somewhere(p: Placer, res: Resources, now: float) -> bool:
     return max(ok.values(), default=0) >= res.nodes
 
 
-@pytest.mark.parametrize("hold_after", [30.0, 0.0])  # 0: holds for every passed serial head
+@pytest.mark.parametrize(("hold_after", "prefetch"), [(30.0, 0), (0.0, 0), (30.0, 2)])  # 0 s: hold every passed head
 @pytest.mark.parametrize("backfill", [False, True])
 @settings(max_examples=150, deadline=None)
 @given(ops=st.lists(_op, max_size=60))
-def test_random_operations_keep_every_invariant(ops: list[tuple], backfill: bool, hold_after: float) -> None:
-    p = Placer(backfill=backfill, hold_after=hold_after)
+def test_random_operations_keep_every_invariant(ops: list[tuple], backfill: bool, hold_after: float,
+                                                prefetch: int) -> None:  # fmt: skip
+    p = Placer(backfill=backfill, hold_after=hold_after, prefetch=prefetch)
     now = 0.0
     specs: dict[int, Resources] = {}
     serial_ids: set[int] = set()
