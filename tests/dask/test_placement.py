@@ -177,3 +177,31 @@ def test_a_wide_task_is_not_starved_by_a_stream_of_one_core_tasks(tmp_path: Path
         assert wide.result(timeout=30) == 0.1
         waited = time.monotonic() - t0
         assert waited < 6.0, waited
+
+
+def test_full_nodes_queue_tasks_that_start_when_their_cores_free(tmp_path: Path) -> None:
+    """Prefetch end to end: with a deep backlog the plugin queues tasks on the full node, the
+    worker starts each when the previous one ends, and the history stays exact (RUNNING is
+    recorded at the start, never two at once on one core)."""
+    with ensemble(f"sqlite:///{tmp_path}/q.db", tmp_path, nodes=1, cores_per_node=1) as (cluster, client):
+        futures = [client.submit(nap, 0.05, key=f"q-{i}") for i in range(30)]
+        seen_queued = 0
+        while not all(f.done() for f in futures):
+            status = client.balsam_status()
+            seen_queued = max(seen_queued, *(len(n["queued"]) for n in status["nodes"].values()))
+            time.sleep(0.02)
+        client.gather(futures)
+        client.flush()
+        status = client.balsam_status()
+        assert not status["errors"] and not status["anomalies"]
+        from balsam_dask import Store
+
+        store = Store(cluster.store_url)
+        try:
+            rs = runs(store, store.tasks(limit=None))
+        finally:
+            store.close()
+    assert seen_queued == 2  # the default depth, reached while the backlog was deep
+    assert len(rs) == 30 and max(max_overlap_cores(rs, 1).values()) == 1
+    for r in rs:
+        assert r.start <= r.done <= r.end

@@ -267,3 +267,10 @@ def test_the_placer_always_agrees_with_the_workers_on_what_runs(ops: list[tuple]
             assert set(status.running) == set(w.running), (n, status, w.running)
             assert [t for t, _ in w.pending] == list(status.queued)
         p.check_invariants()
+
+
+def test_the_plugin_refuses_a_bad_prefetch_before_it_starts(tmp_path: object) -> None:
+    from balsam_dask import BalsamPlugin
+
+    with pytest.raises(InvalidSpec, match=r"prefetch=-1 is invalid: use an integer >= 0 \(tasks queued per node\)"):
+        BalsamPlugin("sqlite:///never-opened.db", prefetch=-1)
