@@ -387,7 +387,9 @@ class BalsamPlugin(SchedulerPlugin):
         if worker in self.placed:
             self.placer.set_draining(worker, False)
         else:
-            self.placer.add_node(NodeInfo(worker, cfg.alloc_id, cfg.cores, cfg.gpus, cfg.end_time))
+            ws = self.scheduler.workers.get(worker)
+            gated = ws is not None and CORES_RESOURCE in ws.resources  # else it would run queued tasks at once
+            self.placer.add_node(NodeInfo(worker, cfg.alloc_id, cfg.cores, cfg.gpus, cfg.end_time, gated))
             self.placed.add(worker)
         self._want_schedule()
 

@@ -107,13 +107,15 @@ class PlacementError(BalsamDaskError, ValueError):
 
 @dataclass(frozen=True)
 class NodeInfo:
-    """One node-worker: its allocation, size and the allocation's end (epoch seconds)."""
+    """One node-worker: its allocation, size and the allocation's end (epoch seconds).
+    ``queues``: the worker starts queued tasks only when their cores are free (prefetch)."""
 
     name: str
     alloc_id: str
     cores: int
     gpus: int = 0
     end_time: float | None = None
+    queues: bool = True
 
     def __post_init__(self) -> None:
         for field, text in (("name", self.name), ("alloc_id", self.alloc_id)):
@@ -125,6 +127,8 @@ class NodeInfo:
         end = self.end_time
         if end is not None and (isinstance(end, bool) or not isinstance(end, (int, float)) or end != end):
             raise InvalidSpec(f"end_time={end!r} is invalid: give epoch seconds, or None for no end")
+        if not isinstance(self.queues, bool):
+            raise InvalidSpec(f"queues={self.queues!r} is invalid: give True or False")
 
 
 class Assignment(NamedTuple):

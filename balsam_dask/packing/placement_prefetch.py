@@ -72,6 +72,8 @@ class _Prefetch(_PlacerState):
     def _queueable(self, node: _Node, cores: int, now: float, wt: float | None) -> bool:
         if node.draining or node.gang is not None or node.held is not None or node.reserved_by is not None:
             return False
+        if not node.queues:
+            return False
         if node.free_cores or len(node.queued) >= self._prefetch or self._nodes.get(node.name) is not node:
             return False
         if cores != 1 and not (  # a whole-node task queues only behind whole-node tasks

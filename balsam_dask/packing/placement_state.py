@@ -46,7 +46,8 @@ class _Task:
 
 class _Node:
     __slots__ = ("all_gpus", "alloc", "cores", "draining", "end", "est", "est_dirty", "free_cores", "free_gpus",
-                 "gang", "gpus", "held", "idx", "key", "name", "queued", "reserved_by", "running")  # fmt: skip
+                 "gang", "gpus", "held", "idx", "key", "name", "queued", "queues", "reserved_by",
+                 "running")  # fmt: skip
 
     def __init__(self, info: NodeInfo, idx: int) -> None:
         self.name, self.idx, self.alloc = info.name, idx, info.alloc_id
@@ -61,6 +62,7 @@ class _Node:
         self.held: _Task | None = None  # a starving serial task this node is kept for (placement_holds)
         self.running: dict[_Task, None] = {}  # serial tasks
         self.queued: deque[_Task] = deque()  # prefetched tasks that start when cores free up
+        self.queues = info.queues  # the worker gates queued tasks by cores (else none are queued here)
         self.key: Key | None = None  # where the node sits in the free-capacity index
         self.est = 0.0  # estimated end of its running serial tasks (valid unless est_dirty)
         self.est_dirty = False

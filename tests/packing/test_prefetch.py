@@ -274,3 +274,15 @@ def test_the_plugin_refuses_a_bad_prefetch_before_it_starts(tmp_path: object) ->
 
     with pytest.raises(InvalidSpec, match=r"prefetch=-1 is invalid: use an integer >= 0 \(tasks queued per node\)"):
         BalsamPlugin("sqlite:///never-opened.db", prefetch=-1)
+
+
+def test_a_node_whose_worker_cannot_gate_queued_tasks_gets_none() -> None:
+    p = Placer(prefetch=2)
+    p.add_node(NodeInfo("plain", "A", 1, queues=False))
+    p.add_node(NodeInfo("gated", "A", 1))
+    submit(p, range(10))
+    _, queued = split(p.schedule(0.0))
+    assert set(queued.values()) == {"gated"} and len(queued) == 2
+    p.check_invariants()
+    with pytest.raises(InvalidSpec, match=r"queues='yes' is invalid: give True or False"):
+        NodeInfo("n", "A", 1, queues="yes")  # type: ignore[arg-type]
