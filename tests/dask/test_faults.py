@@ -145,6 +145,8 @@ def test_worker_killed_mid_task(store_url: str, tmp_path: Path) -> None:
 def slow_square(x: int, marker: str) -> int:
     p = Path(marker)
     if not p.exists():
-        p.write_text(str(os.getpid()))
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(str(os.getpid()))
+        tmp.rename(p)  # appears with its content: the test never reads a half-written pid
         time.sleep(60)  # the first attempt is killed with its worker
     return x * x
