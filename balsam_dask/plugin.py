@@ -69,6 +69,8 @@ _UNQUEUE = "balsam-unqueue-"
 _GIVEN_BACK = frozenset({"ready", "constrained", "waiting", None})
 #: Queued tasks per full node while the backlog is deep (0: dispatch only onto free cores).
 PREFETCH = 2
+#: In the message of a prefetched task's RUNNING event: when it was queued on its node.
+QUEUED_AT = "queued_at="
 
 
 class BalsamPlugin(SchedulerPlugin):
@@ -272,11 +274,11 @@ class BalsamPlugin(SchedulerPlugin):
     def _send_steals(self, now: float) -> None:
         for task_id, node in self.placer.take_steals():
             track = self.recorder.by_id.get(task_id)  # type: ignore[call-overload]
-            stream = self.scheduler.stream_comms.get(node)
-            if track is None or stream is None:
+            if track is None or node not in self.scheduler.stream_comms:
                 self.placer.steal_refused(task_id)
                 continue
-            stream.send({"op": "steal-request", "key": track.key, "stimulus_id": f"{_UNQUEUE}{now}"})
+            msg = {"op": "steal-request", "key": track.key, "stimulus_id": f"{_UNQUEUE}{now}"}
+            self.scheduler.worker_send(node, msg)
 
     def _want_schedule(self) -> None:
         if not self._sched_pending:
@@ -293,7 +295,6 @@ class BalsamPlugin(SchedulerPlugin):
             self.errors.append(f"placer.schedule: {type(e).__name__}: {e}")
             log.exception("balsam_dask: placement failed")
             return
-        self._promoted()
         self._send_steals(now)
         serial: dict[Hashable, str] = {}
         for a in assignments:
@@ -301,6 +302,7 @@ class BalsamPlugin(SchedulerPlugin):
             ts = s.tasks.get(track.key) if track is not None else None
             if track is None or ts is None or ts.state != "no-worker" or any(n not in s.workers for n in a.nodes):
                 self.placer.cancel(a.task_id)
+                self._promoted()
                 if track is not None and ts is not None and ts.state == "no-worker" and track.spec is not None:
                     self.placer.submit(track.id, track.spec.resources, track.spec.priority)
                 continue
@@ -315,8 +317,8 @@ class BalsamPlugin(SchedulerPlugin):
             notes = [f"gpus={','.join(a.gpu_ids)}"] if a.gpu_ids else []
             if len(a.nodes) > 1:
                 notes.append(f"workers={','.join(a.nodes)}")
-            if a.queued:
-                self._queued[track.key] = (leader, ",".join(hosts), " ".join(notes) or None)
+            if a.queued:  # the RUNNING event tells how long it waited on its node
+                self._queued[track.key] = (leader, ",".join(hosts), " ".join([*notes, f"{QUEUED_AT}{now:.6f}"]))
             else:
                 self._dispatched[track.key] = (",".join(hosts), " ".join(notes) or None)
             if len(a.nodes) == 1 and CORES_RESOURCE in s.workers[leader].resources:
@@ -353,6 +355,7 @@ class BalsamPlugin(SchedulerPlugin):
             self._queued.pop(key, None)
             self._gangs.pop(track.id, None)
             self.placer.cancel(track.id)
+            self._promoted()
             self.placer.submit(track.id, track.spec.resources, track.spec.priority)
             self._want_schedule()
 

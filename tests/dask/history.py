@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+from balsam_dask.plugin import QUEUED_AT
 from balsam_dask.store import Store
 from balsam_dask.store.ops import TaskRecord
 
@@ -17,6 +18,7 @@ class Run:
     done: float  # RUN_DONE (compute end on the worker)
     end: float  # FINISHED (the scheduler saw it: resources free)
     ready: float  # READY (runnable)
+    queued_at: float | None = None  # prefetched: when it was queued on its node (before it started)
 
 
 def runs(store: Store, tasks: list[TaskRecord]) -> list[Run]:
@@ -25,7 +27,9 @@ def runs(store: Store, tasks: list[TaskRecord]) -> list[Run]:
         ev = store.history(t.id)
         by = {e.to_state: e for e in ev}
         running = [e for e in ev if e.to_state == "RUNNING"][-1]
-        out.append(Run(t, running.worker or "", running.ts, by["RUN_DONE"].ts, by["FINISHED"].ts, by["READY"].ts))
+        queued = [w[len(QUEUED_AT) :] for w in (running.message or "").split() if w.startswith(QUEUED_AT)]
+        out.append(Run(t, running.worker or "", running.ts, by["RUN_DONE"].ts, by["FINISHED"].ts, by["READY"].ts,
+                       float(queued[0]) if queued else None))  # fmt: skip
     return out
 
 

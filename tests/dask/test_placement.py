@@ -205,3 +205,5 @@ def test_full_nodes_queue_tasks_that_start_when_their_cores_free(tmp_path: Path)
     assert len(rs) == 30 and max(max_overlap_cores(rs, 1).values()) == 1
     for r in rs:
         assert r.start <= r.done <= r.end
+    queued = [r for r in rs if r.queued_at is not None]  # their RUNNING event says since when they waited
+    assert len(queued) >= 10 and all(r.ready <= r.queued_at <= r.start for r in queued)  # type: ignore[operator]
