@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from balsam_dask.packing.placement_state import _INF, _QUEUED, _RUNNING, _WAITING, TaskId, _Node, _PlacerState
+from balsam_dask.packing.placement_state import _INF, _QUEUED, _WAITING, TaskId, _Node, _PlacerState
 
 if TYPE_CHECKING:
     from balsam_dask.packing.placement import Assignment
@@ -51,22 +51,6 @@ class _Prefetch(_PlacerState):
     def steal_refused(self, task_id: TaskId) -> None:
         """The worker kept the task (it had started it): it may be asked for again later."""
         self._stealing.discard(task_id)
-
-    # ------------------------------------------------------------------ promotion
-    def _promote(self, node: _Node) -> None:
-        """Cores were freed on ``node``: its queued tasks that fit now run (as the worker does)."""
-        q = node.queued
-        while q and q[0].cores <= node.free_cores:
-            task = q.popleft()
-            node.free_cores -= task.cores
-            node.running[task] = None
-            task.state = _RUNNING
-            self._n_queued -= 1
-            self._stealing.discard(task.id)
-            self._started.append(task.id)
-        node.est_dirty = True
-        if self._prefetch and not node.free_cores and len(q) < self._prefetch:
-            self._refill[node] = None
 
     # ------------------------------------------------------------------ choosing
     def _queueable(self, node: _Node, cores: int, now: float, wt: float | None) -> bool:

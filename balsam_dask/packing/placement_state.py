@@ -223,8 +223,21 @@ class _PlacerState:
         if node.held is not None:
             self._check_hold(node)
 
-    def _promote(self, node: _Node) -> None:  # placement_prefetch
-        raise NotImplementedError
+    def _promote(self, node: _Node) -> None:
+        """Cores were freed on ``node``: its queued tasks (placement_prefetch) that fit now run, in
+        queue order, as the worker starts them."""
+        q = node.queued
+        while q and q[0].cores <= node.free_cores:
+            task = q.popleft()
+            node.free_cores -= task.cores
+            node.running[task] = None
+            task.state = _RUNNING
+            self._n_queued -= 1
+            self._stealing.discard(task.id)
+            self._started.append(task.id)
+        node.est_dirty = True
+        if self._prefetch and not node.free_cores and len(q) < self._prefetch:
+            self._refill[node] = None
 
     def _check_hold(self, node: _Node) -> None:
         """A held node's free capacity grew: its task may start at the next schedule()."""
