@@ -304,6 +304,15 @@ class _PlacerState:
     def nodes(self) -> list[str]:
         return list(self._nodes)
 
+    def releasable(self, name: str) -> bool:
+        """Nothing runs or waits on the node and no gang or starving task is kept for it:
+        giving it back to the batch system loses nothing."""
+        n = self._nodes.get(name)
+        return (
+            n is not None and n.gang is None and not n.running and not n.queued
+            and n.reserved_by is None and n.held is None
+        )  # fmt: skip
+
     def waiting(self) -> list[TaskId]:
         """Waiting task ids in priority, then arrival, order."""
         return [t.id for t in sorted((t for t in self._tasks.values() if t.state == _WAITING), key=_order)]

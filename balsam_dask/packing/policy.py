@@ -26,6 +26,11 @@ How it sizes (DESIGN.md §6):
    gang no allocation can host gets a job even when the deficit is covered.
 5. Cancels: a queued job older than ``queued_timeout``, and a running job idle for
    ``idle_timeout``, are cancelled only when no waiting task could use them.
+6. Releases: a running job no waiting task can use (too narrow, too little time left, or
+   nothing waits at all) gives back each of its nodes that has been idle, and not kept for a
+   gang, for ``idle_timeout`` (``Decision.releases``), while its other nodes finish their
+   tasks: the end-of-work tail and the last stretch before the walltime, when nothing fits
+   any more, no longer cost whole jobs.
 
 Requests are counted as capacity at once, so deciding again on the resulting state requests
 nothing more (no oscillation).
@@ -87,7 +92,9 @@ class BacklogShape:
 @dataclass(frozen=True)
 class AllocationView:
     """One batch job as the policy sees it. ``walltime`` is the requested limit (seconds);
-    ``idle_since`` is when every node last became idle (None while any node is busy)."""
+    ``idle_since`` is when every node last became idle (None while any node is busy);
+    ``releasable`` names the nodes that could be given back alone (idle, not kept for a gang)
+    with when each became idle."""
 
     id: str
     nodes: int
@@ -99,6 +106,7 @@ class AllocationView:
     queued_for: float
     walltime: float | None = None
     idle_since: float | None = None
+    releasable: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.state not in ("queued", "running"):
@@ -106,6 +114,16 @@ class AllocationView:
         _check("nodes", self.nodes, 1, "nodes=128", integer=True)
         if not isinstance(self.idle_nodes, int) or not 0 <= self.idle_nodes <= self.nodes:
             raise InvalidSpec(f"idle_nodes={self.idle_nodes!r} is invalid: use 0 <= idle_nodes <= nodes={self.nodes}")
+        if self.releasable and (
+            self.state != "running"
+            or len(self.releasable) > self.idle_nodes
+            or not all(isinstance(n, str) and n and isinstance(t, (int, float)) for n, t in self.releasable)
+        ):
+            raise InvalidSpec(
+                f"releasable={self.releasable!r} is invalid for a {self.state} job with {self.idle_nodes} idle "
+                "node(s): give at most idle_nodes (node name, idle since) pairs of a running job, "
+                "e.g. (('job7-3', 1700000000.0),)"
+            )
         _check("queued_for", self.queued_for, 0, "queued_for=0.0")
 
     def remaining(self, now: float) -> float:
@@ -152,9 +170,12 @@ class AllocationRequest:
 
 @dataclass(frozen=True)
 class Decision:
+    """``releases``: (job id, node names) of running jobs that give back some idle nodes."""
+
     requests: tuple[AllocationRequest, ...] = ()
     cancels: tuple[str, ...] = ()
     reason: str = ""
+    releases: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def per_node(shape: BacklogShape, node: NodeShape) -> int:
@@ -221,8 +242,9 @@ def decide(
         rem = a.remaining(now)
         return any(s.nodes <= a.nodes and wt <= rem for s, wt in todo)
 
-    # Cancels: only jobs no waiting task could use.
+    # Cancels and releases: only jobs no waiting task could use.
     cancels: list[str] = []
+    releases: list[tuple[str, tuple[str, ...]]] = []
     for a in sorted(allocations, key=lambda a: a.id):
         if serves(a):
             continue
@@ -237,6 +259,11 @@ def decide(
         ):
             cancels.append(a.id)
             notes.append(f"release {a.id}: idle {now - a.idle_since:.0f} s and no waiting task needs it")
+        elif a.state == "running" and a.releasable:
+            names = tuple(sorted(n for n, since in a.releasable if now - since >= limits.idle_timeout))
+            if names and len(names) < a.nodes:  # all of them: that is the cancel above, once idle long enough
+                releases.append((a.id, names))
+                notes.append(f"release {len(names)} idle node(s) of {a.id}: no waiting task needs it")
     live = [a for a in allocations if a.id not in cancels]
 
     # Running tasks sit on running allocations: they use up those, never queued ones.
@@ -258,7 +285,7 @@ def decide(
     )
     if requests:
         summary += "; request " + ", ".join(f"{r.nodes} nodes x {r.walltime:.0f} s" for r in requests)
-    return Decision(tuple(requests), tuple(cancels), "; ".join([summary, *notes]))
+    return Decision(tuple(requests), tuple(cancels), "; ".join([summary, *notes]), tuple(releases))
 
 
 def _size(

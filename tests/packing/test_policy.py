@@ -30,9 +30,10 @@ LIMITS = SiteLimits(
 
 
 def running(
-    aid: str, nodes: int, idle: int = 0, end: float = 10_000.0, idle_since: float | None = None
-) -> AllocationView:
-    return AllocationView(aid, nodes, idle, "running", 0.0, 0.0, end, 0.0, end, idle_since)
+    aid: str, nodes: int, idle: int = 0, end: float = 10_000.0, idle_since: float | None = None,
+    releasable: tuple[tuple[str, float], ...] = (),
+) -> AllocationView:  # fmt: skip
+    return AllocationView(aid, nodes, idle, "running", 0.0, 0.0, end, 0.0, end, idle_since, releasable)
 
 
 def queued(aid: str, nodes: int, walltime: float = 3600.0, queued_for: float = 0.0) -> AllocationView:
@@ -40,7 +41,16 @@ def queued(aid: str, nodes: int, walltime: float = 3600.0, queued_for: float = 0
 
 
 def apply(d: Decision, allocs: list[AllocationView], now: float) -> list[AllocationView]:
-    kept = [a for a in allocs if a.id not in d.cancels]
+    gone = dict(d.releases)
+    kept = []
+    for a in allocs:
+        if a.id in d.cancels:
+            continue
+        names = set(gone.get(a.id, ()))
+        if names:
+            rel = tuple(r for r in a.releasable if r[0] not in names)
+            a = replace(a, nodes=a.nodes - len(names), idle_nodes=a.idle_nodes - len(names), releasable=rel)
+        kept.append(a)
     new = [queued(f"new{i}-{now}", r.nodes, r.walltime) for i, r in enumerate(d.requests)]
     return kept + new
 
@@ -98,6 +108,34 @@ def test_idle_allocation_released_only_after_idle_timeout_and_empty_backlog() ->
     assert decide(backlog, [idle], LIMITS, 1000.0).cancels == ()  # the backlog needs it
 
 
+def test_idle_nodes_of_a_busy_job_released_when_no_waiting_task_can_use_it() -> None:
+    job = running("r", 4, idle=2, end=5000.0, releasable=(("r-0", 100.0), ("r-3", 150.0)))
+    assert decide([], [job], LIMITS, 159.0).releases == ()  # neither idle for idle_timeout yet
+    d = decide([], [job], LIMITS, 170.0)
+    assert d.releases == (("r", ("r-0",)),) and d.cancels == () and "release 1 idle node(s) of r" in d.reason
+    assert decide([], [job], LIMITS, 300.0).releases == (("r", ("r-0", "r-3")),)
+    # a waiting task that fits the job's remaining time keeps every node
+    assert decide([BacklogShape(1, 1, 0, 600.0, 5)], [job], LIMITS, 300.0).releases == ()
+    # ... one that cannot (too long, or too wide) does not
+    too_long = [BacklogShape(1, 1, 0, 4900.0, 5)]
+    assert decide(too_long, [job], LIMITS, 300.0).releases == (("r", ("r-0", "r-3")),)
+    too_wide = [BacklogShape(8, 64, 0, 600.0, 1)]
+    assert decide(too_wide, [job], LIMITS, 300.0).releases == (("r", ("r-0", "r-3")),)
+    # every node idle: the whole job is cancelled instead, once idle_timeout has passed
+    all_idle = running("r", 2, idle=2, idle_since=150.0, releasable=(("r-0", 100.0), ("r-1", 150.0)))
+    assert decide([], [all_idle], LIMITS, 300.0).releases == ()
+    assert decide([], [all_idle], LIMITS, 300.0).cancels == ("r",)
+
+
+def test_releasable_nodes_are_checked() -> None:
+    with pytest.raises(InvalidSpec, match=r"releasable=\(\('a', 1.0\), \('b', 1.0\)\) is invalid .* e.g."):
+        running("r", 4, idle=1, releasable=(("a", 1.0), ("b", 1.0)))
+    with pytest.raises(InvalidSpec, match=r"releasable=.*running job"):
+        AllocationView("q", 4, 0, "queued", 0.0, None, None, 0.0, 600.0, None, (("a", 1.0),))
+    with pytest.raises(InvalidSpec, match="releasable="):
+        running("r", 4, idle=1, releasable=(("", 1.0),))
+
+
 def test_long_queued_job_cancelled_only_when_not_needed() -> None:
     old = queued("q", 8, queued_for=LIMITS.queued_timeout + 1)
     assert decide([], [old], LIMITS, 0.0).cancels == ("q",)
@@ -145,7 +183,10 @@ def allocations(draw: st.DrawFn) -> list[AllocationView]:
         else:
             idle = draw(st.integers(0, nodes))
             since = draw(st.sampled_from([None, 0.0, 950.0])) if idle == nodes else None
-            out.append(running(f"r{i}", nodes, idle, draw(st.sampled_from([1100.0, 5000.0, 30_000.0])), since))
+            n_rel = draw(st.integers(0, min(idle, 3)))
+            rel = tuple((f"r{i}-{k}", draw(st.sampled_from([0.0, 950.0, 990.0]))) for k in range(n_rel))
+            end = draw(st.sampled_from([1100.0, 5000.0, 30_000.0]))
+            out.append(running(f"r{i}", nodes, idle, end, since, rel))
     return out
 
 
@@ -203,7 +244,26 @@ def test_no_oscillation(backlog: list[BacklogShape], allocs: list[AllocationView
     now = 1000.0
     first = decide(backlog, allocs, limits, now)
     second = decide(backlog, apply(first, allocs, now), limits, now)
-    assert second.requests == () and second.cancels == (), (first, second)
+    assert second.requests == () and second.cancels == () and second.releases == (), (first, second)
+
+
+@settings(max_examples=300, deadline=None)
+@given(backlog=st.lists(shapes, max_size=5), allocs=allocations(), limits=limits_st)
+def test_releases_only_idle_nodes_no_waiting_task_can_use(
+    backlog: list[BacklogShape], allocs: list[AllocationView], limits: SiteLimits
+) -> None:
+    assume(limits.min_nodes <= limits.max_nodes_per_job <= limits.max_total_nodes)
+    now = 1000.0
+    d = decide(backlog, allocs, limits, now)
+    by_id = {a.id: a for a in allocs}
+    waiting = [s for s in backlog if s.count and _runnable(s, limits)]
+    for aid, names in d.releases:
+        a = by_id[aid]
+        assert aid not in d.cancels and 0 < len(names) < a.nodes
+        since = dict(a.releasable)
+        assert all(now - since[n] >= limits.idle_timeout for n in names)
+        for s in waiting:  # nothing waiting fits this job
+            assert s.nodes > a.nodes or (s.walltime or limits.default_task_walltime) > a.remaining(now)
 
 
 @settings(max_examples=200, deadline=None)

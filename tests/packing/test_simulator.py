@@ -50,3 +50,16 @@ def test_walltime_expiry_kills_and_retries() -> None:
     r = sim.simulate(wl, short, LIMITS, sim.QueueModel(), seed=1, horizon=3 * 86400.0)
     assert r.kills > 0 and r.lost_node_s > 0
     assert r.useful_node_s + r.lost_node_s <= r.alloc_node_s + 1e-6
+
+
+def test_releasing_idle_nodes_saves_node_hours_and_loses_no_task() -> None:
+    """The same policy with and without Decision.releases: idle nodes of a job nothing waiting
+    can use are given back (fewer node-hours), and no running task is ever taken away."""
+    wl = sim.sweep(300, random.Random(2))
+    with_rel, without = (sim.PolicySpec("ours", sim.decide, 15.0, releases=r) for r in (True, False))
+    a = sim.simulate(wl, with_rel, LIMITS, sim.QueueModel(), seed=4, check=True)
+    b = sim.simulate(wl, without, LIMITS, sim.QueueModel(), seed=4, check=True)
+    assert a.released > 0 and b.released == 0
+    assert a.kills == b.kills == 0 and a.done == b.done == len(wl.shape)
+    assert a.node_hours < b.node_hours * 0.99
+    assert a.useful_node_s <= a.alloc_node_s
