@@ -98,6 +98,12 @@ class LocalJob(ProcessInterface):
         await asyncio.gather(*(n.close() for n in self.nannies), return_exceptions=True)
         await super().close()
 
+    async def close_nodes(self, names: list[str]) -> None:
+        """Stop the named node processes (their nodes were given back); the others go on."""
+        gone = [n for n in self.nannies if n.name in names]
+        self.nannies = [n for n in self.nannies if n.name not in names]
+        await asyncio.gather(*(n.close() for n in gone), return_exceptions=True)
+
 
 class LocalEnsembleCluster(AllocationCluster):
     """``nodes`` emulated nodes now (one allocation named ``node``: workers ``node-0`` ...);
@@ -147,6 +153,12 @@ class LocalEnsembleCluster(AllocationCluster):
 
     async def _start(self) -> None:
         await super()._start()
+
+    async def _shrink(self, name: str, workers: list[str], hosts: list[str], keep_hosts: list[str]) -> str | None:
+        job = self.workers.get(name)
+        if isinstance(job, LocalJob):
+            await job.close_nodes(workers)
+        return None
 
     def new_job_name(self) -> str:
         if self._first:

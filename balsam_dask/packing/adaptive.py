@@ -3,9 +3,10 @@
 Every ``interval`` it reads the backlog of runnable balsam tasks by resource shape (from the
 scheduler plugin's placer), the cluster's allocations (queued or running, their idle nodes
 and remaining time), and asks :func:`~balsam_dask.packing.policy.decide` which allocations
-to request and which to cancel. A node holding a result a client still references is never
-counted idle, so an allocation is never retired from under live results (Dask's own
-Adaptive, with a target of 0, closes such workers and the results are recomputed).
+to request, which to cancel, and which idle nodes of running ones to give back. A node
+holding a result a client still references is never counted idle, so neither an allocation
+nor a node is retired from under live results (Dask's own Adaptive, with a target of 0,
+closes such workers and the results are recomputed).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class PolicyAdaptive(Adaptive):
         self.limits = limits
         self.decisions: list[tuple[float, Decision]] = []
         self._idle_since: dict[str, float] = {}
+        self._node_idle_since: dict[str, float] = {}  # releasable node-workers, by name
         super().__init__(cluster, interval=interval, minimum=0, maximum=limits.max_total_nodes, wait_count=1,
                          **kwargs)  # fmt: skip
 
@@ -39,6 +41,9 @@ class PolicyAdaptive(Adaptive):
 
     def allocations(self, now: float) -> list[AllocationView]:
         usage = self.cluster.node_usage()
+        releasable = self.cluster.releasable_nodes()
+        now_idle = {w for names in releasable.values() for w in names}
+        self._node_idle_since = {w: self._node_idle_since.get(w, now) for w in now_idle}
         views = []
         for name, info in self.cluster.jobs.items():
             if info["state"] not in ("PENDING", "QUEUED", "RUNNING"):
@@ -52,13 +57,15 @@ class PolicyAdaptive(Adaptive):
             else:
                 self._idle_since.pop(name, None)
             started = info["started_at"] or (now if running else None)
+            rel = tuple((w, self._node_idle_since[w]) for w in releasable.get(name, ()))
+            rel = rel[:idle_nodes] if running else ()
             wall = info["walltime"]
             views.append(AllocationView(
                 id=name, nodes=info["nodes"], idle_nodes=idle_nodes, state="running" if running else "queued",
                 submitted_at=info["submitted_at"], started_at=started,
                 end_time=(started + wall) if (running and wall and started) else None,
                 queued_for=0.0 if running else now - info["submitted_at"], walltime=wall,
-                idle_since=self._idle_since.get(name),
+                idle_since=self._idle_since.get(name), releasable=rel,
             ))  # fmt: skip
         return views
 
@@ -73,12 +80,15 @@ class PolicyAdaptive(Adaptive):
         try:
             now = time.time()
             decision = self.decide(now)
-            if decision.requests or decision.cancels:
+            if decision.requests or decision.cancels or decision.releases:
                 self.decisions.append((now, decision))
                 log.info("balsam_dask: policy: %s", decision.reason)
             for name in decision.cancels:
                 if name in self.cluster.worker_spec:
                     await self.cluster._cancel(name)
+            for name, workers in decision.releases:
+                if name in self.cluster.worker_spec:
+                    await self.cluster._release_nodes(name, workers)
             for req in decision.requests:
                 try:
                     await self.cluster._request(req.nodes, req.walltime)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from distributed import Scheduler, SpecCluster
@@ -104,6 +105,74 @@ class AllocationCluster(SpecCluster):
         self.set_state(name, "CANCELLED", "cancelled by the cluster")
         del self.worker_spec[name]
         await self._correct_state()
+
+    def release_nodes(self, name: str, workers: Sequence[str]) -> list[str]:
+        """Give idle nodes of a running allocation back to the batch system while its other
+        nodes go on (see :meth:`_release_nodes`); returns the worker names released."""
+        return list(self.sync(self._release_nodes, name, workers))
+
+    async def _release_nodes(self, name: str, workers: Sequence[str]) -> list[str]:
+        """Release the named node-workers (``<job>-<index>``) of allocation ``name``.
+
+        Only nodes that are idle now (:meth:`releasable_nodes`) go, and never every node (that
+        is :meth:`cancel`): each is drained in the placer (nothing more is placed there in the
+        meantime), retired from the scheduler, then the batch system is asked to shrink the job
+        (:meth:`_shrink`). Recorded in the store: the allocation's message and ``info.released``.
+        """
+        info = self._jobs.get(name)
+        if info is None or name not in self.worker_spec or info["state"] != "RUNNING":
+            running = [k for k, v in self._jobs.items() if v["state"] == "RUNNING" and k in self.worker_spec]
+            raise InvalidSpec(f"no running allocation named {name!r}; running ones are: {', '.join(running) or 'none'}")
+        if isinstance(workers, str) or any(not isinstance(w, str) or w.rpartition("-")[0] != name for w in workers):
+            raise InvalidSpec(f"workers={workers!r} is invalid: give node-worker names of {name!r}, e.g. ['{name}-1']")
+        idle = set(self.releasable_nodes().get(name, ()))
+        chosen = [w for w in dict.fromkeys(workers) if w in idle][: max(0, info["nodes"] - 1)]
+        if not chosen:
+            return []
+        addr_of = {str(ws.name): addr for addr, ws in self.scheduler.workers.items()}  # type: ignore[union-attr]
+        addrs = [addr_of[w] for w in chosen]
+        hosts = [self.plugin.nodes[a].host or w for a, w in zip(addrs, chosen, strict=True)]
+        kept = sorted(str(ws.name) for ws in self.scheduler.workers.values()  # type: ignore[union-attr]
+                      if str(ws.name).rpartition("-")[0] == name and str(ws.name) not in chosen)  # fmt: skip
+        keep_hosts = [self.plugin.nodes[addr_of[w]].host or w for w in kept if addr_of[w] in self.plugin.nodes]
+        for addr in addrs:
+            self.plugin.placer.set_draining(addr, True)
+        await self.scheduler.retire_workers(  # type: ignore[union-attr]
+            workers=addrs, close_workers=True, remove=True, stimulus_id=f"balsam-release-{time.time()}"
+        )
+        error = await self._shrink(name, chosen, hosts, keep_hosts)
+        now = time.time()
+        info["nodes"] -= len(chosen)
+        released = [{"worker": w, "host": h, "at": now} for w, h in zip(chosen, hosts, strict=True)]
+        info.setdefault("released", []).extend(released)
+        message = f"released {len(chosen)} idle node(s) ({', '.join(hosts)}); {info['nodes']} left"
+        if error:
+            message += f"; the batch system refused to shrink the job: {error}"
+            log.warning("balsam_dask: %s: %s", name, message)
+        self.plugin.update_allocation(info["alloc"], message=message, info={"released": list(info["released"])})
+        return chosen
+
+    async def _shrink(self, name: str, workers: list[str], hosts: list[str], keep_hosts: list[str]) -> str | None:
+        """Tell the batch system the job no longer needs ``hosts`` (their workers are gone);
+        returns its complaint, if any. Local allocations have nothing to tell."""
+        return None
+
+    def releasable_nodes(self) -> dict[str, list[str]]:
+        """``{allocation name: [worker names]}``: nodes that could be given back alone. Idle as
+        in :meth:`node_usage`, not kept for a gang or a starving task, and not a job's first
+        node (``<job>-0``: it runs the job script, and batch systems keep it to the end)."""
+        s = self.scheduler
+        out: dict[str, list[str]] = {}
+        if s is None:
+            return out
+        for addr, ws in s.workers.items():
+            job, _, index = str(ws.name).rpartition("-")
+            if job not in self._jobs or index == "0" or ws.processing or ws.status.name != "running":
+                continue
+            placed_idle = addr in self.plugin.placed and self.plugin.placer.releasable(addr)
+            if placed_idle and not any(ts.who_wants for ts in ws.has_what):
+                out.setdefault(job, []).append(str(ws.name))
+        return out
 
     @property
     def jobs(self) -> dict[str, dict[str, Any]]:

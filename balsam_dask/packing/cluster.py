@@ -130,6 +130,22 @@ class EnsembleCluster(AllocationCluster):
                                **{**self.batch_options, "nodes": nodes})  # fmt: skip
         return str(self.job_cls.system.job_script(spec))
 
+    async def _shrink(self, name: str, workers: list[str], hosts: list[str], keep_hosts: list[str]) -> str | None:
+        job_id = self._jobs[name]["job_id"]
+        if not job_id:
+            return "the job has no batch id"
+        argv = self.job_cls.system.release_command(job_id, hosts, keep_hosts)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            )
+            out, _ = await proc.communicate()
+        except OSError as e:
+            return f"{argv[0]}: {e}"
+        if proc.returncode:
+            return f"{' '.join(argv)} exited {proc.returncode}: {out.decode(errors='replace').strip()[:500]}"
+        return None
+
     # ------------------------------------------------------------------ watching the batch system
     async def _start(self) -> None:
         await super()._start()

@@ -87,6 +87,11 @@ def job_script(job: EnsembleJobSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
+def release_command(job_id: str, release: list[str], keep: list[str]) -> list[str]:
+    """Release hosts of a running job (never its first execution host)."""
+    return ["bresize", "release", " ".join(release), job_id]
+
+
 def parse_job_id(out: str) -> str | None:
     m = re.search(JOB_ID_REGEXP, out)
     return m.group("job_id") if m else None

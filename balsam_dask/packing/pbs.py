@@ -87,6 +87,11 @@ def job_script(job: EnsembleJobSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
+def release_command(job_id: str, release: list[str], keep: list[str]) -> list[str]:
+    """Release sister nodes of a running job (PBS Pro; never the primary execution host)."""
+    return ["pbs_release_nodes", "-j", job_id, *release]
+
+
 def parse_job_id(out: str) -> str | None:
     m = re.search(JOB_ID_REGEXP, out)
     return m.group("job_id") if m else None

@@ -51,6 +51,12 @@ def job_script(job: EnsembleJobSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
+def release_command(job_id: str, release: list[str], keep: list[str]) -> list[str]:
+    """Shrink a running job to the nodes it keeps (a user may shrink their own job; the
+    released nodes' job steps are stopped there, the other nodes go on)."""
+    return ["scontrol", "update", f"JobId={job_id}", f"NodeList={','.join(keep)}"]
+
+
 def parse_job_id(out: str) -> str | None:
     m = re.search(JOB_ID_REGEXP, out)
     return m.group("job_id") if m else None

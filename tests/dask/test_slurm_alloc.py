@@ -122,3 +122,54 @@ def test_running_tasks_survive_the_end_of_their_job(tmp_path: Path, how: str) ->
             assert ended.state == ("TIMEOUT" if how == "time-limit" else "CANCELLED"), ended
         finally:
             store.close()
+
+
+def squeue_nodes(job_id: str) -> list[str]:
+    out = subprocess.run(["squeue", "--noheader", "--format=%N", "--jobs", job_id], capture_output=True, text=True,
+                         timeout=30).stdout.strip()  # fmt: skip
+    if not out:
+        return []
+    hosts = subprocess.run(["scontrol", "show", "hostnames", out], capture_output=True, text=True, timeout=30)
+    return hosts.stdout.split()
+
+
+@pytest.mark.timeout(300)
+def test_idle_nodes_of_a_running_job_are_given_back_to_slurm(tmp_path: Path) -> None:
+    """The policy releases the idle nodes of a 3-node job nothing waiting can use: Slurm's
+    job shrinks (scontrol update NodeList=...) while a task runs on, undisturbed, elsewhere."""
+    slurm_available()
+    from balsam_dask.packing.clusters import SlurmEnsembleCluster
+
+    with SlurmEnsembleCluster(cores_per_node=4, walltime="00:05:00", log_directory=str(tmp_path),
+                              workdir=str(tmp_path), poll_interval=1.0, max_nodes_per_job=3) as cluster, \
+            Client(cluster) as client:  # fmt: skip
+        name = cluster.request(3)
+        client.wait_for_workers(3, timeout=120)
+        job_id = cluster.jobs[name]["job_id"]
+        assert squeue_nodes(job_id) == ["n1", "n2", "n3"]
+        long = client.submit(nap, 8.0, cores=4, walltime=60, key="long")
+        tasks = cluster.scheduler.tasks
+        wait_until(lambda: "long" in tasks and tasks["long"].processing_on is not None, 30, "the long task to start")
+        long_node = tasks["long"].processing_on.name
+        cluster.adapt(max_nodes_per_job=3, max_total_nodes=3, min_walltime=120, max_walltime=600, idle_timeout=1,
+                      default_task_walltime=60, interval="0.2s")  # fmt: skip
+        kept = {f"{name}-0", long_node}
+        wait_until(lambda: {w["name"] for w in client.scheduler_info()["workers"].values()} == kept, 30,
+                   "the idle nodes to be released")  # fmt: skip
+        wait_until(lambda: len(squeue_nodes(job_id)) == len(kept), 30, "Slurm to shrink the job")
+        remaining = squeue_nodes(job_id)
+        assert "n1" in remaining and cluster.jobs[name]["state"] == "RUNNING"  # the batch host stays
+        assert not long.done()
+        assert long.result(timeout=60) == 8.0
+        del long
+        wait_until(lambda: worker_count(client) == 0, 60, "the job to end when idle")
+        client.flush()
+        store = Store(cluster.store_url)
+        try:
+            (alloc,) = store.allocations()
+            assert {r["host"] for r in alloc.info["released"]} == {"n1", "n2", "n3"} - set(remaining)
+            assert alloc.scheduler_id == job_id and alloc.nodes == 3
+            (t,) = store.tasks(key="long")
+            assert [e.to_state for e in store.history(t.id)].count("RUNNING") == 1 and t.state == "FINISHED"
+        finally:
+            store.close()

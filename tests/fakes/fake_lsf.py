@@ -18,6 +18,7 @@ from tests.fakes.fakebatch import (
     parse_options,
     records,
     refresh,
+    release,
     seconds,
     state_dir,
     submit,
@@ -145,4 +146,18 @@ def blaunch(args: list[str]) -> int:
     return max(p.wait() for p in procs)
 
 
-COMMANDS = {"bsub": bsub, "bjobs": bjobs, "bkill": bkill, "blaunch": blaunch}
+def bresize(args: list[str]) -> int:
+    """``bresize release "<host> ..." <job ID>`` (other subcommands are not faked)."""
+    if len(args) != 3 or args[0] != "release":
+        raise Usage('usage: bresize release "host_name ..." job_ID')
+    d = state_dir()
+    rec = find(args[2], "lsf", d)
+    if rec is None:
+        print(f"Job <{args[2]}>: No matching job found", file=sys.stderr)
+        return 255
+    release(d, rec, args[1].split(), "bresize")
+    print(f"Job <{rec['id']}>: resize request is accepted")
+    return 0
+
+
+COMMANDS = {"bsub": bsub, "bjobs": bjobs, "bkill": bkill, "blaunch": blaunch, "bresize": bresize}

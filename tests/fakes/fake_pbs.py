@@ -1,4 +1,5 @@
-"""The fake PBS's commands: ``qsub``, ``qstat`` (``-f``, ``-x``), ``qdel`` (see ``fakebatch``)."""
+"""The fake PBS's commands: ``qsub``, ``qstat`` (``-f``, ``-x``), ``qdel``, ``pbs_release_nodes``
+(see ``fakebatch``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tests.fakes.fakebatch import (
     parse_options,
     records,
     refresh,
+    release,
     seconds,
     state_dir,
     submit,
@@ -126,4 +128,17 @@ def qdel(args: list[str]) -> int:
     return rc
 
 
-COMMANDS = {"qsub": qsub, "qstat": qstat, "qdel": qdel}
+def pbs_release_nodes(args: list[str]) -> int:
+    """``pbs_release_nodes -j <job id> <vnode> ...`` (the ``-a``/``-k`` forms are not faked)."""
+    if len(args) < 3 or args[0] != "-j":
+        raise Usage("usage: pbs_release_nodes -j <job ID> <vnode> [<vnode> ...]")
+    d = state_dir()
+    rec = find(args[1], "pbs", d)
+    if rec is None:
+        print(f"pbs_release_nodes: Unknown Job Id {args[1]}", file=sys.stderr)
+        return 153
+    release(d, rec, args[2:], "pbs_release_nodes")
+    return 0
+
+
+COMMANDS = {"qsub": qsub, "qstat": qstat, "qdel": qdel, "pbs_release_nodes": pbs_release_nodes}

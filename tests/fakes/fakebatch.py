@@ -1,4 +1,5 @@
-"""A fake PBS (qsub, qstat, qdel) and LSF (bsub, bjobs, bkill, blaunch) backed by local processes.
+"""A fake PBS (qsub, qstat, qdel, pbs_release_nodes) and LSF (bsub, bjobs, bkill, blaunch, bresize)
+backed by local processes.
 
 The executables in ``tests/fakes/pbs`` and ``tests/fakes/lsf`` run this module as
 ``fakebatch.py <command> <args>``. Put one of those directories first on PATH and the real
@@ -386,6 +387,24 @@ def cancel(d: Path, rec: dict[str, Any]) -> None:
     if alive(rec.get("job_pid"), rec.get("job_start")):
         stop_tree(rec["job_pid"], 1.0, include_root=True)
     refresh(d, rec)
+
+
+def release(d: Path, rec: dict[str, Any], hosts: list[str], cmd: str) -> dict[str, Any]:
+    """Give back some hosts of a running job, as ``pbs_release_nodes``/``bresize release`` do:
+    never its first (primary) host, only hosts it has. The job's record lists what is left
+    and what was released; the processes that ran "on" a host are not told apart here (every
+    host is this machine), so the caller must have stopped them, as our cluster does first."""
+    if refresh(d, rec)["state"] not in ("R", "RUN"):
+        raise Usage(f"{cmd}: job {rec['id']} is not running (state {rec['state']})")
+    if not hosts:
+        raise Usage(f"{cmd}: name the hosts to release")
+    unknown = [h for h in hosts if h not in rec["hosts"]]
+    if unknown:
+        raise Usage(f"{cmd}: {', '.join(unknown)} not part of job {rec['id']} ({', '.join(rec['hosts'])})")
+    if rec["hosts"][0] in hosts:
+        raise Usage(f"{cmd}: cannot release the primary execution host {rec['hosts'][0]} of job {rec['id']}")
+    return update(d, rec["seq"], hosts=[h for h in rec["hosts"] if h not in hosts],
+                  released=[*rec.get("released", []), *hosts])  # fmt: skip
 
 
 def main(argv: list[str]) -> int:

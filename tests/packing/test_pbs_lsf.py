@@ -327,6 +327,21 @@ def test_ensemble_job_end_to_end(system: str, fake_batch: Callable[[str], Path],
             (alloc,) = store.allocations()
             assert alloc.state == "RUNNING" and alloc.started_at is not None and alloc.scheduler_id == job_id
 
+            # an idle node given back through the batch system's own command; never the first
+            first, second = fakebatch.local_hosts()[:2]
+            assert cluster.release_nodes(name, [f"{name}-0"]) == []
+            _wait(lambda: cluster.releasable_nodes().get(name) == [f"{name}-1"], 10, "node 1 to be idle")
+            assert cluster.release_nodes(name, [f"{name}-1"]) == [f"{name}-1"]
+            _wait(lambda: len(client.scheduler_info()["workers"]) == 1, 10, "node 1's worker to leave")
+            rec = fakebatch.find(job_id, system, state)
+            assert rec is not None and rec["hosts"] == [first] and rec["released"] == [second]
+            assert rec["state"] in ("R", "RUN") and fakebatch.alive(rec["job_pid"])
+            assert client.submit(where, cores=1).result(timeout=30)[0] == f"{name}-0"  # the job goes on
+            assert cluster.jobs[name]["nodes"] == 1
+            client.flush()
+            (alloc,) = store.allocations()
+            assert [r["host"] for r in alloc.info["released"]] == [second] and "released 1 idle node" in alloc.message
+
             rec = fakebatch.find(job_id, system, state)
             assert rec is not None
             job_pids = fakebatch.descendants(rec["sup_pid"])
