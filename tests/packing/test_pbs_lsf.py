@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from balsam_dask import Client, Store
 from balsam_dask.errors import AllocationError
 from balsam_dask.node import ENV_VAR, NodeConfig
-from balsam_dask.packing import lsf, pbs
+from balsam_dask.packing import lsf, pbs, slurm
 from balsam_dask.packing.jobs import EnsembleJobSpec
 from tests.fakes import fakebatch
 
@@ -195,6 +196,48 @@ def test_lsf_status_parsing() -> None:
         "11": "RUNNING", "12": "QUEUED", "13": "FINISHED", "14": "FAILED", "15": "RUNNING", "16": "QUEUED",
     }  # fmt: skip
     assert lsf.status_command(["11", "12"]) == ["bjobs", "-noheader", "-o", "jobid stat", "11", "12"]
+
+
+def test_release_commands_text() -> None:
+    """Each batch system's own way of giving back some nodes of a running job."""
+    assert slurm.release_command("42", ["n2", "n4"], ["n1", "n3"]) == ["scontrol", "update", "JobId=42",
+                                                                       "NodeList=n1,n3"]  # fmt: skip
+    assert pbs.release_command("7.pbs01", ["x2", "x3"], ["x1"]) == ["pbs_release_nodes", "-j", "7.pbs01", "x2", "x3"]
+    assert lsf.release_command("9", ["h2", "h3"], ["h1"]) == ["bresize", "release", "h2 h3", "9"]
+
+
+def _started(job_id: str, system: str) -> dict[str, Any] | None:
+    rec = fakebatch.find(job_id, system)
+    return rec if rec and rec.get("job_pid") else None
+
+
+def test_fake_release_commands_refuse_what_the_real_ones_refuse(
+    fake_batch: Callable[[str], Path], tmp_path: Path
+) -> None:
+    for system, script in (
+        ("pbs", "#!/bin/bash\n#PBS -l select=2:ncpus=1\n#PBS -l walltime=00:01:00\nsleep 60\n"),
+        ("lsf", '#!/bin/bash\n#BSUB -n 2\n#BSUB -R "span[ptile=1]"\n#BSUB -W 1\nsleep 60\n'),
+    ):
+        fake_batch(system)
+        path = tmp_path / f"{system}.sh"
+        path.write_text(script)
+        if system == "pbs":
+            job_id = pbs.parse_job_id(_run(["qsub", str(path)]).stdout)
+        else:
+            job_id = lsf.parse_job_id(_run(["bsub"], stdin=script).stdout)
+        assert job_id
+        rec = _wait(partial(_started, job_id, system), 5, "the job to start")
+        first, second = rec["hosts"]
+        mod = pbs if system == "pbs" else lsf
+        primary = _run(mod.release_command(job_id, [first], [second]))
+        assert primary.returncode != 0 and f"cannot release the primary execution host {first}" in primary.stderr
+        stranger = _run(mod.release_command(job_id, ["elsewhere"], [first]))
+        assert stranger.returncode != 0 and "elsewhere not part of job" in stranger.stderr
+        ok = _run(mod.release_command(job_id, [second], [first]))
+        assert ok.returncode == 0, ok.stderr
+        rec = fakebatch.find(job_id, system)
+        assert rec is not None and rec["hosts"] == [first] and rec["released"] == [second]
+        _run(["qdel" if system == "pbs" else "bkill", job_id])
 
 
 # ----------------------------------------------------------------------------- the fakes
