@@ -125,6 +125,7 @@ class AllocationCluster(SpecCluster):
             raise InvalidSpec(f"no running allocation named {name!r}; running ones are: {', '.join(running) or 'none'}")
         if isinstance(workers, str) or any(not isinstance(w, str) or w.rpartition("-")[0] != name for w in workers):
             raise InvalidSpec(f"workers={workers!r} is invalid: give node-worker names of {name!r}, e.g. ['{name}-1']")
+        now = time.time()
         idle = set(self.releasable_nodes().get(name, ()))
         chosen = [w for w in dict.fromkeys(workers) if w in idle][: max(0, info["nodes"] - 1)]
         if not chosen:
@@ -141,7 +142,6 @@ class AllocationCluster(SpecCluster):
             workers=addrs, close_workers=True, remove=True, stimulus_id=f"balsam-release-{time.time()}"
         )
         error = await self._shrink(name, chosen, hosts, keep_hosts)
-        now = time.time()
         info["nodes"] -= len(chosen)
         released = [{"worker": w, "host": h, "at": now} for w, h in zip(chosen, hosts, strict=True)]
         info.setdefault("released", []).extend(released)
