@@ -80,6 +80,24 @@ _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 #: PostgreSQL array types of the event columns (the others are text), for ``unnest``.
 _PG_ARRAY = {"id": "bigint", "task_id": "bigint", "attempt": "int", "ts": "float8"}
+#: The event columns' types for a binary COPY.
+_PG_EVENT_TYPES = tuple({"id": "int8", "task_id": "int8", "attempt": "int4", "ts": "float8"}.get(c, "text")
+                        for c in EVENT_COLS)  # fmt: skip
+
+
+def pg_copy(conn: Connection, table: str, cols: Sequence[str], rows: Sequence[tuple[Any, ...]],
+            types: Sequence[str] | None = None) -> None:  # fmt: skip
+    """Append rows with PostgreSQL's COPY (binary when the column types are given), inside
+    the connection's transaction: the cheapest way in for the server and for the client (a
+    fifth of the client's CPU of one INSERT over ``unnest``, a third of executemany's)."""
+    raw = conn.connection.driver_connection
+    assert raw is not None, "the connection is closed"
+    fmt = " (FORMAT BINARY)" if types else ""
+    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN{fmt}") as cp:
+        if types:
+            cp.set_types(list(types))
+        for row in rows:
+            cp.write_row(row)
 
 
 def _pg_unnest_insert(table: str, cols: Sequence[str]) -> str:
@@ -101,9 +119,13 @@ def raw_sql(dialect: str) -> dict[str, str]:
         return {  # task rows stay one per statement: their bytea and jsonb arrays cost more than they save
             "insert_task": f"INSERT INTO tasks ({', '.join(TASK_COLS)}) VALUES ({marks})",
             "insert_event": _pg_unnest_insert("events", EVENT_COLS),
+            # %b: the arrays travel in binary (a third of the client's CPU of text arrays)
             "update_state": "UPDATE tasks AS t SET state = v.state, attempt = v.attempt, updated_at = v.ts "
-            "FROM unnest(%s::text[], %s::int[], %s::float8[], %s::bigint[]) AS v(state, attempt, ts, id) "
+            "FROM unnest(%b::text[], %b::int[], %b::float8[], %b::bigint[]) AS v(state, attempt, ts, id) "
             "WHERE t.id = v.id",
+            # one array parameter: the same statement text whatever the count (psycopg parses
+            # it once; an IN list of N placeholders is parsed again, client and server, each time)
+            "select_state": "SELECT id, state, nodes, cores, gpus, walltime FROM tasks WHERE id = ANY(%b::bigint[])",
         }
     return {
         "insert_task": f"INSERT INTO tasks ({', '.join(TASK_COLS)}) VALUES ({', '.join('?' for _ in TASK_COLS)})",
@@ -226,10 +248,14 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
         | {u.task_id for u in updates if u.task_id not in state}
     )
     raw_shape: dict[int, tuple[int, int, int, float | None]] = {}
-    ph = "%s" if conn.dialect.name == "postgresql" else "?"
-    for part in chunks(need):
-        q = f"SELECT id, state, nodes, cores, gpus, walltime FROM tasks WHERE id IN ({', '.join([ph] * len(part))})"
-        for tid, st, n, c, g, w in conn.exec_driver_sql(q, tuple(part)).fetchall():
+    pg = conn.dialect.name == "postgresql"
+    for part in chunks(need, 10 * CHUNK if pg else CHUNK):
+        if pg:
+            q, params = raw_sql("postgresql")["select_state"], (list(part),)
+        else:
+            marks = ", ".join(["?"] * len(part))
+            q, params = f"SELECT id, state, nodes, cores, gpus, walltime FROM tasks WHERE id IN ({marks})", tuple(part)
+        for tid, st, n, c, g, w in conn.exec_driver_sql(q, params).fetchall():
             state[tid] = st
             raw_shape[tid] = (n, c, g, w)
     if len(state) < len(need) + (len(task_rows) if transitions or updates else 0):
@@ -258,10 +284,16 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
     # --- writes ---
     sql = raw_sql(conn.dialect.name)
     if task_rows:
-        conn.exec_driver_sql(sql["insert_task"], task_rows)
+        if pg:
+            pg_copy(conn, "tasks", TASK_COLS, task_rows)
+        else:
+            conn.exec_driver_sql(sql["insert_task"], task_rows)
         stats.tasks = len(task_rows)
     if event_rows:
-        _bulk(conn, sql["insert_event"], event_rows)
+        if pg:
+            pg_copy(conn, "events", EVENT_COLS, event_rows, _PG_EVENT_TYPES)
+        else:
+            _bulk(conn, sql["insert_event"], event_rows)
         stats.events = len(event_rows)
         rows = []
         for tid, op in last.items():
