@@ -138,9 +138,17 @@ class AllocationCluster(SpecCluster):
         keep_hosts = [self.plugin.nodes[addr_of[w]].host or w for w in kept if addr_of[w] in self.plugin.nodes]
         for addr in addrs:
             self.plugin.placer.set_draining(addr, True)
-        await self.scheduler.retire_workers(  # type: ignore[union-attr]
+        retired = await self.scheduler.retire_workers(  # type: ignore[union-attr]
             workers=addrs, close_workers=True, remove=True, stimulus_id=f"balsam-release-{time.time()}"
         )
+        # a worker whose data Dask could not move elsewhere stays (retire_workers leaves it out;
+        # it reports itself running again, and the plugin then takes it out of draining)
+        gone = [i for i, a in enumerate(addrs) if a in retired]
+        if len(gone) < len(addrs):
+            keep_hosts += [hosts[i] for i in range(len(addrs)) if i not in gone]
+            chosen, hosts = [chosen[i] for i in gone], [hosts[i] for i in gone]
+            if not chosen:
+                return []
         error = await self._shrink(name, chosen, hosts, keep_hosts)
         info["nodes"] -= len(chosen)
         released = [{"worker": w, "host": h, "at": now} for w, h in zip(chosen, hosts, strict=True)]
