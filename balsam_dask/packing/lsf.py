@@ -89,9 +89,9 @@ def job_script(job: EnsembleJobSpec) -> str:
 
 def release_command(job_id: str, release: list[str], keep: list[str]) -> list[str]:
     """Release hosts of a running job (never its first execution host). LSF resizes only
-    resizable jobs (an application profile with ``RESIZABLE_JOBS = Y``); elsewhere ``bresize``
-    refuses, the refusal is recorded in the allocation's message and the host stays charged
-    until the job ends."""
+    resizable jobs (submitted with an application profile with ``RESIZABLE_JOBS = Y``:
+    ``job_extra_directives=["-app <profile>"]``); elsewhere ``bresize`` refuses, the refusal
+    is recorded in the allocation's message and the host stays charged until the job ends."""
     return ["bresize", "release", " ".join(release), job_id]
 
 

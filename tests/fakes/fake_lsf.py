@@ -40,7 +40,7 @@ def bsub(args: list[str]) -> int:
     opts = {"name": name, "nodes": -(-slots // ptile), "slots": slots, "ptile": ptile,
             "walltime": seconds(o.get("-W", ["60"])[-1], minutes=True), "queue": o.get("-q", ["normal"])[-1],
             "account": o.get("-P", [None])[-1], "out": o.get("-o", [None])[-1],
-            "err": o.get("-e", [None])[-1]}  # fmt: skip
+            "err": o.get("-e", [None])[-1], "app": o.get("-app", [None])[-1]}  # fmt: skip
     rec = submit("lsf", script, opts, "bsub")
     default = "" if "-q" in o else "default "
     print(f"Job <{rec['id']}> is submitted to {default}queue <{rec['queue']}>.")
@@ -147,7 +147,9 @@ def blaunch(args: list[str]) -> int:
 
 
 def bresize(args: list[str]) -> int:
-    """``bresize release "<host> ..." <job ID>`` (other subcommands are not faked)."""
+    """``bresize release "<host> ..." <job ID>`` (other subcommands are not faked). As on a
+    real site, only a resizable job can shrink: here one submitted with an application
+    profile (``bsub -app <profile>``, the profile standing for one with RESIZABLE_JOBS=Y)."""
     if len(args) != 3 or args[0] != "release":
         raise Usage('usage: bresize release "host_name ..." job_ID')
     d = state_dir()
@@ -155,6 +157,8 @@ def bresize(args: list[str]) -> int:
     if rec is None:
         print(f"Job <{args[2]}>: No matching job found", file=sys.stderr)
         return 255
+    if not rec.get("app"):
+        raise Usage(f"Job <{rec['id']}>: The job is not resizable (submit it with -app <a resizable profile>)")
     release(d, rec, args[1].split(), "bresize")
     print(f"Job <{rec['id']}>: resize request is accepted")
     return 0

@@ -216,7 +216,7 @@ def test_fake_release_commands_refuse_what_the_real_ones_refuse(
 ) -> None:
     for system, script in (
         ("pbs", "#!/bin/bash\n#PBS -l select=2:ncpus=1\n#PBS -l walltime=00:01:00\nsleep 60\n"),
-        ("lsf", '#!/bin/bash\n#BSUB -n 2\n#BSUB -R "span[ptile=1]"\n#BSUB -W 1\nsleep 60\n'),
+        ("lsf", '#!/bin/bash\n#BSUB -n 2\n#BSUB -R "span[ptile=1]"\n#BSUB -W 1\n#BSUB -app resizable\nsleep 60\n'),
     ):
         fake_batch(system)
         path = tmp_path / f"{system}.sh"
@@ -332,8 +332,9 @@ def where() -> tuple[str, str | None, str, int]:
 
 @pytest.mark.mpi
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("system", ["pbs", "lsf"])
-def test_ensemble_job_end_to_end(system: str, fake_batch: Callable[[str], Path], tmp_path: Path,
+@pytest.mark.parametrize(("system", "resizable"), [("pbs", True), ("lsf", True), ("lsf", False)],
+                         ids=["pbs", "lsf", "lsf-not-resizable"])  # fmt: skip
+def test_ensemble_job_end_to_end(system: str, resizable: bool, fake_batch: Callable[[str], Path], tmp_path: Path,
                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     from balsam_dask.packing.clusters import LSFEnsembleCluster, PBSEnsembleCluster
 
@@ -341,8 +342,9 @@ def test_ensemble_job_end_to_end(system: str, fake_batch: Callable[[str], Path],
     monkeypatch.setenv(fakebatch.QUEUE_DELAY_ENV, "1")
     cls = PBSEnsembleCluster if system == "pbs" else LSFEnsembleCluster
     hosts = set(fakebatch.local_hosts()[:2])
+    extra = ["-app resizable"] if system == "lsf" and resizable else []
     with cls(cores_per_node=2, walltime="00:05:00", log_directory=str(tmp_path), workdir=str(tmp_path),
-             poll_interval=0.3) as cluster, Client(cluster) as client:  # fmt: skip
+             poll_interval=0.3, job_extra_directives=extra) as cluster, Client(cluster) as client:  # fmt: skip
         store = Store(cluster.store_url)
         try:
             name = cluster.request(2)
@@ -377,13 +379,19 @@ def test_ensemble_job_end_to_end(system: str, fake_batch: Callable[[str], Path],
             assert cluster.release_nodes(name, [f"{name}-1"]) == [f"{name}-1"]
             _wait(lambda: len(client.scheduler_info()["workers"]) == 1, 10, "node 1's worker to leave")
             rec = fakebatch.find(job_id, system, state)
-            assert rec is not None and rec["hosts"] == [first] and rec["released"] == [second]
-            assert rec["state"] in ("R", "RUN") and fakebatch.alive(rec["job_pid"])
+            assert rec is not None and rec["state"] in ("R", "RUN") and fakebatch.alive(rec["job_pid"])
+            if resizable:
+                assert rec["hosts"] == [first] and rec["released"] == [second]
+            else:  # LSF would not shrink the job: the node stays charged, and the store says why
+                assert rec["hosts"] == [first, second] and "released" not in rec
             assert client.submit(where, cores=1).result(timeout=30)[0] == f"{name}-0"  # the job goes on
             assert cluster.jobs[name]["nodes"] == 1
             client.flush()
             (alloc,) = store.allocations()
             assert [r["host"] for r in alloc.info["released"]] == [second] and "released 1 idle node" in alloc.message
+            if not resizable:
+                assert "the batch system refused to shrink the job: bresize release" in alloc.message
+                assert "The job is not resizable" in alloc.message
 
             rec = fakebatch.find(job_id, system, state)
             assert rec is not None
