@@ -22,9 +22,9 @@ from datetime import datetime
 
 from balsam_dask.errors import BalsamDaskError, InvalidSpec
 from balsam_dask.store.api import Store
-from balsam_dask.store.ops import TaskRecord
+from balsam_dask.store.ops import AllocationRecord, TaskRecord
 from balsam_dask.store.schema import HEAD
-from balsam_dask.store.states import RUNNABLE_STATES
+from balsam_dask.store.states import ALLOCATION_ENDED, ALLOCATION_LIVE, RUNNABLE_STATES
 
 
 class CLIError(BalsamDaskError):
@@ -145,6 +145,20 @@ def cmd_summary(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+def _alloc_row(a: AllocationRecord) -> list[object]:
+    released = len((a.info or {}).get("released") or ())
+    message = (a.message or "").splitlines()[0][:80] if a.message else ""
+    return [a.id, a.system, a.scheduler_id, a.nodes, released, a.state, _fmt_time(a.submitted_at),
+            _fmt_time(a.started_at), _fmt_time(a.ended_at), message]  # fmt: skip
+
+
+def cmd_allocations(store: Store, args: argparse.Namespace) -> int:
+    allocs = store.allocations(state=args.state)
+    header = ["ID", "SYSTEM", "JOB ID", "NODES", "RELEASED", "STATE", "SUBMITTED", "STARTED", "ENDED", "MESSAGE"]
+    print(_table([_alloc_row(a) for a in allocs], header))
+    return 0
+
+
 def cmd_kill(store: Store, args: argparse.Namespace) -> int:
     if not args.ids and not args.tag:
         raise CLIError("kill needs task ids or --tag name=value, e.g. balsam-dask kill --tag exp=sweep1")
@@ -170,13 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="a task's spec and history")
     show.add_argument("id", type=_task_id)
     sub.add_parser("summary", help="counts by state and backlog by shape")
+    allocs = sub.add_parser("allocations", help="batch jobs (and local allocations): lifecycle, nodes released")
+    allocs.add_argument("--state", action="append", choices=ALLOCATION_LIVE + ALLOCATION_ENDED,
+                        help="filter by state (repeatable)")  # fmt: skip
     kill = sub.add_parser("kill", help="ask the scheduler to kill tasks")
     kill.add_argument("ids", nargs="*", type=_task_id)
     kill.add_argument("--tag", action="append", type=_parse_tag)
     return p
 
 
-COMMANDS = {"init": cmd_init, "ls": cmd_ls, "show": cmd_show, "summary": cmd_summary, "kill": cmd_kill}
+COMMANDS = {"init": cmd_init, "ls": cmd_ls, "show": cmd_show, "summary": cmd_summary, "kill": cmd_kill,
+            "allocations": cmd_allocations}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

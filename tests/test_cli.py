@@ -12,7 +12,7 @@ import pytest
 
 from balsam_dask.cli import main
 from balsam_dask.spec import Resources, TaskSpec
-from balsam_dask.store import Store, Transition
+from balsam_dask.store import AllocationWrite, Store, Transition
 
 BIN = str(Path(sys.executable).parent / "balsam-dask")
 
@@ -100,6 +100,7 @@ def test_store_from_environment(filled: tuple[str, list[int]]) -> None:
         (["show", "abc"], 2, "task id 'abc' is not an integer"),
         (["show", "424242"], 1, "no task with id 424242"),
         (["kill"], 1, "kill needs task ids or --tag"),
+        (["allocations", "--state", "DONE"], 2, "invalid choice: 'DONE' (choose from 'PENDING', 'QUEUED'"),
     ],
 )
 def test_bad_input(sqlite_filled: tuple[str, list[int]], args: list[str], code: int, message: str) -> None:
@@ -127,6 +128,29 @@ def test_newer_schema_cli(tmp_path: Path) -> None:
         c.execute("UPDATE alembic_version SET version_num='9999'")
     r = run_cli("--store", str(db), "summary")
     assert r.returncode == 1 and "written by a newer balsam_dask" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_allocations_lists_jobs_and_released_nodes(store_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    s = Store(store_url)
+    t0 = time.time()
+    jobs = [s.new_id(), s.new_id()]
+    new = {"submitted_at": t0, "info": {}, "walltime": 600.0}
+    s.apply([AllocationWrite(jobs[0], {**new, "state": "PENDING", "system": "slurm", "nodes": 3}),
+             AllocationWrite(jobs[1], {**new, "state": "SUBMIT_FAILED", "system": "pbs", "nodes": 2,
+                                       "message": "qsub: bad queue\nmore"})])  # fmt: skip
+    released = {"released": [{"worker": "j-2", "host": "n3", "at": t0 + 9}]}
+    s.apply([AllocationWrite(jobs[0], {"state": "RUNNING", "scheduler_id": "4242", "started_at": t0 + 5,
+                                       "message": "released 1 idle node(s) (n3); 2 left",
+                                       "info": released})])  # fmt: skip
+    s.close()
+    assert main(["--store", store_url, "allocations"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:7] == ["ID", "SYSTEM", "JOB", "ID", "NODES", "RELEASED", "STATE"]
+    assert out[1].split()[:6] == [str(jobs[0]), "slurm", "4242", "3", "1", "RUNNING"] and out[1].endswith("2 left")
+    assert out[2].split()[:6] == [str(jobs[1]), "pbs", "-", "2", "0", "SUBMIT_FAILED"]
+    assert out[2].endswith("qsub: bad queue")
+    assert main(["--store", store_url, "allocations", "--state", "SUBMIT_FAILED"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
 
 
 def test_kill_marks_tasks(filled: tuple[str, list[int]]) -> None:

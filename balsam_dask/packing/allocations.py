@@ -18,10 +18,10 @@ from distributed import Scheduler, SpecCluster
 from balsam_dask.errors import AllocationError, InvalidSpec
 from balsam_dask.plugin import BalsamPlugin
 from balsam_dask.spec import NodeShape, parse_duration
+from balsam_dask.store.states import ALLOCATION_ENDED, ALLOCATION_LIVE
 
 log = logging.getLogger(__name__)
-LIVE = ("PENDING", "QUEUED", "RUNNING")
-ENDED = ("FINISHED", "CANCELLED", "TIMEOUT", "FAILED", "SUBMIT_FAILED")
+LIVE, ENDED = ALLOCATION_LIVE, ALLOCATION_ENDED
 
 
 class AllocationCluster(SpecCluster):
@@ -77,7 +77,7 @@ class AllocationCluster(SpecCluster):
         if time.time() < self._backoff_until:
             raise AllocationError(
                 f"submissions are backing off for {self._backoff_until - time.time():.0f}s after "
-                f"{self._failures} failed submission(s); see `balsam-dask` allocations in the store"
+                f"{self._failures} failed submission(s); see `balsam-dask allocations --state SUBMIT_FAILED`"
             )
         name = self.new_job_name()
         alloc = self.plugin.new_allocation(system=self.system_name, nodes=nodes, walltime=seconds or 0.0,

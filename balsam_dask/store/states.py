@@ -72,6 +72,11 @@ FINAL_STATES: frozenset[str] = frozenset({S.FINISHED.value, S.FAILED.value, S.KI
 UNFINISHED_STATES: frozenset[str] = frozenset(ALL_STATES) - FINAL_STATES
 
 
+#: An allocation (batch job) while it may still provide nodes, and once it has ended.
+ALLOCATION_LIVE: tuple[str, ...] = ("PENDING", "QUEUED", "RUNNING")
+ALLOCATION_ENDED: tuple[str, ...] = ("FINISHED", "CANCELLED", "TIMEOUT", "FAILED", "SUBMIT_FAILED")
+
+
 def allowed_from(state: str | None) -> frozenset[str]:
     """The states reachable in one step from ``state`` (none for an unknown state)."""
     return LEGAL.get(state, frozenset())
