@@ -30,7 +30,9 @@ How it sizes (DESIGN.md §6):
    nothing waits at all) gives back each of its nodes that has been idle, and not kept for a
    gang, for ``idle_timeout`` (``Decision.releases``), while its other nodes finish their
    tasks: the end-of-work tail and the last stretch before the walltime, when nothing fits
-   any more, no longer cost whole jobs.
+   any more, no longer cost whole jobs. In a job waiting tasks could use, a node the placer
+   has left idle for ``UNUSED_AFTER`` x ``idle_timeout`` goes too, when the job stays as wide
+   as the gangs it hosts and the remaining capacity still covers the backlog.
 
 Requests are counted as capacity at once, so deciding again on the resulting state requests
 nothing more (no oscillation).
@@ -40,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from balsam_dask.errors import InvalidSpec
@@ -57,6 +59,11 @@ WALLTIME_PAD = 120.0
 RUN_FACTOR = 1.5
 #: A request is split over at most (free queue slots) / SPLIT_SLOTS jobs.
 SPLIT_SLOTS = 2
+#: A node left idle this many ``idle_timeout`` in a job some waiting task could use (the
+#: placer, which places whatever fits at once, found nothing for it) is given back as well,
+#: as long as the job stays as wide as the waiting gangs it hosts, the running jobs'
+#: capacity left still covers the backlog and no job is queued (no request follows).
+UNUSED_AFTER = 2.0
 
 
 def _check(name: str, value: object, minimum: float, example: str, integer: bool = False) -> None:
@@ -271,13 +278,19 @@ def decide(
            for state in ("running", "queued")}  # fmt: skip
     capacity = cap["running"] + cap["queued"]
     deficit = work - max(0.0, cap["running"] * EFFICIENCY - running_work) - cap["queued"] * EFFICIENCY
+    deficit = _release_unused(todo, live, limits, now, work, running_work, cap, deficit, releases, notes)
+    if releases:  # released nodes are gone at once: they free room under max_total_nodes now
+        n_rel = {aid: len(names) for aid, names in releases}
+        live = [replace(a, nodes=a.nodes - n_rel[a.id], idle_nodes=a.idle_nodes - n_rel[a.id], releasable=())
+                if a.id in n_rel else a for a in live]  # fmt: skip
     unhosted = [
         (s, wt)
         for s, wt in todo
         if s.nodes > 1 and not any(a.nodes >= s.nodes and a.remaining(now) >= wt for a in live)
     ]
     requests: list[AllocationRequest] = []
-    if todo and (deficit > 0 or unhosted):
+    # (a relative tolerance: a request sized to cover a deficit exactly can fall short by a rounding error)
+    if todo and (deficit > 1e-9 * work or unhosted):
         requests = _size(todo, live, limits, max(deficit, 0.0), unhosted, notes, run_factor)
     summary = (
         f"backlog {sum(s.count for s, _ in todo)} task(s), {work:.3g} node-s; usable capacity "
@@ -286,6 +299,40 @@ def decide(
     if requests:
         summary += "; request " + ", ".join(f"{r.nodes} nodes x {r.walltime:.0f} s" for r in requests)
     return Decision(tuple(requests), tuple(cancels), "; ".join([summary, *notes]), tuple(releases))
+
+
+def _release_unused(
+    todo: list[tuple[BacklogShape, float]], live: list[AllocationView], limits: SiteLimits, now: float,
+    work: float, running_work: float, cap: dict[str, float], deficit: float,
+    releases: list[tuple[str, tuple[str, ...]]], notes: list[str],
+) -> float:  # fmt: skip
+    """Idle nodes of running jobs that waiting tasks could use but the placer left unused
+    (see ``UNUSED_AFTER``); appends to ``releases``, returns the deficit without them."""
+    if deficit > 0 or any(a.state == "queued" for a in live):
+        return deficit  # more capacity is wanted, or was wanted recently: no running node goes
+    done = {aid for aid, _ in releases}
+    for a in sorted(live, key=lambda a: a.id):
+        if a.state != "running" or not a.releasable or a.id in done:
+            continue
+        rem = a.remaining(now)
+        fits = [s for s, wt in todo if s.nodes <= a.nodes and wt <= rem]
+        if not fits:
+            continue  # no waiting task can use it: handled with the cancels
+        keep = max(1, max(s.nodes for s in fits))  # still wide enough for every gang it hosts
+        names = sorted(n for n, since in a.releasable if now - since >= UNUSED_AFTER * limits.idle_timeout)
+        names = names[: max(0, a.nodes - keep)]
+        while names:
+            gone = len(names) * min(rem, 1e12)
+            left = work - max(0.0, (cap["running"] - gone) * EFFICIENCY - running_work) - cap["queued"] * EFFICIENCY
+            if left <= 0:
+                break
+            names.pop()  # keep what the backlog needs
+        if names:
+            cap["running"] -= len(names) * min(rem, 1e12)
+            deficit = work - max(0.0, cap["running"] * EFFICIENCY - running_work) - cap["queued"] * EFFICIENCY
+            releases.append((a.id, tuple(names)))
+            notes.append(f"release {len(names)} node(s) of {a.id} left idle by the placer")
+    return deficit
 
 
 def _size(

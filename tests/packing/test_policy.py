@@ -13,6 +13,7 @@ from balsam_dask.errors import InvalidSpec
 from balsam_dask.packing import baselines
 from balsam_dask.packing.policy import (
     EFFICIENCY,
+    UNUSED_AFTER,
     AllocationView,
     BacklogShape,
     Decision,
@@ -114,8 +115,17 @@ def test_idle_nodes_of_a_busy_job_released_when_no_waiting_task_can_use_it() -> 
     d = decide([], [job], LIMITS, 170.0)
     assert d.releases == (("r", ("r-0",)),) and d.cancels == () and "release 1 idle node(s) of r" in d.reason
     assert decide([], [job], LIMITS, 300.0).releases == (("r", ("r-0", "r-3")),)
-    # a waiting task that fits the job's remaining time keeps every node
-    assert decide([BacklogShape(1, 1, 0, 600.0, 5)], [job], LIMITS, 300.0).releases == ()
+    # a waiting task that fits the job's remaining time keeps every node ...
+    few = [BacklogShape(1, 1, 0, 600.0, 5)]
+    assert decide(few, [job], LIMITS, 200.0).releases == ()
+    # ... until the placer has left them idle UNUSED_AFTER x idle_timeout (they are not needed)
+    d = decide(few, [job], LIMITS, 300.0)
+    assert d.releases == (("r", ("r-0", "r-3")),) and "left idle by the placer" in d.reason and not d.requests
+    # kept when the backlog needs their capacity, or a waiting gang needs the job's width
+    many = [BacklogShape(1, 64, 0, 600.0, 40)]  # 40 whole-node tasks: more than 4 nodes x 4700 s hold
+    assert decide(many, [job], LIMITS, 300.0).releases == ()
+    gang = [BacklogShape(3, 64, 0, 600.0, 1), *few]
+    assert decide(gang, [job], LIMITS, 300.0).releases == (("r", ("r-0",)),)
     # ... one that cannot (too long, or too wide) does not
     too_long = [BacklogShape(1, 1, 0, 4900.0, 5)]
     assert decide(too_long, [job], LIMITS, 300.0).releases == (("r", ("r-0", "r-3")),)
@@ -221,7 +231,7 @@ def test_limits_always_respected_and_widest_gang_fits(
     live = [a for a in allocs if a.id not in d.cancels]
     queued_now = sum(1 for a in live if a.state == "queued")
     assert queued_now + len(d.requests) <= max(limits.max_queued_jobs, queued_now)
-    total = sum(a.nodes for a in live)
+    total = sum(a.nodes for a in live) - sum(len(names) for _, names in d.releases)  # released: gone at once
     assert not d.requests or total + sum(r.nodes for r in d.requests) <= limits.max_total_nodes
     waiting = [s for s in backlog if s.count and _runnable(s, limits)]
     for r in d.requests:
@@ -249,9 +259,12 @@ def test_no_oscillation(backlog: list[BacklogShape], allocs: list[AllocationView
 
 @settings(max_examples=300, deadline=None)
 @given(backlog=st.lists(shapes, max_size=5), allocs=allocations(), limits=limits_st)
-def test_releases_only_idle_nodes_no_waiting_task_can_use(
+def test_releases_only_idle_nodes_not_needed(
     backlog: list[BacklogShape], allocs: list[AllocationView], limits: SiteLimits
 ) -> None:
+    """Released: idle nodes of jobs nothing waiting fits (after idle_timeout), or nodes the
+    placer left unused (after UNUSED_AFTER x idle_timeout) in a job that stays as wide as the
+    gangs it hosts, with no request in the same decision (the capacity left covers the backlog)."""
     assume(limits.min_nodes <= limits.max_nodes_per_job <= limits.max_total_nodes)
     now = 1000.0
     d = decide(backlog, allocs, limits, now)
@@ -261,9 +274,19 @@ def test_releases_only_idle_nodes_no_waiting_task_can_use(
         a = by_id[aid]
         assert aid not in d.cancels and 0 < len(names) < a.nodes
         since = dict(a.releasable)
-        assert all(now - since[n] >= limits.idle_timeout for n in names)
-        for s in waiting:  # nothing waiting fits this job
-            assert s.nodes > a.nodes or (s.walltime or limits.default_task_walltime) > a.remaining(now)
+        fits = [s for s in waiting if s.nodes <= a.nodes and (s.walltime or limits.default_task_walltime)
+                <= a.remaining(now)]  # fmt: skip
+        if not fits:
+            assert all(now - since[n] >= limits.idle_timeout for n in names)
+        else:
+            assert all(now - since[n] >= UNUSED_AFTER * limits.idle_timeout for n in names)
+            assert a.nodes - len(names) >= max(s.nodes for s in fits)
+            # no request for capacity follows the release: only for a gang no job can host
+            live = [x for x in allocs if x.id not in d.cancels]
+            assert not d.requests or any(
+                s.nodes > 1 and not any(x.nodes >= s.nodes and x.remaining(now) >= (s.walltime or
+                limits.default_task_walltime) for x in live) for s in waiting
+            )  # fmt: skip
 
 
 @settings(max_examples=200, deadline=None)
