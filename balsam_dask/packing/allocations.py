@@ -21,7 +21,6 @@ from balsam_dask.spec import NodeShape, parse_duration
 from balsam_dask.store.states import ALLOCATION_ENDED, ALLOCATION_LIVE
 
 log = logging.getLogger(__name__)
-LIVE, ENDED = ALLOCATION_LIVE, ALLOCATION_ENDED
 
 
 class AllocationCluster(SpecCluster):
@@ -220,20 +219,20 @@ class AllocationCluster(SpecCluster):
         info = self._jobs[name]
         if info["state"] == state and not any(fields.values()):
             return
-        if info["state"] in ENDED:
+        if info["state"] in ALLOCATION_ENDED:
             return  # an ended allocation stays ended
         info["state"] = state
         now = time.time()
         updates: dict[str, Any] = {"state": state, "message": message, **{k: v for k, v in fields.items() if v}}
         if state == "RUNNING" and info["started_at"] is None:
             info["started_at"] = updates["started_at"] = now
-        if state in ENDED:
+        if state in ALLOCATION_ENDED:
             updates["ended_at"] = now
         self.plugin.update_allocation(info["alloc"], **updates)
 
     async def _close(self) -> None:
         for name, info in self._jobs.items():
-            if info["state"] in LIVE:
+            if info["state"] in ALLOCATION_LIVE:
                 self.set_state(name, "CANCELLED" if info["state"] != "RUNNING" else "FINISHED", "cluster closed")
         await super()._close()
 

@@ -215,7 +215,11 @@ def test_fake_release_commands_refuse_what_the_real_ones_refuse(
     fake_batch: Callable[[str], Path], tmp_path: Path
 ) -> None:
     for system, script in (
-        ("pbs", "#!/bin/bash\n#PBS -l select=2:ncpus=1\n#PBS -l walltime=00:01:00\nsleep 60\n"),
+        (
+            "pbs",
+            f"#!/bin/bash\n#PBS -l select=2:ncpus=1\n#PBS -l walltime=00:01:00\n#PBS -j oe\n"
+            f"#PBS -o {tmp_path}/pbs.out\nsleep 60\n",
+        ),
         ("lsf", '#!/bin/bash\n#BSUB -n 2\n#BSUB -R "span[ptile=1]"\n#BSUB -W 1\n#BSUB -app resizable\nsleep 60\n'),
     ):
         fake_batch(system)
