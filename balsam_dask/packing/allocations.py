@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 from distributed import Scheduler, SpecCluster
@@ -168,16 +168,10 @@ class AllocationCluster(SpecCluster):
         """``{allocation name: [worker names]}``: nodes that could be given back alone. Idle as
         in :meth:`node_usage`, not kept for a gang or a starving task, and not a job's first
         node (``<job>-0``: it runs the job script, and batch systems keep it to the end)."""
-        s = self.scheduler
         out: dict[str, list[str]] = {}
-        if s is None:
-            return out
-        for addr, ws in s.workers.items():
-            job, _, index = str(ws.name).rpartition("-")
-            if job not in self._jobs or index == "0" or ws.processing or ws.status.name != "running":
-                continue
-            placed_idle = addr in self.plugin.placed and self.plugin.placer.releasable(addr)
-            if placed_idle and not any(ts.who_wants for ts in ws.has_what):
+        for job, index, addr, ws, free in self._job_workers():
+            ok = free and index != "0" and ws.status.name == "running" and addr in self.plugin.placed
+            if ok and self.plugin.placer.releasable(addr):
                 out.setdefault(job, []).append(str(ws.name))
         return out
 
@@ -266,18 +260,22 @@ class AllocationCluster(SpecCluster):
         """``{allocation name: (registered nodes, idle nodes)}``. A node is idle when it runs
         nothing, is reserved for no gang and holds no result a client still wants (closing
         it would make Dask recompute that result)."""
-        s = self.scheduler
         out: dict[str, list[int]] = {}
-        if s is None:
-            return {}
-        for addr, ws in s.workers.items():
-            job = str(ws.name).rsplit("-", 1)[0]
-            if job not in self._jobs:
-                continue
+        for job, _, addr, _ws, free in self._job_workers():
             reg, idle = out.setdefault(job, [0, 0])
-            busy = bool(ws.processing) or any(ts.who_wants for ts in ws.has_what)
+            busy = not free
             if addr in self.plugin.placed:
                 st = self.plugin.placer.node(addr)
                 busy = busy or bool(st.running) or st.reserved_by is not None
             out[job] = [reg + 1, idle + (0 if busy else 1)]
         return {k: (v[0], v[1]) for k, v in out.items()}
+
+    def _job_workers(self) -> Iterator[tuple[str, str, str, Any, bool]]:
+        """(allocation name, node index, address, WorkerState, free) of each node-worker of our
+        allocations; free: nothing processing and no result a client still wants (closing the
+        worker would make Dask recompute that result)."""
+        s = self.scheduler
+        for addr, ws in s.workers.items() if s is not None else ():
+            job, _, index = str(ws.name).rpartition("-")
+            if job in self._jobs:
+                yield job, index, addr, ws, not ws.processing and not any(ts.who_wants for ts in ws.has_what)
