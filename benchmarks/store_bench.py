@@ -48,7 +48,6 @@ import os
 import platform
 import pstats
 import random
-import re
 import shutil
 import sqlite3
 import statistics
@@ -233,7 +232,7 @@ class BulkCapture:
     def _on_copy(self, conn: Any, table: str, cols: Sequence[str], rows: Sequence[tuple[Any, ...]],
                  types: Sequence[str] | None = None) -> None:  # fmt: skip
         """A PostgreSQL COPY of the store: replayed as the one-row INSERT a driver user writes."""
-        marks = ", ".join("%s::jsonb" if c in ("spec", "tags", "parents") else "%s" for c in cols)
+        marks = ", ".join("%s::jsonb" if c in apply_mod._JSON_COLS else "%s" for c in cols)
         self._cur.statements.append((f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})", list(rows)))
         t0 = time.perf_counter()
         self._copy(conn, table, cols, rows, types)
@@ -289,16 +288,9 @@ class BulkCapture:
 def per_row_sql(sql: str) -> str | None:
     """The one-row statement equivalent to a store batch over ``unnest`` (None: not one)."""
     norm = _norm(sql)
-    if "UNNEST(" not in norm:
-        return None
-    if norm.startswith("UPDATE TASKS AS T SET STATE"):
+    if "UNNEST(" in norm and norm.startswith("UPDATE TASKS AS T SET STATE"):
         return "UPDATE tasks SET state = %s, attempt = %s, updated_at = %s WHERE id = %s"
-    m = re.match(r"INSERT INTO (\w+) \(([^)]*)\) SELECT (.*) FROM UNNEST", sql, re.S | re.I)
-    if m is None:
-        return None
-    cols = [c.strip() for c in m.group(2).split(",")]
-    marks = ["%s::jsonb" if f"{c}::jsonb" in m.group(3) else "%s" for c in cols]
-    return f"INSERT INTO {m.group(1)} ({', '.join(cols)}) VALUES ({', '.join(marks)})"
+    return None
 
 
 def _norm(sql: str) -> str:

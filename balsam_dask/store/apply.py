@@ -78,8 +78,6 @@ _JSON_COLS = frozenset({"spec", "tags", "parents"})
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
-#: PostgreSQL array types of the event columns (the others are text), for ``unnest``.
-_PG_ARRAY = {"id": "bigint", "task_id": "bigint", "attempt": "int", "ts": "float8"}
 #: The event columns' types for a binary COPY.
 _PG_EVENT_TYPES = tuple({"id": "int8", "task_id": "int8", "attempt": "int4", "ts": "float8"}.get(c, "text")
                         for c in EVENT_COLS)  # fmt: skip
@@ -100,25 +98,16 @@ def pg_copy(conn: Connection, table: str, cols: Sequence[str], rows: Sequence[tu
             cp.write_row(row)
 
 
-def _pg_unnest_insert(table: str, cols: Sequence[str]) -> str:
-    """One INSERT for a whole batch: each column travels as one array (the server plans
-    and executes one statement instead of one per row; the client adapts 9 lists, not N rows)."""
-    arrays = ", ".join(f"%s::{_PG_ARRAY.get(c, 'text')}[]" for c in cols)
-    return f"INSERT INTO {table} ({', '.join(cols)}) SELECT * FROM unnest({arrays}) AS v({', '.join(cols)})"
-
-
 @functools.lru_cache(maxsize=4)
 def raw_sql(dialect: str) -> dict[str, str]:
     """Hot-path statements in the driver's own parameter style. Bulk writes go through
     ``exec_driver_sql``: SQLAlchemy's per-row parameter processing cost more than the
     database itself (see benchmarks/store_bench.py). SQLite gets executemany of one row
-    per statement (cheap in-process); on PostgreSQL events and state updates are one
-    statement per batch over ``unnest`` of column arrays (half the server's CPU)."""
+    per statement (cheap in-process); on PostgreSQL task and event rows go by COPY
+    (:func:`pg_copy`) and state updates are one statement per batch over ``unnest`` of
+    column arrays (half the server's CPU of one statement per row)."""
     if dialect == "postgresql":
-        marks = ", ".join("%s::jsonb" if c in _JSON_COLS else "%s" for c in TASK_COLS)
-        return {  # task rows stay one per statement: their bytea and jsonb arrays cost more than they save
-            "insert_task": f"INSERT INTO tasks ({', '.join(TASK_COLS)}) VALUES ({marks})",
-            "insert_event": _pg_unnest_insert("events", EVENT_COLS),
+        return {
             # %b: the arrays travel in binary (a third of the client's CPU of text arrays)
             "update_state": "UPDATE tasks AS t SET state = v.state, attempt = v.attempt, updated_at = v.ts "
             "FROM unnest(%b::text[], %b::int[], %b::float8[], %b::bigint[]) AS v(state, attempt, ts, id) "
@@ -136,7 +125,7 @@ def raw_sql(dialect: str) -> dict[str, str]:
 
 def _bulk(conn: Connection, statement: str, rows: list[tuple[Any, ...]]) -> None:
     """Run a raw_sql() bulk statement: executemany of rows (SQLite), or once with one
-    array per column (PostgreSQL), in chunks so no statement grows without bound."""
+    array per column (PostgreSQL's ``unnest`` form), in chunks so no statement grows without bound."""
     if conn.dialect.name != "postgresql":
         conn.exec_driver_sql(statement, rows)
         return
