@@ -277,7 +277,7 @@ def decide(
     cap = {state: sum(a.nodes * min(a.remaining(now), 1e12) for a in live if a.state == state and serves(a))
            for state in ("running", "queued")}  # fmt: skip
     capacity = cap["running"] + cap["queued"]
-    deficit = work - max(0.0, cap["running"] * EFFICIENCY - running_work) - cap["queued"] * EFFICIENCY
+    deficit = _deficit(work, running_work, cap)
     deficit = _release_unused(todo, live, limits, now, work, running_work, cap, deficit, releases, notes)
     if releases:  # released nodes are gone at once: they free room under max_total_nodes now
         n_rel = {aid: len(names) for aid, names in releases}
@@ -301,6 +301,12 @@ def decide(
     return Decision(tuple(requests), tuple(cancels), "; ".join([summary, *notes]), tuple(releases))
 
 
+def _deficit(work: float, running_work: float, cap: dict[str, float]) -> float:
+    """Node-seconds of waiting work the allocations' usable capacity does not cover; the
+    running tasks' remaining work uses up the running allocations' share first."""
+    return work - max(0.0, cap["running"] * EFFICIENCY - running_work) - cap["queued"] * EFFICIENCY
+
+
 def _release_unused(
     todo: list[tuple[BacklogShape, float]], live: list[AllocationView], limits: SiteLimits, now: float,
     work: float, running_work: float, cap: dict[str, float], deficit: float,
@@ -322,14 +328,13 @@ def _release_unused(
         names = sorted(n for n, since in a.releasable if now - since >= UNUSED_AFTER * limits.idle_timeout)
         names = names[: max(0, a.nodes - keep)]
         while names:
-            gone = len(names) * min(rem, 1e12)
-            left = work - max(0.0, (cap["running"] - gone) * EFFICIENCY - running_work) - cap["queued"] * EFFICIENCY
-            if left <= 0:
+            left = {**cap, "running": cap["running"] - len(names) * min(rem, 1e12)}
+            if _deficit(work, running_work, left) <= 0:
                 break
             names.pop()  # keep what the backlog needs
         if names:
             cap["running"] -= len(names) * min(rem, 1e12)
-            deficit = work - max(0.0, cap["running"] * EFFICIENCY - running_work) - cap["queued"] * EFFICIENCY
+            deficit = _deficit(work, running_work, cap)
             releases.append((a.id, tuple(names)))
             notes.append(f"release {len(names)} node(s) of {a.id} left idle by the placer")
     return deficit
