@@ -57,6 +57,14 @@ def test_create_and_query(store: Store) -> None:
     assert [t.id for t in store.tasks(limit=5, offset=5)] == sorted(ids)[5:10]
     assert [t.id for t in store.tasks(limit=3, newest_first=True)] == sorted(ids, reverse=True)[:3]
 
+    # one state (ordered through the (state, id) index), or several: still by id, both ways
+    ready = sorted(ids)[::3]
+    store.apply([Transition(store.new_id(), i, "CREATED", "READY", time.time()) for i in reversed(ready)])
+    assert [t.id for t in store.tasks(state="READY")] == ready
+    assert [t.id for t in store.tasks(state=iter(["READY"]), limit=2, after=ready[0])] == ready[1:3]
+    assert [t.id for t in store.tasks(state=("READY",), newest_first=True, after=ready[-1])] == ready[-2::-1]
+    assert [t.id for t in store.tasks(state=["READY", "CREATED"], limit=4)] == sorted(ids)[:4]
+
     # time range
     t0 = time.time()
     later = store.create_tasks([TaskSpec(name="late")])
