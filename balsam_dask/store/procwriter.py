@@ -20,7 +20,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from balsam_dask.errors import StoreUnavailable
-from balsam_dask.store.ops import NewTask, Op
+from balsam_dask.store.ops import AllocationWrite, Heartbeat, NewTask, Op, TaskUpdate, Transition
 from balsam_dask.store.writer import OpQueue, WriterStats
 
 if TYPE_CHECKING:
@@ -32,6 +32,20 @@ log = logging.getLogger(__name__)
 #: database server ~15-20% less CPU than at 0.2 s, CPU the scheduler and workers share;
 #: ``flush()`` ships at once.
 MAX_DELAY = 0.5
+#: Ops travel as plain tuples led by their type's index here: pickling named tuples costs
+#: three times as much (a Python-level ``__getnewargs__`` per op) in the scheduler's process.
+_OP_TYPES: tuple[type, ...] = (Transition, NewTask, TaskUpdate, AllocationWrite, Heartbeat)
+_OP_CODE = {t: i for i, t in enumerate(_OP_TYPES)}
+
+
+def _encode(ops: list[Op]) -> list[tuple[Any, ...]]:
+    code = _OP_CODE
+    return [(code[type(op)], *op) for op in ops]
+
+
+def _decode(rows: list[tuple[Any, ...]]) -> list[Op]:
+    new, types = tuple.__new__, _OP_TYPES
+    return [new(types[r[0]], r[1:]) for r in rows]
 
 
 def _child(url: str, session_id: int, conn: Any, options: dict[str, Any]) -> None:
@@ -48,7 +62,7 @@ def _child(url: str, session_id: int, conn: Any, options: dict[str, Any]) -> Non
             except EOFError:  # the parent is gone: write what we have and leave
                 break
             if kind == "ops":
-                writer.put_many(data)
+                writer.put_many(_decode(data))
             elif kind == "flush":
                 ok = writer.flush(data)
                 conn.send_bytes(pickle.dumps(("flushed", (ok, writer.stats))))
@@ -119,7 +133,7 @@ class ProcessWriter(OpQueue):
             while self._q:
                 batch = self._take()
                 try:
-                    self._send("ops", batch)
+                    self._send("ops", _encode(batch))
                 except (OSError, EOFError):
                     self.stats.last_error = "the writer process is gone"
                     self._q.extendleft(reversed(batch))
