@@ -50,6 +50,7 @@ from balsam_dask.spec import TaskSpec
 from balsam_dask.store.api import Store
 from balsam_dask.store.ops import AllocationWrite
 from balsam_dask.store.states import FINAL_STATES, State
+from balsam_dask.store.writer import check_writer_options
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class BalsamPlugin(SchedulerPlugin):
         hold_after: float | None = HOLD_AFTER, prefetch: int = PREFETCH,
     ) -> None:  # fmt: skip
         self.store_url = store
-        self.writer_options = writer_options or {}
+        self.writer_options = check_writer_options(writer_options or {})
         self.writer_process = writer_process
         self.poll_interval = poll_interval
         self.declared_shapes = list(node_shapes or [])
@@ -104,6 +105,7 @@ class BalsamPlugin(SchedulerPlugin):
         self._steal_fallback: Any = None
         self._order = 0  # dispatch order: the Dask priority of balsam tasks on their worker
         self.errors: list[str] = []
+        self.writer: Any = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, scheduler: Any) -> None:
@@ -116,7 +118,7 @@ class BalsamPlugin(SchedulerPlugin):
         if self.writer_process:  # the SQL work off the event loop's GIL (store/procwriter.py)
             from balsam_dask.store.procwriter import ProcessWriter
 
-            self.writer: Any = await loop.run_in_executor(None, partial(ProcessWriter, store, **self.writer_options))
+            self.writer = await loop.run_in_executor(None, partial(ProcessWriter, store, **self.writer_options))
         else:
             self.writer = store.writer(**self.writer_options)
         self.recorder = Recorder(self.writer.put, store.ids.next)
@@ -130,9 +132,10 @@ class BalsamPlugin(SchedulerPlugin):
     async def close(self) -> None:
         if self._poll_task is not None:
             self._poll_task.cancel()
-        if self.store is not None:
-            loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if self.writer is not None:  # None when start failed before the writer ran
             await loop.run_in_executor(None, self.writer.close)
+        if self.store is not None:
             await loop.run_in_executor(None, self.store.close)
 
     async def _poll(self) -> None:

@@ -30,6 +30,35 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+#: Options a writer takes (``BalsamPlugin(writer_options=...)``) and how each is checked.
+_OPTIONS: dict[str, tuple[type, str]] = {
+    "max_batch": (int, "max_batch=5000"),
+    "max_delay": (float, "max_delay=0.5"),
+    "heartbeat": (float, "heartbeat=10.0"),
+    "backoff_initial": (float, "backoff_initial=0.05"),
+    "backoff_max": (float, "backoff_max=5.0"),
+}
+
+
+def check_writer_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` if every name is a writer option and every value a positive number."""
+    from balsam_dask.errors import InvalidSpec
+
+    if not isinstance(options, dict):
+        raise InvalidSpec(f"writer_options={options!r} is invalid: give a dict such as {{'max_delay': 0.5}}")
+    for name, value in options.items():
+        if name not in _OPTIONS:
+            raise InvalidSpec(
+                f"unknown writer option {name!r}; options are: {', '.join(_OPTIONS)} (e.g. {{'max_batch': 5000}})"
+            )
+        kind, example = _OPTIONS[name]
+        good = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+        if not good or (kind is int and not isinstance(value, int)):
+            what = "an integer" if kind is int else "a number of seconds"
+            raise InvalidSpec(f"writer option {name}={value!r} is invalid: give {what} > 0, e.g. {example}")
+    return dict(options)
+
+
 class _Marker:
     """Queued by ``flush``: set once everything queued before it is written."""
 

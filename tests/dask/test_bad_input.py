@@ -96,3 +96,50 @@ def test_cluster_arguments() -> None:
         LocalEnsembleCluster(nodes=1, cores_per_node=0)
     with pytest.raises(InvalidSpec, match="walltime='x' is invalid"):
         LocalEnsembleCluster(nodes=1, cores_per_node=1, walltime="x")
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"max_dealy": 0.5}, r"unknown writer option 'max_dealy'; options are: max_batch, max_delay, .*"),
+        ({"max_batch": 0}, r"writer option max_batch=0 is invalid: give an integer > 0, e.g. max_batch=5000"),
+        ({"max_batch": 2.5}, r"writer option max_batch=2.5 is invalid: give an integer > 0"),
+        ({"max_delay": "1s"}, r"max_delay='1s' is invalid: give a number of seconds > 0, e.g. max_delay=0.5"),
+        ([("max_delay", 1)], r"writer_options=\[\('max_delay', 1\)\] is invalid: give a dict such as \{'max_delay'"),
+    ],
+)
+def test_the_plugin_refuses_bad_writer_options_before_it_starts(options: object, match: str) -> None:
+    from balsam_dask import BalsamPlugin
+
+    with pytest.raises(InvalidSpec, match=match):
+        BalsamPlugin("sqlite:///never-opened.db", writer_options=options)  # type: ignore[arg-type]
+
+
+def test_a_plugin_whose_writer_cannot_start_closes_its_store(tmp_path: object, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    """The scheduler fails to start with the writer's error; the plugin's close (which Dask
+    calls next) closes the store it opened and does not fail over the writer it never had."""
+    import asyncio
+
+    from distributed import Scheduler
+
+    from balsam_dask import BalsamPlugin
+    from balsam_dask.store import procwriter
+
+    def cannot_fork(self: object, *args: object, **kwargs: object) -> None:
+        raise BlockingIOError(11, "Resource temporarily unavailable (fork)")  # what fork() says at the process limit
+
+    monkeypatch.setattr(procwriter.ProcessWriter, "__init__", cannot_fork)
+    plugin = BalsamPlugin(f"sqlite:///{tmp_path}/s.db")
+
+    async def start() -> None:
+        async with Scheduler(plugins=[plugin], dashboard_address=":0", port=0):
+            pass
+
+    with pytest.raises(RuntimeError, match="Scheduler failed to start"):
+        asyncio.run(start())
+    assert plugin.store is not None and plugin.writer is None
+    assert "has no attribute 'writer'" not in caplog.text and "Plugin call failed" not in caplog.text
+    with Store(f"sqlite:///{tmp_path}/s.db") as store:  # the plugin's session was ended by its close
+        ended = {s.id: s.ended_at for s in store.sessions()}
+    assert ended[plugin.store.session_id] is not None
