@@ -146,3 +146,32 @@ def test_default_launcher_finds_the_wheel_off_path(monkeypatch: pytest.MonkeyPat
     assert isinstance(launcher, MpichLauncher)
     if Path(mpiexec).parent == Path(sys.executable).parent:
         assert launcher.executable == mpiexec
+
+
+def test_default_launcher_is_detected_once_per_environment_for_a_while(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Detection (several PATH searches) is reused for the same request and environment;
+    a launcher installed meanwhile is found once DETECT_TTL has passed, or at once when
+    PATH or the batch job changes."""
+    from balsam_dask.mpi_tasks import detect
+
+    _mpiexec()
+    if shutil.which("aprun", path=os.defpath):
+        pytest.skip("this machine has aprun")
+    for var in ("SLURM_JOB_ID", "SLURM_JOBID", "LSB_JOBID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.path.dirname(sys.executable)}:{os.defpath}")
+    first = default_launcher()
+    assert isinstance(first, MpichLauncher)
+    aprun = tmp_path / "aprun"  # appears after the first detection (never run here)
+    aprun.write_text("#!/bin/sh\nexit 1\n")
+    aprun.chmod(0o755)
+    assert default_launcher() is first  # reused: same request, same environment
+    assert default_launcher("openmpi").name == "openmpi"  # another request is detected on its own
+    monkeypatch.setattr(detect, "DETECT_TTL", 0.0)
+    assert default_launcher().name == "aprun"  # expired: detected again, and aprun wins on Cray systems
+    monkeypatch.setattr(detect, "DETECT_TTL", 30.0)
+    aprun.unlink()
+    monkeypatch.setenv("PATH", f"{os.path.dirname(sys.executable)}:{os.defpath}")  # another PATH: detected now
+    assert isinstance(default_launcher(), MpichLauncher)
