@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -59,6 +60,7 @@ class Store:
         self._kind = kind
         self._session_id: int | None = None
         self._ids: IdAllocator | None = None
+        self._session_lock = threading.Lock()  # threads asking at once open one session
 
     def __repr__(self) -> str:
         return f"Store({self.where!r})"
@@ -72,23 +74,29 @@ class Store:
     def session_id(self) -> int:
         """This process's session (opened on first use)."""
         if self._session_id is None:
-            now = time.time()
-            with write_tx(self.engine) as conn:
-                res = conn.execute(
-                    sessions_t.insert().values(
-                        kind=self._kind,
-                        host=socket.gethostname(),
-                        pid=os.getpid(),
-                        started_at=now,
-                        heartbeat_at=now,
-                        info={},
-                    )
-                )
-                pk = res.inserted_primary_key
-                assert pk is not None
-                self._session_id = int(pk[0])
-            self._ids = IdAllocator(self._session_id)
+            with self._session_lock:
+                if self._session_id is None:
+                    self._open_session()
+        assert self._session_id is not None
         return self._session_id
+
+    def _open_session(self) -> None:
+        now = time.time()
+        with write_tx(self.engine) as conn:
+            res = conn.execute(
+                sessions_t.insert().values(
+                    kind=self._kind,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    started_at=now,
+                    heartbeat_at=now,
+                    info={},
+                )
+            )
+            pk = res.inserted_primary_key
+            assert pk is not None
+        self._ids = IdAllocator(int(pk[0]))
+        self._session_id = int(pk[0])  # last: other threads read it without the lock
 
     def bind_session(self, session_id: int) -> None:
         """Write on behalf of an existing session (the writer process of a scheduler). A

@@ -217,3 +217,31 @@ def test_url_from_environment(tmp_path: object, monkeypatch: pytest.MonkeyPatch)
             assert s.url.database == f"{tmp_path}/cfg.db"
         finally:
             s.close()
+
+
+def test_ids_are_unique_across_threads_and_sessions(store_url: str) -> None:
+    """Ids come from a lock-free counter: threads drawing at once never get the same id,
+    and two sessions of one store never collide."""
+    import threading
+
+    from balsam_dask.store.ids import SEQ_BITS, IdAllocator, session_of
+
+    with Store(store_url) as a, Store(store_url) as b:
+        got: list[list[int]] = [[] for _ in range(4)]
+
+        def draw(out: list[int]) -> None:
+            for _ in range(20000):
+                out.append(a.ids.next())
+
+        threads = [threading.Thread(target=draw, args=(g,)) for g in got]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        ids = [i for g in got for i in g]
+        assert len(set(ids)) == 80000
+        assert {session_of(i) for i in ids} == {a.session_id}
+        assert sorted(i & ((1 << SEQ_BITS) - 1) for i in ids) == list(range(1, 80001))  # no gap, no repeat
+        assert session_of(b.new_id()) == b.session_id != a.session_id
+    with pytest.raises(ValueError, match=r"session id 0 out of range 1..2\*\*23-1"):
+        IdAllocator(0)
