@@ -121,7 +121,7 @@ class BalsamPlugin(SchedulerPlugin):
             self.writer = await loop.run_in_executor(None, partial(ProcessWriter, store, **self.writer_options))
         else:
             self.writer = store.writer(**self.writer_options)
-        self.recorder = Recorder(self.writer.put, store.ids.next)
+        self.recorder = Recorder(self.writer.put, store.ids.next, self.writer.put_transition)
         for name in ("info", "kill", "resume", "status", "flush", "declare_nodes"):
             scheduler.handlers[f"balsam_{name}"] = getattr(self, f"_handle_{name}")
         # answers to our requests for queued tasks come back as Dask's steal responses

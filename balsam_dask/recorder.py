@@ -83,8 +83,12 @@ class Track:
 
 
 class Recorder:
-    def __init__(self, put: Callable[[Op], None], new_id: Callable[[], int]) -> None:
+    def __init__(self, put: Callable[[Op], None], new_id: Callable[[], int],
+                 put_transition: Callable[..., None] | None = None) -> None:  # fmt: skip
+        """``put`` queues an op; ``put_transition(*fields)`` a Transition given as its fields
+        (a writer that keeps them without an object per op; default: ``put(Transition(...))``)."""
         self.put = put
+        self.put_transition = put_transition or (lambda *fields: put(Transition(*fields)))
         self.new_id = new_id
         self.tracks: dict[Hashable, Track] = {}
         self.by_id: dict[int, Track] = {}
@@ -130,8 +134,8 @@ class Recorder:
                 track.attempt += 1
             last = i == len(steps) - 1
             msg = message if last else (first_message if i == 0 else None)
-            self.put(Transition(self.new_id(), track.id, track.state, state, now, track.attempt,
-                                worker, hosts if state == S.RUNNING else None, msg))  # fmt: skip
+            self.put_transition(self.new_id(), track.id, track.state, state, now, track.attempt,
+                                worker, hosts if state == S.RUNNING else None, msg)  # fmt: skip
             track.state = state
         if worker is not None:
             track.worker = worker

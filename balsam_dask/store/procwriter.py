@@ -7,6 +7,13 @@ process: ``put`` still only appends to a deque; a feeder thread ships batches th
 pipe (one ``pickle`` per batch, in C); the child applies them with a BatchWriter of its
 own, under the parent's session, with the same retries and replay. When the parent dies,
 the pipe closes and the child writes what it received and exits.
+
+Transitions (four of every five ops a task makes) are not kept as objects: their fields go
+flat into one list (``put_transition``, and ``put`` of a Transition). Op objects waiting
+for their shipment outlive several collections of the scheduler's garbage collector, are
+promoted to its oldest generation and make its full collections come sooner and last
+longer; a list of numbers and strings is one object. The feeder ships the waiting
+transitions after every other op queued before them, so a task's row always comes first.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import multiprocessing as mp
 import pickle
 import threading
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from balsam_dask.errors import StoreUnavailable
@@ -36,6 +44,8 @@ MAX_DELAY = 0.5
 #: three times as much (a Python-level ``__getnewargs__`` per op) in the scheduler's process.
 _OP_TYPES: tuple[type, ...] = (Transition, NewTask, TaskUpdate, AllocationWrite, Heartbeat)
 _OP_CODE = {t: i for i, t in enumerate(_OP_TYPES)}
+#: Fields of one transition in the flat list.
+_WIDTH = len(Transition._fields)
 
 
 def _encode(ops: list[Op]) -> list[tuple[Any, ...]]:
@@ -43,9 +53,11 @@ def _encode(ops: list[Op]) -> list[tuple[Any, ...]]:
     return [(code[type(op)], *op) for op in ops]
 
 
-def _decode(rows: list[tuple[Any, ...]]) -> list[Op]:
+def _decode(rows: list[tuple[Any, ...]], flat: list[Any]) -> list[Op]:
     new, types = tuple.__new__, _OP_TYPES
-    return [new(types[r[0]], r[1:]) for r in rows]
+    ops: list[Op] = [new(types[r[0]], r[1:]) for r in rows]
+    ops += [new(Transition, flat[i : i + _WIDTH]) for i in range(0, len(flat), _WIDTH)]
+    return ops
 
 
 def _child(url: str, session_id: int, conn: Any, options: dict[str, Any]) -> None:
@@ -62,7 +74,7 @@ def _child(url: str, session_id: int, conn: Any, options: dict[str, Any]) -> Non
             except EOFError:  # the parent is gone: write what we have and leave
                 break
             if kind == "ops":
-                writer.put_many(_decode(data))
+                writer.put_many(_decode(*data))
             elif kind == "flush":
                 ok = writer.flush(data)
                 conn.send_bytes(pickle.dumps(("flushed", (ok, writer.stats))))
@@ -88,6 +100,7 @@ class ProcessWriter(OpQueue):
         self.max_delay = max_delay
         self.stats = WriterStats()
         self._q: deque[Op] = deque()
+        self._flat: list[Any] = []  # transitions' fields, _WIDTH per transition, in put order
         self._lock = threading.Lock()  # one sender on the pipe at a time
         self._wake = threading.Event()
         self._closing = False
@@ -108,11 +121,32 @@ class ProcessWriter(OpQueue):
     def alive(self) -> bool:
         return self._proc.is_alive()
 
+    # --- producer side (any thread; never blocks) ---
+    def put(self, op: Op) -> None:
+        if type(op) is Transition:
+            self.put_transition(*op)
+        else:
+            OpQueue.put(self, op)
+
+    def put_many(self, ops: Iterable[Op]) -> None:
+        for op in ops:
+            self.put(op)
+
+    def put_transition(self, *fields: Any) -> None:
+        flat = self._flat
+        flat.extend(fields)  # one C call: atomic under the GIL, like deque.append
+        if len(flat) >= self.max_batch * _WIDTH and not self._wake.is_set():
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._q) + len(self._flat) // _WIDTH
+
     # --- feeder ---
-    def _take(self) -> list[Op]:
+    def _take(self, limit: int) -> list[Op]:
         q = self._q
         batch: list[Op] = []
-        while q and len(batch) < self.max_batch * 4:
+        while q and len(batch) < limit:
             op = q.popleft()
             if type(op) is NewTask and callable(op.payload):
                 op = op._replace(payload=op.payload())  # serialize durable payloads here, not in the loop
@@ -130,14 +164,32 @@ class ProcessWriter(OpQueue):
 
     def _ship(self) -> None:
         with self._lock:
-            while self._q:
-                batch = self._take()
-                try:
-                    self._send("ops", _encode(batch))
-                except (OSError, EOFError):
-                    self.stats.last_error = "the writer process is gone"
-                    self._q.extendleft(reversed(batch))
+            while self._q or self._flat:
+                # the transitions waiting now, then every other op queued so far (among them
+                # the rows of those transitions' tasks), shipped before the transitions
+                flat = self._flat
+                n = len(flat)
+                trans = flat[:n]
+                del flat[:n]  # what is put meanwhile goes after n: kept for the next round
+                left = len(self._q)
+                while left > 0:
+                    batch = self._take(min(left, self.max_batch * 4))
+                    left -= len(batch)
+                    if not self._send_ops(_encode(batch), []):
+                        self._q.extendleft(reversed(batch))
+                        flat[0:0] = trans
+                        return
+                if trans and not self._send_ops([], trans):
+                    flat[0:0] = trans
                     return
+
+    def _send_ops(self, rows: list[tuple[Any, ...]], flat: list[Any]) -> bool:
+        try:
+            self._send("ops", (rows, flat))
+        except (OSError, EOFError):
+            self.stats.last_error = "the writer process is gone"
+            return False
+        return True
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until everything queued before this call is written; False on timeout."""
@@ -176,7 +228,7 @@ class ProcessWriter(OpQueue):
         if self._proc.is_alive():
             self._proc.kill()
             self._proc.join(5)
-        if error or self._q:
+        if error or self._q or self._flat:
             raise StoreUnavailable(f"the store writer could not write everything before closing: {error}")
 
     def _atexit(self) -> None:

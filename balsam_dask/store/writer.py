@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from balsam_dask.errors import BalsamDaskError, StoreUnavailable
 from balsam_dask.store.engine import is_transient
-from balsam_dask.store.ops import Heartbeat, Op
+from balsam_dask.store.ops import Heartbeat, Op, Transition
 
 if TYPE_CHECKING:
     from balsam_dask.store.api import Store
@@ -96,6 +96,11 @@ class OpQueue:
         self._q.extend(ops)
         if len(self._q) >= self.max_batch:
             self._wake.set()
+
+    def put_transition(self, *fields: Any) -> None:
+        """``put(Transition(*fields))``; writers that can keep the fields without an object
+        per op (:class:`~balsam_dask.store.procwriter.ProcessWriter`) do."""
+        self.put(Transition(*fields))
 
     @property
     def pending(self) -> int:

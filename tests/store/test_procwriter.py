@@ -11,7 +11,7 @@ from functools import partial
 from balsam_dask.spec import TaskSpec
 from balsam_dask.store import NewTask, Store, Transition
 from balsam_dask.store.procwriter import ProcessWriter
-from tests.store.test_writer import _lifecycle_ops
+from tests.store.test_writer import LIFECYCLE, _lifecycle_ops
 
 
 def test_put_flush_close(store: Store) -> None:
@@ -44,7 +44,7 @@ CHILD = """
 import os, sys, time
 from balsam_dask.store import Store
 from balsam_dask.store.procwriter import ProcessWriter
-from tests.store.test_writer import _lifecycle_ops
+from tests.store.test_writer import LIFECYCLE, _lifecycle_ops
 s = Store(sys.argv[1])
 w = ProcessWriter(s, max_batch=50, max_delay=0.02)
 w.put_many(_lifecycle_ops(s, 100, "orphan"))
@@ -78,3 +78,61 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_queued_transitions_are_not_objects_for_the_garbage_collector(store: Store) -> None:
+    """Transitions wait for their shipment as fields in one list, not one tracked object each
+    (those would reach the scheduler's oldest GC generation and lengthen its collections)."""
+    import gc
+
+    (tid,) = store.create_tasks([TaskSpec(name="gc")])
+    w = ProcessWriter(store, max_batch=100_000, max_delay=60.0)  # nothing ships while we count
+    try:
+        gc.collect()
+        before = len(gc.get_objects())
+        for i in range(5000):
+            w.put_transition(store.new_id(), tid, "CREATED", "READY", float(i), 0, "tcp://w:1", None, None)
+        gc.collect()
+        assert len(gc.get_objects()) - before < 50
+        assert w.pending == 5000
+    finally:
+        w.close()  # the 5000 are illegal after the first (READY -> READY): rejected, not lost
+    assert store.task(tid).state == "READY" and len(w.stats.rejected) == 4999
+
+
+def test_a_task_row_is_shipped_before_its_transitions(store: Store) -> None:
+    """Transitions travel apart from the other ops; whatever the interleaving and however
+    small the shipments, each task's row reaches the writer before its first transition,
+    and a task's transitions keep their order whether given as ops or as fields."""
+    import random
+
+    rng = random.Random(7)
+    w = ProcessWriter(store, max_batch=7, max_delay=0.001)  # shipments of at most 28 ops
+    try:
+        pending: list[tuple[int, int]] = []  # (task id, lifecycle step)
+        for i in range(400):
+            t = NewTask(store.new_id(), f"order-{i}", TaskSpec())
+            w.put(t)
+            pending.append((t.id, 0))
+            while pending and rng.random() < 0.7:
+                k = rng.randrange(len(pending))
+                tid, step = pending[k]
+                a, b = LIFECYCLE[step]
+                if rng.random() < 0.5:
+                    w.put(Transition(store.new_id(), tid, a, b, time.time()))
+                else:
+                    w.put_transition(store.new_id(), tid, a, b, time.time(), 0, None, None, None)
+                if step + 1 == len(LIFECYCLE):
+                    pending.pop(k)
+                else:
+                    pending[k] = (tid, step + 1)
+            if rng.random() < 0.05:
+                time.sleep(0.002)  # let the feeder ship mid-stream
+        for tid, step in pending:
+            for a, b in LIFECYCLE[step:]:
+                w.put_transition(store.new_id(), tid, a, b, time.time(), 0, None, None, None)
+        assert w.flush(timeout=60)
+    finally:
+        w.close()
+    assert w.stats.rejected == [] and w.stats.written == 400 * (1 + len(LIFECYCLE))
+    assert store.count(state="FINISHED") == 400
