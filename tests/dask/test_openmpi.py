@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from balsam_dask.errors import MPITaskError, TaskTimeout
 from balsam_dask.mpi_tasks.detect import default_launcher, mpiexec_flavour
 from tests.dask.conftest import ensemble
 from tests.dask.test_mpi import ALLREDUCE, fails_on_rank_1, rank_lines
-from tests.mpi_tasks.test_mpich_real import _running, require_or_skip
+from tests.mpi_tasks.test_mpich_real import kill_leftovers, require_or_skip, still_running
 
 pytestmark = pytest.mark.mpi
 
@@ -94,11 +93,6 @@ def test_a_timeout_stops_every_open_mpi_rank(openmpi: Path, tmp_path: Path) -> N
                 f.result(timeout=120)
             pids = [int(p.read_text()) for p in sorted(workdir.glob("rank*.pid"))]
             assert len(pids) == 2, "both ranks started within the timeout"
-            deadline = time.monotonic() + 5
-            while any(_running(p) for p in pids) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert not any(_running(p) for p in pids), "an Open MPI rank outlived the timeout"
+            assert not still_running(pids), "an Open MPI rank outlived the timeout"
         finally:
-            for pid in pids:
-                if _running(pid):
-                    os.kill(pid, 9)
+            kill_leftovers(pids)

@@ -113,14 +113,24 @@ def test_timeout_stops_every_rank(tmp_path: Path) -> None:
             if pid_file.exists():
                 rank_pids.append(int(pid_file.read_text()))
         assert rank_pids, f"no rank started within the timeout:\n{res.stderr_tail}"
-        deadline = time.monotonic() + 5
-        while any(_running(p) for p in rank_pids) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not any(_running(p) for p in rank_pids), "an MPI rank outlived the timeout"
+        assert not still_running(rank_pids), "an MPI rank outlived the timeout"
     finally:
-        for pid in rank_pids:
-            if _running(pid):
-                os.kill(pid, signal.SIGKILL)
+        kill_leftovers(rank_pids)
+
+
+def still_running(pids: list[int], within: float = 5.0) -> list[int]:
+    """Those of ``pids`` still running after up to ``within`` seconds of waiting for all to end."""
+    deadline = time.monotonic() + within
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [p for p in pids if _running(p)]
+
+
+def kill_leftovers(pids: list[int]) -> None:
+    """A test's own clean-up: SIGKILL whatever of ``pids`` a failed assertion left running."""
+    for pid in pids:
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _running(pid: int) -> bool:
