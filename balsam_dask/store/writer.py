@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from balsam_dask.errors import BalsamDaskError, StoreUnavailable
+from balsam_dask.errors import BalsamDaskError, InvalidSpec, StoreUnavailable
 from balsam_dask.store.engine import is_transient
 from balsam_dask.store.ops import Heartbeat, Op, Transition
 
@@ -42,8 +42,6 @@ _OPTIONS: dict[str, tuple[type, str]] = {
 
 def check_writer_options(options: dict[str, Any]) -> dict[str, Any]:
     """``options`` if every name is a writer option and every value a positive number."""
-    from balsam_dask.errors import InvalidSpec
-
     if not isinstance(options, dict):
         raise InvalidSpec(f"writer_options={options!r} is invalid: give a dict such as {{'max_delay': 0.5}}")
     for name, value in options.items():
