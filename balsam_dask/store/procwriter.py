@@ -172,16 +172,16 @@ class ProcessWriter(OpQueue):
                 trans = flat[:n]
                 del flat[:n]  # what is put meanwhile goes after n: kept for the next round
                 left = len(self._q)
-                while left > 0:
-                    batch = self._take(min(left, self.max_batch * 4))
+                while True:  # the last message carries the transitions: one transaction, usually
+                    batch = self._take(min(left, self.max_batch * 4)) if left > 0 else []
                     left -= len(batch)
-                    if not self._send_ops(_encode(batch), []):
+                    last = left <= 0
+                    if (batch or (last and trans)) and not self._send_ops(_encode(batch), trans if last else []):
                         self._q.extendleft(reversed(batch))
                         flat[0:0] = trans
                         return
-                if trans and not self._send_ops([], trans):
-                    flat[0:0] = trans
-                    return
+                    if last:
+                        break
 
     def _send_ops(self, rows: list[tuple[Any, ...]], flat: list[Any]) -> bool:
         try:
