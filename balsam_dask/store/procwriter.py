@@ -171,12 +171,12 @@ class ProcessWriter(OpQueue):
                 n = len(flat)
                 trans = flat[:n]
                 del flat[:n]  # what is put meanwhile goes after n: kept for the next round
-                left = len(self._q)
+                left = len(self._q)  # > 0, or trans is not empty: each message carries something
                 while True:  # the last message carries the transitions: one transaction, usually
-                    batch = self._take(min(left, self.max_batch * 4)) if left > 0 else []
+                    batch = self._take(min(left, self.max_batch * 4))
                     left -= len(batch)
                     last = left <= 0
-                    if (batch or (last and trans)) and not self._send_ops(_encode(batch), trans if last else []):
+                    if not self._send_ops(_encode(batch), trans if last else []):
                         self._q.extendleft(reversed(batch))
                         flat[0:0] = trans
                         return
