@@ -74,6 +74,40 @@ PREFETCH = 2
 QUEUED_AT = "queued_at="
 
 
+def parents_first(keys: list[Any], priority: dict[Any, tuple[int | float, ...]], tasks: dict[Any, Any]) -> list[Any]:
+    """The keys of one update_graph in Dask's priority order (its order of execution), each
+    after its dependencies among them. Dask hands them over dependents first (it walks the
+    graph from the requested keys): in that order a task's parents had no id yet when it
+    was recorded. In this order ids follow execution, so the store writes the rows of tasks
+    that run together side by side (in hash order a batch of transitions touched pages all
+    over the tables: ten times the bytes written per task)."""
+    todo = set(keys)
+    out: list[Any] = []
+    get = tasks.get
+    for key in sorted(keys, key=lambda k: priority.get(k) or ()):
+        ts = get(key)
+        if ts is None or not ts.dependencies:  # most tasks: no stack
+            if key in todo:
+                todo.discard(key)
+                out.append(key)
+            continue
+        stack = [key]
+        while stack:
+            k = stack[-1]
+            if k not in todo:
+                stack.pop()
+                continue
+            ts = get(k)
+            pending = [d.key for d in ts.dependencies if d.key in todo] if ts is not None else []
+            if pending:  # a DAG: each key is pushed again only while a dependency is pending
+                stack.extend(pending)
+            else:
+                todo.discard(k)
+                out.append(k)
+                stack.pop()
+    return out
+
+
 class BalsamPlugin(SchedulerPlugin):
     name = PLUGIN_NAME
 
@@ -165,7 +199,7 @@ class BalsamPlugin(SchedulerPlugin):
         parents = annotations.get(PARENT_ANNOTATION, {})
         rec = self.recorder
         wired: dict[int, bytes] = {}  # one serialization per distinct spec (a map shares one)
-        for key in tasks:
+        for key in parents_first(tasks, priority, scheduler.tasks):
             ts = scheduler.tasks.get(key)
             if ts is None or key in rec.tracks:
                 continue
@@ -207,36 +241,38 @@ class BalsamPlugin(SchedulerPlugin):
         if track is None:
             return
         ts = self.scheduler.tasks.get(key)
-        if finish == "memory" and start == "processing":
-            done = (kwargs.get("metadata") or {}).get(TOPIC)
+        worker = hosts = note = None
+        deps_pending = False
+        if finish == "processing":
+            if ts is not None and ts.processing_on is not None:
+                worker = ts.processing_on.address
+            if self._dispatched:
+                hosts, note = self._dispatched.pop(key, (None, None))
+        elif finish == "memory":
+            done = (kwargs.get("metadata") or {}).get(TOPIC) if start == "processing" else None
             if done is not None:  # the worker's done-report (execute._attach_done)
                 self.recorder.on_done(key, done)
                 if ts is not None and ts.metadata:
                     ts.metadata.pop(TOPIC, None)  # the result bytes need not stay on the scheduler
-        worker = None
-        if finish == "processing" and ts is not None and ts.processing_on is not None:
-            worker = ts.processing_on.address
-        lost_why = self._lost.pop(key, None) if start == "processing" else None
-        deps_pending = finish == "waiting" and ts is not None and bool(ts.waiting_on)
-        if finish == "erred" and ts is not None and ts.exception_blame is not None and "cause" not in kwargs:
+        elif finish == "waiting":
+            deps_pending = ts is not None and bool(ts.waiting_on)
+        elif finish == "erred" and ts is not None and ts.exception_blame is not None and "cause" not in kwargs:
             kwargs["cause"] = ts.exception_blame.key
-        hosts, note = self._dispatched.pop(key, (None, None)) if finish == "processing" else (None, None)
-        cancelled = stimulus_id.startswith(_CANCEL_STIMULI)
+        lost_why = self._lost.pop(key, None) if self._lost and start == "processing" else None
+        cancelled = finish == "released" and stimulus_id.startswith(_CANCEL_STIMULI)
         record = True
-        if key in self._queued:  # prefetched, not started (as far as the placer knows)
+        if self._queued and key in self._queued:  # prefetched, not started (as far as the placer knows)
             if finish == "processing":
                 record = False  # RUNNING is recorded when the placer promotes it
             elif start == "processing":
                 q_worker, q_hosts, q_note = self._queued.pop(key)
                 if finish in ("memory", "erred"):  # it ran before its promotion reached us
                     self.recorder.move(track, State.RUNNING, worker=q_worker, hosts=q_hosts, message=q_note)
-                else:
-                    record = cancelled  # given back or its worker left: no attempt to record
-        if record:
-            self.recorder.on_transition(
-                key, start, finish, lost=lost_why is not None, cancelled=cancelled,
-                deps_pending=deps_pending, worker=worker, kwargs=kwargs, hosts=hosts, note=note or lost_why,
-            )  # fmt: skip
+                else:  # given back or its worker left: no attempt to record
+                    record = cancelled = stimulus_id.startswith(_CANCEL_STIMULI)
+        if record:  # positional: this runs for every transition of every task
+            self.recorder.on_transition(track, start, finish, lost_why is not None, cancelled, deps_pending,
+                                        worker, kwargs, hosts, note or lost_why)  # fmt: skip
         if track.spec is None:
             return
         # placement of balsam tasks

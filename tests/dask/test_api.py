@@ -83,6 +83,34 @@ def test_executor_collections_and_joblib(ens: tuple[LocalEnsembleCluster, Client
         store.close()
 
 
+def test_one_graph_records_every_parent_and_ids_follow_dask_priority(ens: tuple[LocalEnsembleCluster, Client]) -> None:
+    """A graph sent in one update_graph (a collection's compute) reaches the plugin
+    dependents first (Dask walks it from the requested keys): each task's parents must be
+    recorded all the same, and ids follow Dask's priority (its order of execution), so
+    the store writes the rows of tasks that run together next to each other."""
+    cluster, client = ens
+    leaves = [dask.delayed(inc, pure=True)(i, dask_key_name=f"leaf-{i}") for i in range(30)]
+    pairs = [dask.delayed(add)(leaves[i], leaves[i + 1], dask_key_name=f"pair-{i}") for i in range(0, 30, 2)]
+    total = dask.delayed(sum)(pairs, dask_key_name="graph-total")
+    assert client.compute(total).result() == sum(range(1, 31))
+    mapped = client.map(inc, range(200), key=[f"ordered-{i}" for i in range(200)])
+    wait(mapped)
+    client.flush()
+    store = store_of(cluster)
+    try:
+        ours = [t for t in store.tasks(limit=None) if t.key.startswith(("leaf-", "pair-", "graph-", "ordered-"))]
+        ids = {t.key: t.id for t in ours}
+        parents = {t.key: t.parents for t in ours}
+        for i in range(0, 30, 2):
+            assert sorted(parents[f"pair-{i}"]) == sorted([ids[f"leaf-{i}"], ids[f"leaf-{i + 1}"]])
+            assert ids[f"pair-{i}"] > max(ids[f"leaf-{i}"], ids[f"leaf-{i + 1}"])  # parents first
+        assert sorted(parents["graph-total"]) == sorted(ids[f"pair-{i}"] for i in range(0, 30, 2))
+        order = [ids[f"ordered-{i}"] for i in range(200)]
+        assert order == sorted(order)  # a map's priority is its order
+    finally:
+        store.close()
+
+
 def test_plain_distributed_client_is_recorded(ens: tuple[LocalEnsembleCluster, Client]) -> None:
     cluster, client = ens
     with distributed.Client(cluster.scheduler_address) as plain:
