@@ -13,8 +13,10 @@ repetitions in one run (medians reported):
 Also the median submit-to-start latency of one task on an idle cluster, (c) vs (a).
 Targets: b/a >= 0.95, c/a >= 0.85, as ratios of the medians. Also the median of the paired
 ratios (each repetition's b or c over the a measured just before it): on a machine whose
-speed drifts during the run (shared hosts), pairs compare runs seconds apart. Ends with one
-JSON line of figures.
+speed drifts during the run (shared hosts), pairs compare runs seconds apart. And the CPU
+time all the processes of a run spend per task (client, scheduler, workers, the store's
+writer until it has written the run; not PostgreSQL's server): on a machine whose cores the run saturates, the extra
+CPU of b and c is what their throughput pays. Ends with one JSON line of figures.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from contextlib import ExitStack
 from typing import Any
 
 import distributed
+import psutil
 from distributed import LocalCluster, wait
 
 
@@ -42,7 +45,29 @@ def started_at(_: int) -> float:
     return time.time()
 
 
-def rate(client: distributed.Client, n: int, balsam: bool) -> float:
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process (client and scheduler) and every process
+    under it (workers, nannies, the store's writer) so far."""
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:  # gone meanwhile
+            pass
+    return total
+
+
+def flush_store(dask_scheduler: Any) -> None:
+    plugin = dask_scheduler.plugins.get("balsam-dask")
+    if plugin is not None:
+        plugin.writer.flush()
+
+
+def rate(client: distributed.Client, n: int, balsam: bool) -> tuple[float, float]:
+    """Tasks per second, and CPU microseconds per task of all the run's processes (the
+    store's writer included: its CPU is read once it has written the run, untimed)."""
+    c0 = cpu_seconds()
     t0 = time.perf_counter()
     if balsam:
         futures = client.map(noop, range(n), pure=False, cores=1, durable=True)
@@ -50,8 +75,10 @@ def rate(client: distributed.Client, n: int, balsam: bool) -> float:
         futures = client.map(noop, range(n), pure=False)
     wait(futures)
     dt = time.perf_counter() - t0
+    client.run_on_scheduler(flush_store)
+    cpu = cpu_seconds() - c0
     del futures
-    return n / dt
+    return n / dt, cpu / n * 1e6
 
 
 def latency(client: distributed.Client, samples: int, balsam: bool) -> float:
@@ -114,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             urls[name], schema = pg_schema_url(args.pg_url)
             schemas.append(schema)
     rates: dict[str, list[float]] = {k: [] for k in configs}
+    cpus: dict[str, list[float]] = {k: [] for k in configs}
     lats: dict[str, list[float]] = {k: [] for k in configs}
     try:
         for rep in range(args.repeat):
@@ -135,16 +163,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     client = stack.enter_context((Client if balsam else distributed.Client)(cl))
                     client.wait_for_workers(args.workers)
                     rate(client, min(1000, args.tasks), balsam)  # warm up
-                    rates[name].append(rate(client, args.tasks, balsam))
+                    r, cpu = rate(client, args.tasks, balsam)
+                    rates[name].append(r)
+                    cpus[name].append(cpu)
                     if name == "a" or balsam:
                         lats[name].append(latency(client, args.latency_samples, balsam))
-            print(f"rep {rep + 1}: " + ", ".join(f"{k}={v[-1]:.0f}/s" for k, v in rates.items()), flush=True)
+            shown = [f"{k}={v[-1]:.0f}/s ({cpus[k][-1]:.0f} us CPU)" for k, v in rates.items()]
+            print(f"rep {rep + 1}: " + ", ".join(shown), flush=True)
     finally:
         for schema in schemas:
             drop_schema(args.pg_url, schema)
     figures: dict[str, float] = {}
     for name, values in rates.items():
         figures[f"{name}_tasks_per_s"] = round(statistics.median(values), 1)
+    for name, values in cpus.items():
+        figures[f"{name}_cpu_us_per_task"] = round(statistics.median(values), 1)
     a = figures["a_tasks_per_s"]
     figures["latency_bare_ms"] = round(statistics.median(lats["a"]) * 1000, 2)
     for backend in backends:
@@ -154,6 +187,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         for x in ("b", "c"):
             pairs = [v / ra for v, ra in zip(rates[f"{x}_{backend}"], rates["a"], strict=True)]
             figures[f"paired_{x}_over_a_{backend}"] = round(statistics.median(pairs), 3)
+            extra = [v - ca for v, ca in zip(cpus[f"{x}_{backend}"], cpus["a"], strict=True)]
+            figures[f"paired_{x}_extra_cpu_us_per_task_{backend}"] = round(statistics.median(extra), 1)
     print("# medians (paired_*: median of each repetition's ratio to its own a); targets: b/a >= 0.95, c/a >= 0.85")
     for k, v in figures.items():
         print(f"{k:32s} {v}")
