@@ -154,7 +154,8 @@ class BalsamPlugin(SchedulerPlugin):
 
             self.writer = await loop.run_in_executor(None, partial(ProcessWriter, store, **self.writer_options))
         else:
-            self.writer = store.writer(**self.writer_options)
+            options = {k: v for k, v in self.writer_options.items() if k != "nice"}  # a process's, not a thread's
+            self.writer = store.writer(**options)
         self.recorder = Recorder(self.writer.put, store.ids.next, self.writer.put_transition)
         for name in ("info", "kill", "resume", "status", "flush", "declare_nodes"):
             scheduler.handlers[f"balsam_{name}"] = getattr(self, f"_handle_{name}")

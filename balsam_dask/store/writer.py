@@ -37,11 +37,15 @@ _OPTIONS: dict[str, tuple[type, str]] = {
     "heartbeat": (float, "heartbeat=10.0"),
     "backoff_initial": (float, "backoff_initial=0.05"),
     "backoff_max": (float, "backoff_max=5.0"),
+    "nice": (int, "nice=10"),  # the writer process's CPU priority (store/procwriter.py)
 }
+#: Highest nice value (lowest CPU priority) on Linux.
+MAX_NICE = 19
 
 
 def check_writer_options(options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` if every name is a writer option and every value a positive number."""
+    """``options`` if every name is a writer option and every value a positive number (``nice``:
+    0 to 19)."""
     if not isinstance(options, dict):
         raise InvalidSpec(f"writer_options={options!r} is invalid: give a dict such as {{'max_delay': 0.5}}")
     for name, value in options.items():
@@ -50,6 +54,11 @@ def check_writer_options(options: dict[str, Any]) -> dict[str, Any]:
                 f"unknown writer option {name!r}; options are: {', '.join(_OPTIONS)} (e.g. {{'max_batch': 5000}})"
             )
         kind, example = _OPTIONS[name]
+        if name == "nice":
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_NICE:
+                want = f"give an integer 0..{MAX_NICE}, e.g. {example}"
+                raise InvalidSpec(f"writer option nice={value!r} is invalid: {want}")
+            continue
         good = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
         if not good or (kind is int and not isinstance(value, int)):
             what = "an integer" if kind is int else "a number of seconds"

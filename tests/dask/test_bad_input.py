@@ -106,6 +106,10 @@ def test_cluster_arguments() -> None:
         ({"max_batch": 2.5}, r"writer option max_batch=2.5 is invalid: give an integer > 0"),
         ({"max_delay": "1s"}, r"max_delay='1s' is invalid: give a number of seconds > 0, e.g. max_delay=0.5"),
         ([("max_delay", 1)], r"writer_options=\[\('max_delay', 1\)\] is invalid: give a dict such as \{'max_delay'"),
+        ({"nice": 20}, r"writer option nice=20 is invalid: give an integer 0\.\.19, e.g\. nice=10"),
+        ({"nice": -5}, r"writer option nice=-5 is invalid: give an integer 0\.\.19"),
+        ({"nice": 2.0}, r"writer option nice=2\.0 is invalid"),
+        ({"nice": True}, r"writer option nice=True is invalid"),
     ],
 )
 def test_the_plugin_refuses_bad_writer_options_before_it_starts(options: object, match: str) -> None:

@@ -10,7 +10,7 @@ from functools import partial
 
 from balsam_dask.spec import TaskSpec
 from balsam_dask.store import NewTask, Store, Transition
-from balsam_dask.store.procwriter import ProcessWriter
+from balsam_dask.store.procwriter import NICE, ProcessWriter
 from tests.store.test_writer import LIFECYCLE, _lifecycle_ops
 
 
@@ -28,6 +28,21 @@ def test_put_flush_close(store: Store) -> None:
     assert not w.alive
 
 
+def test_the_writer_process_runs_at_low_cpu_priority(store: Store) -> None:
+    """Its bursts of CPU must not take a core from the scheduler and workers (procwriter.NICE);
+    nice=0 keeps the scheduler's priority."""
+    import psutil
+
+    base = os.nice(0)
+    for nice, expected in ((None, min(19, base + NICE)), (0, base), (5, min(19, base + 5))):
+        w = ProcessWriter(store, max_delay=0.05) if nice is None else ProcessWriter(store, max_delay=0.05, nice=nice)
+        try:
+            assert w.flush(timeout=60)  # the child answers: it has set its priority
+            assert psutil.Process(w._proc.pid).nice() == expected
+        finally:
+            w.close()
+
+
 def test_illegal_ops_are_isolated(store: Store) -> None:
     (tid,) = store.create_tasks([TaskSpec(name="x")])
     w = ProcessWriter(store, max_batch=10, max_delay=0.05)
@@ -43,7 +58,7 @@ def test_illegal_ops_are_isolated(store: Store) -> None:
 CHILD = """
 import os, sys, time
 from balsam_dask.store import Store
-from balsam_dask.store.procwriter import ProcessWriter
+from balsam_dask.store.procwriter import NICE, ProcessWriter
 from tests.store.test_writer import LIFECYCLE, _lifecycle_ops
 s = Store(sys.argv[1])
 w = ProcessWriter(s, max_batch=50, max_delay=0.02)
