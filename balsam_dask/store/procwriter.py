@@ -6,8 +6,8 @@ driver) competes with Dask's event loop for the GIL. :class:`ProcessWriter` keep
 process: ``put`` still only appends to a deque; a feeder thread ships batches through a
 pipe (one ``pickle`` per batch, in C); the child applies them with a BatchWriter of its
 own, under the parent's session, with the same retries and replay. When the parent dies,
-the pipe closes and the child writes what it received and exits. The child runs at a low
-CPU priority (``NICE``): it writes in the idle moments of the scheduler and the workers.
+the pipe closes and the child writes what it received and exits. ``nice`` lowers the
+child's CPU priority.
 
 Transitions (four of every five ops a task makes) are not kept as objects: their fields go
 flat into one list (``put_transition``, and ``put`` of a Transition). Op objects waiting
@@ -42,13 +42,13 @@ log = logging.getLogger(__name__)
 #: database server ~15-20% less CPU than at 0.2 s, CPU the scheduler and workers share;
 #: ``flush()`` ships at once.
 MAX_DELAY = 0.5
-#: The writer process's nice value. Its work is a burst of CPU every shipment; at the
-#: scheduler's priority a burst took a core from the scheduler and workers just when they had
-#: tasks to move (no-op tasks on 2 cores, paired runs: 3-4% of throughput). Niced, it mostly
-#: writes in their idle moments, with the same lag (flush after a run: 0.04-0.05 s median).
-#: 10 did as well as 19 and still gets a tenth of a busy core's share when the host stays
-#: saturated (19: a seventieth); ``writer_options={"nice": 0}`` turns it off.
-NICE = 10
+#: The writer process's nice value (writer_options ``nice``, 0..19). Its work comes in bursts,
+#: one per shipment, which may take a core from the scheduler and workers just when they have
+#: tasks to move. Niced, it writes more in their idle moments. Measured on 2 cores with no-op
+#: tasks (paired runs): +3-4% tasks/s at 10 or 19 in four runs of 3,000 tasks, -6% in one of
+#: 10,000, on a machine whose single runs varied by 15%: no steady gain, so the default keeps
+#: the scheduler's priority (a niced writer on a host busy for long also lags further).
+NICE = 0
 #: Ops travel as plain tuples led by their type's index here: pickling named tuples costs
 #: three times as much (a Python-level ``__getnewargs__`` per op) in the scheduler's process.
 _OP_TYPES: tuple[type, ...] = (Transition, NewTask, TaskUpdate, AllocationWrite, Heartbeat)
