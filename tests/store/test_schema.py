@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -74,22 +75,27 @@ def test_foreign_tables_are_not_adopted(store_url: str) -> None:
         Store(store_url)
 
 
-def test_concurrent_creation(store_url: str) -> None:
+def _in_threads(n: int, fn: Callable[[], object]) -> list[BaseException]:
+    """Run ``fn`` in ``n`` threads at once; the exceptions they raised."""
     errors: list[BaseException] = []
-    stores: list[Store] = []
 
-    def open_store() -> None:
+    def run() -> None:
         try:
-            stores.append(Store(store_url))
-        except BaseException as e:  # pragma: no cover - reported below
+            fn()
+        except BaseException as e:  # pragma: no cover - reported by the caller
             errors.append(e)
 
-    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    threads = [threading.Thread(target=run) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert errors == []
+    return errors
+
+
+def test_concurrent_creation(store_url: str) -> None:
+    stores: list[Store] = []
+    assert _in_threads(4, lambda: stores.append(Store(store_url))) == []
     assert {s.revision for s in stores} == {HEAD}
     for s in stores:
         s.close()
@@ -101,17 +107,5 @@ def test_many_threads_opening_one_new_sqlite_store(tmp_path: Path) -> None:
     before the fix about one round in nine failed)."""
     for i in range(30):
         url = f"sqlite:///{tmp_path}/new{i}.db"
-        errors: list[BaseException] = []
-
-        def open_store(url: str = url, errors: list[BaseException] = errors) -> None:
-            try:
-                Store(url).close()
-            except BaseException as e:  # pragma: no cover - reported below
-                errors.append(e)
-
-        threads = [threading.Thread(target=open_store) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = _in_threads(8, lambda url=url: Store(url).close())
         assert errors == [], f"round {i}: {errors[0]}"
