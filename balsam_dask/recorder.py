@@ -37,7 +37,7 @@ from typing import Any
 
 from balsam_dask.spec import TaskSpec
 from balsam_dask.store.ops import NewTask, Op, TaskUpdate, Transition
-from balsam_dask.store.states import LEGAL, State
+from balsam_dask.store.states import ACTIVE_STATES, LEGAL, UNFINISHED_STATES, State
 
 log = logging.getLogger(__name__)
 # The states as plain strings: this runs in the scheduler's transition hook, where an Enum
@@ -53,10 +53,6 @@ RESTART_READY = State.RESTART_READY.value
 FINISHED = State.FINISHED.value
 FAILED = State.FAILED.value
 KILLED = State.KILLED.value
-_UNFINISHED_FOR_KILL = frozenset(
-    {CREATED, AWAITING_PARENTS, READY, RUNNING, RUN_DONE, RUN_ERROR, RUN_TIMEOUT, RESTART_READY}
-)
-_RUNNING_LIKE = frozenset({RUNNING, RUN_DONE, RUN_ERROR, RUN_TIMEOUT})
 ERROR_TAIL = 4000
 
 
@@ -172,7 +168,7 @@ class Recorder:
         elif finish == "memory":
             stop = _compute_stop(kwargs)  # the worker's clock, corrected by Dask: keep it causal
             stop = min(stop, time.time()) if stop is not None else None
-            if st in _RUNNING_LIKE:
+            if st in ACTIVE_STATES:
                 if st != RUN_DONE:
                     self.move(track, RUN_DONE, ts=stop, worker=kwargs.get("worker"))
                 self.move(track, FINISHED)
@@ -195,11 +191,11 @@ class Recorder:
                 if why.startswith("walltime: ") and track.state == RUNNING:
                     self.move(track, RUN_TIMEOUT, message=why)  # ended with its allocation
                 self.move(track, RESTART_READY, message=why)
-            elif cancelled and st in _UNFINISHED_FOR_KILL:
+            elif cancelled and st in UNFINISHED_STATES:
                 self.move(track, KILLED, message="cancelled")
             # otherwise Dask is only passing through "released" (to erred, to waiting...)
         elif finish == "forgotten":
-            if st in _UNFINISHED_FOR_KILL and start != "memory":
+            if st in UNFINISHED_STATES and start != "memory":
                 self.move(track, KILLED, message="forgotten before it finished")
             self.forget(track.key)
 
