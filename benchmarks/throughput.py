@@ -15,8 +15,10 @@ Targets: b/a >= 0.95, c/a >= 0.85, as ratios of the medians. Also the median of 
 ratios (each repetition's b or c over the a measured just before it): on a machine whose
 speed drifts during the run (shared hosts), pairs compare runs seconds apart. And the CPU
 time all the processes of a run spend per task (client, scheduler, workers, the store's
-writer until it has written the run; not PostgreSQL's server): on a machine whose cores the run saturates, the extra
-CPU of b and c is what their throughput pays. Ends with one JSON line of figures.
+writer until it has written the run; not PostgreSQL's server). On a 2-core machine the run
+keeps both cores ~90% busy whatever its rate (Dask's loops poll), so CPU per task follows
+1/rate there and is no steadier a measure than the rate. Ends with one JSON
+line of figures.
 """
 
 from __future__ import annotations
