@@ -30,22 +30,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-#: Options a writer takes (``BalsamPlugin(writer_options=...)``) and how each is checked.
-_OPTIONS: dict[str, tuple[type, str]] = {
-    "max_batch": (int, "max_batch=5000"),
-    "max_delay": (float, "max_delay=0.5"),
-    "heartbeat": (float, "heartbeat=10.0"),
-    "backoff_initial": (float, "backoff_initial=0.05"),
-    "backoff_max": (float, "backoff_max=5.0"),
-    "nice": (int, "nice=10"),  # the writer process's CPU priority (store/procwriter.py)
-}
 #: Highest nice value (lowest CPU priority) on Linux.
 MAX_NICE = 19
+#: Options a writer takes (``BalsamPlugin(writer_options=...)``) and how each is checked: the
+#: type, an example, the accepted range (low, high; None: no bound) and whether low is allowed.
+_OPTIONS: dict[str, tuple[type, str, float, float | None, bool]] = {
+    "max_batch": (int, "max_batch=5000", 0, None, False),
+    "max_delay": (float, "max_delay=0.5", 0, None, False),
+    "heartbeat": (float, "heartbeat=10.0", 0, None, False),
+    "backoff_initial": (float, "backoff_initial=0.05", 0, None, False),
+    "backoff_max": (float, "backoff_max=5.0", 0, None, False),
+    "nice": (int, "nice=10", 0, MAX_NICE, True),  # the writer process's CPU priority (store/procwriter.py)
+}
 
 
 def check_writer_options(options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` if every name is a writer option and every value a positive number (``nice``:
-    0 to 19)."""
+    """``options`` if every name is a writer option and every value a number in its range
+    (positive; ``nice``: 0 to 19)."""
     if not isinstance(options, dict):
         raise InvalidSpec(f"writer_options={options!r} is invalid: give a dict such as {{'max_delay': 0.5}}")
     for name, value in options.items():
@@ -53,16 +54,14 @@ def check_writer_options(options: dict[str, Any]) -> dict[str, Any]:
             raise InvalidSpec(
                 f"unknown writer option {name!r}; options are: {', '.join(_OPTIONS)} (e.g. {{'max_batch': 5000}})"
             )
-        kind, example = _OPTIONS[name]
-        if name == "nice":
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_NICE:
-                want = f"give an integer 0..{MAX_NICE}, e.g. {example}"
-                raise InvalidSpec(f"writer option nice={value!r} is invalid: {want}")
-            continue
-        good = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-        if not good or (kind is int and not isinstance(value, int)):
+        kind, example, low, high, low_ok = _OPTIONS[name]
+        good = isinstance(value, (int, float)) and not isinstance(value, bool)
+        good = good and (kind is not int or isinstance(value, int))
+        good = good and (value >= low if low_ok else value > low) and (high is None or value <= high)
+        if not good:
             what = "an integer" if kind is int else "a number of seconds"
-            raise InvalidSpec(f"writer option {name}={value!r} is invalid: give {what} > 0, e.g. {example}")
+            span = f"> {low}" if high is None else f"{low}..{high}"
+            raise InvalidSpec(f"writer option {name}={value!r} is invalid: give {what} {span}, e.g. {example}")
     return dict(options)
 
 
