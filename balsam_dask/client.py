@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
-import cloudpickle
 import dask
 import distributed
 from dask.base import tokenize
@@ -23,6 +22,7 @@ from dask.utils import funcname
 
 from balsam_dask.errors import InvalidSpec
 from balsam_dask.execute import SPEC_ANNOTATION, AppCall, Handlers, run_app, run_python
+from balsam_dask.function import pack, pickled
 from balsam_dask.mpi_tasks.template import validate_template
 from balsam_dask.spec import NodeShape, Resources, TaskSpec, freeze_pairs
 
@@ -101,11 +101,11 @@ class Client(distributed.Client):
         spec = self._spec("python", cores=cores, gpus=gpus, walltime=walltime, timeout=timeout, retries=retries,
                           tags=tags, name=name, priority=priority, isolate=isolate, durable=durable)  # fmt: skip
         handlers = _handlers(on_error, on_timeout)
-        _check_callable(fn, args, kwargs)
+        task_fn = pack(fn, _check_callable(fn, args, kwargs))
         if key is None:
             key = f"{funcname(fn)}-{tokenize(fn, kwargs, spec, *args) if pure else uuid.uuid4().hex}"
         with dask.annotate(**{SPEC_ANNOTATION: spec}):
-            return super().submit(run_python, fn, handlers, *args, key=key, pure=False, priority=priority,
+            return super().submit(run_python, task_fn, handlers, *args, key=key, pure=False, priority=priority,
                                   fifo_timeout=fifo_timeout, **kwargs)  # fmt: skip
 
     def map(  # type: ignore[override]
@@ -122,13 +122,13 @@ class Client(distributed.Client):
                           tags=tags, name=name, priority=priority, isolate=isolate, durable=durable)  # fmt: skip
         handlers = _handlers(on_error, on_timeout)
         lists = [list(it) for it in iterables]
-        if lists:
-            _check_callable(fn, tuple(v[0] for v in lists if v), kwargs)
+        data = _check_callable(fn, tuple(v[0] for v in lists if v), kwargs) if lists else pickled(fn)
+        task_fn = pack(fn, data)
         if key is None:
             key = f"{funcname(fn)}-{tokenize(spec)[:8]}"
         with dask.annotate(**{SPEC_ANNOTATION: spec}):
             n = min((len(v) for v in lists), default=0)
-            return super().map(run_python, [fn] * n, [handlers] * n, *lists, key=key, pure=pure,
+            return super().map(run_python, [task_fn] * n, [handlers] * n, *lists, key=key, pure=pure,
                                priority=priority, batch_size=batch_size, **kwargs)  # fmt: skip
 
     # ------------------------------------------------------------------ executables
@@ -270,26 +270,20 @@ def _reject_dask_placement(kwargs: dict[str, Any]) -> None:
         )
 
 
-def _check_callable(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    if not callable(fn):
-        raise InvalidSpec(f"{fn!r} is not callable: submit(fn, *args) takes a function first")
-    try:
-        cloudpickle.dumps(fn)
-    except Exception as e:
-        raise InvalidSpec(
-            f"function {funcname(fn)} cannot be pickled ({type(e).__name__}: {e}); define it at module level "
-            "or avoid capturing locks, sockets or open files"
-        ) from None
+def _check_callable(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """``fn`` cloudpickled, once its arguments are known to bind; else InvalidSpec."""
+    data = pickled(fn)
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
-        return  # builtins without a signature: nothing to check
+        return data  # builtins without a signature: nothing to check
     try:
         sig.bind(*args, **kwargs)
     except TypeError as e:
         unknown = [k for k in kwargs if k not in sig.parameters] if not _has_var_kw(sig) else []
         hint = f"; balsam keywords are {', '.join(BALSAM_KEYWORDS)}" if unknown else ""
         raise InvalidSpec(f"{funcname(fn)}{sig}: {e}{hint}") from None
+    return data
 
 
 def _has_var_kw(sig: inspect.Signature) -> bool:

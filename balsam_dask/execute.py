@@ -28,6 +28,7 @@ import cloudpickle
 
 from balsam_dask.apps import AppResult
 from balsam_dask.errors import AppError, TaskKilled, TaskTimeout
+from balsam_dask.function import PickledFunction, unpack
 from balsam_dask.mpi_tasks.runner import ProcessResult, run_process
 from balsam_dask.mpi_tasks.template import render
 from balsam_dask.runtime import NodeRuntime, RunHandle, get_runtime
@@ -312,10 +313,13 @@ def _python_isolated(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
     raise exc
 
 
-def run_python(fn: Callable[..., Any], handlers: Handlers | None, *args: Any, **kwargs: Any) -> Any:
-    """A Python function as a balsam task (in the worker's thread, or isolated)."""
+def run_python(task_fn: Callable[..., Any] | PickledFunction, handlers: Handlers | None, *args: Any,
+               **kwargs: Any) -> Any:  # fmt: skip
+    """A Python function as a balsam task (in the worker's thread, or isolated); ``task_fn``
+    as :func:`balsam_dask.function.pack` made it."""
 
     def body(ctx: TaskContext, handle: RunHandle) -> Any:
+        fn = unpack(task_fn)  # inside the attempt: a function that cannot be loaded fails it
         if ctx.spec.runs_in_subprocess:
             return _python_isolated(fn, args, kwargs, ctx, handle)
         import dask

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dask
 import distributed
@@ -62,6 +63,40 @@ def test_submit_map_gather_wait_as_completed(ens: tuple[LocalEnsembleCluster, Cl
         assert cloudpickle.loads(store.result_bytes(t.id)) == 2
     finally:
         store.close()
+
+
+def _run_spec_function_type(dask_scheduler: Any, key: str) -> str:
+    return type(dask_scheduler.tasks[key].run_spec.args[0]).__name__
+
+
+def _function_loads() -> int:
+    from balsam_dask.function import loads
+
+    return loads()
+
+
+def test_closures_travel_pickled_once_per_call_and_load_once_per_worker(
+    ens: tuple[LocalEnsembleCluster, Client],
+) -> None:
+    _cluster, client = ens
+    box = {"offset": 100}
+
+    def shifted(x: int) -> int:  # a closure: Dask would cloudpickle it again for every task
+        return x + box["offset"]
+
+    before = client.run(_function_loads)
+    first = client.map(shifted, range(40), pure=False)
+    box["offset"] = 1000  # captured when each call was made, as with Dask
+    later = client.submit(shifted, 1, pure=False)
+    assert client.gather(first) == [x + 100 for x in range(40)]
+    assert later.result() == 1001
+    assert client.run_on_scheduler(_run_spec_function_type, key=first[0].key) == "PickledFunction"
+    assert client.run_on_scheduler(_run_spec_function_type, key=later.key) == "PickledFunction"
+    assert client.submit(inc, 1, pure=False).result() == 2  # importable: sent as itself
+    after = client.run(_function_loads)
+    loaded = {w: after[w] - before[w] for w in after}
+    # two distinct pickles (the map's and the submit's), each unpickled at most once per worker
+    assert 2 <= sum(loaded.values()) <= 2 * len(loaded) and max(loaded.values()) <= 2, loaded
 
 
 def test_executor_collections_and_joblib(ens: tuple[LocalEnsembleCluster, Client]) -> None:
