@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 TIMEOUT_PREFIX = "walltime: "
 #: A worker address that never exists: a task restricted to it waits in ``no-worker``.
 HOLD = "balsam-hold://placement"
+#: The worker restriction of a held task, shared by all of them (Dask only reads a task's
+#: restrictions; a set per task is one more object for every full garbage collection of the
+#: scheduler to walk, and the scheduler keeps a finished task as long as its future lives).
+HELD: frozenset[str] = frozenset({HOLD})
 PLUGIN_NAME = "balsam-dask"
 #: Batching interval (s) of the scheduler's and node-workers' streams. Balsam tasks are
 #: dispatched exactly (no task waits on a worker), so each completion -> dispatch round trip
@@ -137,6 +141,7 @@ class BalsamPlugin(SchedulerPlugin):
         self._dispatched: dict[Hashable, tuple[str, str | None]] = {}  # key -> (hosts, message)
         self._queued: dict[Hashable, tuple[str, str, str | None]] = {}  # prefetched: key -> (worker, hosts, message)
         self._steal_fallback: Any = None
+        self._only: dict[str, frozenset[str]] = {}  # worker -> the restriction to it, shared by its tasks
         self._order = 0  # dispatch order: the Dask priority of balsam tasks on their worker
         self.errors: list[str] = []
         self.writer: Any = None
@@ -212,8 +217,8 @@ class BalsamPlugin(SchedulerPlugin):
                 if wire is None:
                     wire = wired[id(spec)] = wire_spec(spec)
                 ts.annotations = {**(ts.annotations or {}), SPEC_ANNOTATION: wire}
-                ts.worker_restrictions = {HOLD}
-                ts.host_restrictions = set()
+                ts.worker_restrictions = HELD
+                ts.host_restrictions = None
                 ts.loose_restrictions = False
             if key in self._resumed_data:
                 self._resumed_data.discard(key)
@@ -283,7 +288,7 @@ class BalsamPlugin(SchedulerPlugin):
                 self._promoted()
                 self._want_schedule()
             if ts is not None and finish in ("released", "waiting"):
-                ts.worker_restrictions = {HOLD}  # the next attempt goes through placement again
+                ts.worker_restrictions = HELD  # the next attempt goes through placement again
         if finish == "no-worker":
             self.placer.submit(track.id, track.spec.resources, track.spec.priority)
             self._want_schedule()
@@ -347,12 +352,18 @@ class BalsamPlugin(SchedulerPlugin):
                     self.placer.submit(track.id, track.spec.resources, track.spec.priority)
                 continue
             leader = a.nodes[0]
-            ts.worker_restrictions = {leader}
-            hosts = [self.nodes[n].host or n for n in a.nodes if n in self.nodes]
+            only = self._only.get(leader)
+            if only is None:
+                only = self._only[leader] = frozenset({leader})
+            ts.worker_restrictions = only
+            hosts = tuple([self.nodes[n].host or n for n in a.nodes if n in self.nodes])
+            # tuples of strings, not lists: the garbage collector stops tracking them (and then
+            # this dict) once they have survived a collection, so a dispatched task adds no
+            # object to walk in every later full collection of the scheduler
             ts.annotations = {
                 **(ts.annotations or {}),
-                DISPATCH_ANNOTATION: {"attempt": track.attempt + 1, "gpus": list(a.gpu_ids),
-                                      "hosts": hosts, "workers": list(a.nodes)},
+                DISPATCH_ANNOTATION: {"attempt": track.attempt + 1, "gpus": a.gpu_ids, "hosts": hosts,
+                                      "workers": a.nodes},
             }  # fmt: skip
             notes = [f"gpus={','.join(a.gpu_ids)}"] if a.gpu_ids else []
             if len(a.nodes) > 1:
@@ -390,7 +401,7 @@ class BalsamPlugin(SchedulerPlugin):
         ts = self.scheduler.tasks.get(key)
         track = self.recorder.tracks.get(key)
         if ts is not None and ts.state == "no-worker" and track is not None and track.spec is not None:
-            ts.worker_restrictions = {HOLD}
+            ts.worker_restrictions = HELD
             self._dispatched.pop(key, None)
             self._queued.pop(key, None)
             self._gangs.pop(track.id, None)
@@ -438,6 +449,7 @@ class BalsamPlugin(SchedulerPlugin):
 
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         self.nodes.pop(worker, None)
+        self._only.pop(worker, None)
         self.pauser.forget(worker)
         if worker in self.placed:
             self._remove_node(worker)

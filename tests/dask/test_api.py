@@ -99,6 +99,34 @@ def test_closures_travel_pickled_once_per_call_and_load_once_per_worker(
     assert 2 <= sum(loaded.values()) <= 2 * len(loaded) and max(loaded.values()) <= 2, loaded
 
 
+def _restriction_objects(dask_scheduler: Any, keys: list[str]) -> dict[str, Any]:
+    import gc
+
+    from balsam_dask.execute import DISPATCH_ANNOTATION
+
+    gc.collect()
+    tasks = [dask_scheduler.tasks[k] for k in keys]
+    return {
+        "restrictions": len({id(ts.worker_restrictions) for ts in tasks}),
+        "workers": len({next(iter(ts.worker_restrictions)) for ts in tasks}),
+        "host_restrictions": {ts.host_restrictions for ts in tasks},
+        "dispatch_tracked": sum(gc.is_tracked(ts.annotations[DISPATCH_ANNOTATION]) for ts in tasks),
+    }
+
+
+def test_finished_tasks_leave_few_objects_for_the_garbage_collector(ens: tuple[LocalEnsembleCluster, Client]) -> None:
+    """The scheduler keeps a finished task while its future lives, and every full garbage
+    collection walks what it holds: restrictions are shared per worker, the dispatch record
+    holds only strings, numbers and tuples (untracked after one collection)."""
+    _cluster, client = ens
+    futures = client.map(inc, range(40), pure=False, gpus=0)
+    wait(futures)
+    seen = client.run_on_scheduler(_restriction_objects, keys=[f.key for f in futures])
+    assert seen["restrictions"] == seen["workers"] <= 2
+    assert seen["host_restrictions"] == {None}
+    assert seen["dispatch_tracked"] == 0
+
+
 def test_executor_collections_and_joblib(ens: tuple[LocalEnsembleCluster, Client]) -> None:
     cluster, client = ens
     with client.get_executor() as ex:
