@@ -63,8 +63,11 @@ def pickled(fn: Callable[..., Any]) -> bytes:
 
 
 def by_reference(fn: Callable[..., Any]) -> bool:
-    """Whether Dask sends ``fn`` cheaply: the C pickler takes it by reference (an importable
-    name) and the result does not name ``__main__`` (Dask would cloudpickle it again)."""
+    """Whether ``fn`` travels as itself: the C pickler takes it by reference (an importable
+    name), the result does not name ``__main__`` (Dask would cloudpickle it again) and its
+    module is not one the user registered with ``cloudpickle.register_pickle_by_value``."""
+    if getattr(fn, "__module__", None) in cloudpickle.list_registry_pickle_by_value():
+        return False
     try:
         data = pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import sys
+import types
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -50,6 +52,25 @@ def test_script_functions_closures_and_lambdas_travel_as_bytes() -> None:
         assert type(packed) is PickledFunction
         assert repr(packed).startswith("<PickledFunction ")
         assert unpack(pickle.loads(pickle.dumps(packed)))(2) == expected
+
+
+def test_functions_of_modules_registered_by_value_travel_as_bytes() -> None:
+    module = types.ModuleType("balsam_test_by_value")
+    exec("def quadruple(x):\n    return 4 * x\n", module.__dict__)
+    sys.modules[module.__name__] = module
+    try:
+        fn = module.quadruple
+        assert by_reference(fn)  # importable here
+        cloudpickle.register_pickle_by_value(module)
+        try:
+            assert not by_reference(fn)  # the user asked for it by value: a worker may lack the module
+            packed = pack(fn, pickled(fn))
+            assert type(packed) is PickledFunction
+        finally:
+            cloudpickle.unregister_pickle_by_value(module)
+    finally:
+        del sys.modules[module.__name__]
+    assert unpack(pickle.loads(pickle.dumps(packed)))(2) == 8  # without the module
 
 
 def test_a_task_message_needs_no_cloudpickle(monkeypatch: pytest.MonkeyPatch) -> None:
