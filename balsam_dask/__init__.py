@@ -12,6 +12,7 @@ from typing import Any
 from balsam_dask.errors import (
     AppError,
     BalsamDaskError,
+    FunctionLoadError,
     IllegalTransition,
     InvalidSpec,
     InvalidTags,
@@ -43,6 +44,7 @@ __all__ = [
     "BalsamDaskError",
     "BalsamPlugin",
     "Client",
+    "FunctionLoadError",
     "IllegalTransition",
     "InvalidSpec",
     "InvalidTags",

@@ -109,6 +109,11 @@ class TaskKilled(BalsamDaskError, RuntimeError):
     """A task was killed on request (``client.kill`` or ``future.cancel``)."""
 
 
+class FunctionLoadError(BalsamDaskError, RuntimeError):
+    """A task's function, sent pickled by value, could not be unpickled where it runs (a module
+    it uses is missing there, or differs)."""
+
+
 class MPITaskError(BalsamDaskError, RuntimeError):
     """A Python function run under MPI raised on one of its ranks."""
 

@@ -27,14 +27,14 @@ from typing import Any
 import cloudpickle
 from dask.utils import funcname
 
-from balsam_dask.errors import InvalidSpec
+from balsam_dask.errors import FunctionLoadError, InvalidSpec
 
 #: Distinct functions each worker process keeps unpickled.
 CACHE_SIZE = 256
 
 
 class PickledFunction:
-    """A by-value function as compressed cloudpickle bytes; ``name`` is for display only."""
+    """A by-value function as compressed cloudpickle bytes; ``name`` names it in messages."""
 
     __slots__ = ("data", "name")
 
@@ -99,7 +99,14 @@ def unpack(fn: Callable[..., Any] | PickledFunction) -> Callable[..., Any]:
         with _lock:
             loaded = _loaded.get(fn.data)
             if loaded is None:
-                loaded = cloudpickle.loads(zlib.decompress(fn.data))
+                try:
+                    loaded = cloudpickle.loads(zlib.decompress(fn.data))
+                except Exception as e:  # e.g. a module it uses is not installed where it runs
+                    raise FunctionLoadError(
+                        f"cannot load the task's function {fn.name} in this worker's process "
+                        f"({type(e).__name__}: {e}); install what it uses on the workers, or define "
+                        "it in a module they import"
+                    ) from e
                 _loads += 1
                 if len(_loaded) >= CACHE_SIZE:
                     del _loaded[next(iter(_loaded))]

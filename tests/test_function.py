@@ -14,7 +14,7 @@ import distributed.protocol.pickle as dask_pickle
 import pytest
 from dask._task_spec import Task
 
-from balsam_dask.errors import InvalidSpec
+from balsam_dask.errors import FunctionLoadError, InvalidSpec
 from balsam_dask.execute import run_python
 from balsam_dask.function import PickledFunction, by_reference, loads, pack, pickled, unpack
 from balsam_dask.payload import dump_payload, load_payload
@@ -71,6 +71,26 @@ def test_functions_of_modules_registered_by_value_travel_as_bytes() -> None:
     finally:
         del sys.modules[module.__name__]
     assert unpack(pickle.loads(pickle.dumps(packed)))(2) == 8  # without the module
+
+
+def test_a_function_that_cannot_be_loaded_is_named() -> None:
+    module = types.ModuleType("balsam_test_missing")
+    exec("class Model:\n    pass\n", module.__dict__)
+    sys.modules[module.__name__] = module
+    try:
+        model = module.Model()
+
+        def predict(x: int) -> int:  # by value, but it refers to a class of a module the worker lacks
+            return x if model else 0
+
+        packed = pack(predict, pickled(predict))
+    finally:
+        del sys.modules[module.__name__]
+    with pytest.raises(
+        FunctionLoadError, match=r"function predict .*ModuleNotFoundError.*'balsam_test_missing'"
+    ) as info:
+        unpack(packed)
+    assert isinstance(info.value.__cause__, ModuleNotFoundError)
 
 
 def test_a_task_message_needs_no_cloudpickle(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -99,6 +99,36 @@ def test_closures_travel_pickled_once_per_call_and_load_once_per_worker(
     assert 2 <= sum(loaded.values()) <= 2 * len(loaded) and max(loaded.values()) <= 2, loaded
 
 
+def test_a_function_the_workers_cannot_load_fails_its_task_by_name(ens: tuple[LocalEnsembleCluster, Client]) -> None:
+    import sys
+    import types
+
+    from balsam_dask import FunctionLoadError
+
+    cluster, client = ens
+    module = types.ModuleType("balsam_client_only")  # exists in this process only, not on the workers
+    exec("class Model:\n    pass\n", module.__dict__)
+    sys.modules[module.__name__] = module
+    try:
+        model = module.Model()
+
+        def predict(x: int) -> int:
+            return x if model else 0
+
+        future = client.submit(predict, 1, pure=False)
+    finally:
+        del sys.modules[module.__name__]
+    with pytest.raises(FunctionLoadError, match=r"function predict .*'balsam_client_only'"):
+        future.result()
+    client.flush()
+    store = store_of(cluster)
+    try:
+        (t,) = store.tasks(key=future.key)
+        assert t.state == "FAILED" and "cannot load the task's function predict" in (t.error_tail or "")
+    finally:
+        store.close()
+
+
 def _restriction_objects(dask_scheduler: Any, keys: list[str]) -> dict[str, Any]:
     import gc
 
