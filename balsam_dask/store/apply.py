@@ -63,6 +63,7 @@ TASK_COLS = (
     "gpus", "walltime", "spec", "tags", "parents", "submitted_by", "attempt", "payload", "session_id",
     "kill_requested", "created_at", "updated_at",
 )  # fmt: skip
+_STATE_COL, _ATTEMPT_COL, _UPDATED_COL = (TASK_COLS.index(c) for c in ("state", "attempt", "updated_at"))
 EVENT_COLS = (
     "id",
     "task_id",
@@ -272,6 +273,15 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
 
     # --- writes ---
     sql = raw_sql(conn.dialect.name)
+    born: set[int] = set()  # tasks created in this batch: their row goes in in its state after it
+    if task_rows and last:
+        for i, row in enumerate(task_rows):
+            final = last.get(row[0])
+            if final is not None:  # one row write instead of an insert and an update
+                cols = list(row)
+                cols[_STATE_COL], cols[_ATTEMPT_COL], cols[_UPDATED_COL] = state[row[0]], final.attempt, final.ts
+                task_rows[i] = tuple(cols)
+                born.add(row[0])
     if task_rows:
         if pg:
             pg_copy(conn, "tasks", TASK_COLS, task_rows)
@@ -287,7 +297,8 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
         rows = []
         for tid, op in last.items():
             st = state[tid]
-            rows.append((st, op.attempt, op.ts, tid))
+            if tid not in born:
+                rows.append((st, op.attempt, op.ts, tid))
             old = initial[tid]
             if old != st:
                 sh = shape.get(tid)
@@ -295,7 +306,8 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
                     sh = shape[tid] = _shape_memo(raw_shape[tid])
                 deltas[(sh, old)] -= 1
                 deltas[(sh, st)] += 1
-        _bulk(conn, sql["update_state"], rows)
+        if rows:
+            _bulk(conn, sql["update_state"], rows)
     add_shape_counts(conn, deltas)
     if updates:
         _apply_updates(conn, updates, now)

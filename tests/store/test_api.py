@@ -105,6 +105,55 @@ def test_batch_is_all_or_nothing(store: Store) -> None:
     assert store.count() == 2  # the new task in the rejected batch was not written
 
 
+def _count_task_updates(store: Store) -> None:
+    """A trigger that counts the UPDATE statements' rows on tasks (real SQLite / PostgreSQL)."""
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE task_updates (n INTEGER)")
+        conn.exec_driver_sql("INSERT INTO task_updates VALUES (0)")
+        if store.dialect == "sqlite":
+            conn.exec_driver_sql(
+                "CREATE TRIGGER count_updates AFTER UPDATE ON tasks BEGIN UPDATE task_updates SET n = n + 1; END"
+            )
+        else:
+            conn.exec_driver_sql(
+                "CREATE FUNCTION count_updates() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN UPDATE task_updates SET n = n + 1; RETURN NEW; END $$"
+            )
+            conn.exec_driver_sql(
+                "CREATE TRIGGER count_updates AFTER UPDATE ON tasks FOR EACH ROW EXECUTE FUNCTION count_updates()"
+            )
+
+
+def _task_updates(store: Store) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.exec_driver_sql("SELECT n FROM task_updates").scalar_one())
+
+
+def test_a_task_created_and_moved_in_one_batch_is_written_once(store: Store) -> None:
+    _count_task_updates(store)
+    a, b = NewTask(store.new_id(), "a", TaskSpec(name="a")), NewTask(store.new_id(), "b", TaskSpec(name="b"))
+    t0 = time.time()
+    store.apply([
+        a, b,
+        Transition(store.new_id(), a.id, "CREATED", "READY", t0),
+        Transition(store.new_id(), b.id, "CREATED", "READY", t0 + 1),
+        Transition(store.new_id(), a.id, "READY", "RUNNING", t0 + 2, attempt=1, worker="tcp://n1:1"),
+    ])  # fmt: skip
+    assert _task_updates(store) == 0  # both rows went in in their state after the batch
+    ta, tb = store.task(a.id), store.task(b.id)
+    assert (ta.state, ta.attempt, ta.updated_at) == ("RUNNING", 1, t0 + 2)
+    assert (tb.state, tb.attempt, tb.updated_at) == ("READY", 0, t0 + 1)
+    assert [(e.from_state, e.to_state) for e in store.history(a.id)] == [("CREATED", "READY"), ("READY", "RUNNING")]
+    assert store.summary() == {"READY": 1, "RUNNING": 1}
+    assert {tuple(sorted(x.counts.items())) for x in store.backlog()} == {(("READY", 1), ("RUNNING", 1))}
+    store.apply([
+        Transition(store.new_id(), a.id, "RUNNING", "RUN_DONE", t0 + 3, attempt=1),
+        Transition(store.new_id(), a.id, "RUN_DONE", "FINISHED", t0 + 4, attempt=1),
+    ])  # fmt: skip
+    assert _task_updates(store) == 1  # a task already stored: one update per batch
+    assert store.task(a.id).state == "FINISHED" and store.summary() == {"FINISHED": 1, "READY": 1}
+
+
 def test_replay_writes_nothing_twice(store: Store) -> None:
     new = NewTask(store.new_id(), "k", TaskSpec(name="r"))
     ev = Transition(store.new_id(), new.id, "CREATED", "READY", time.time())
