@@ -120,8 +120,10 @@ class ProcessWriter(OpQueue):
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
         url = store.url.render_as_string(hide_password=False)
-        # the parent already batched by time: the child writes what arrives almost at once
-        opts = {"max_batch": max_batch, "max_delay": min(max_delay, 0.02), "nice": nice, **options}
+        # the parent already batched by time: the child writes what arrives almost at once, in
+        # transactions as large as a shipment (up to 4 x max_batch rows): a task created and moved
+        # within one then goes in once, in its final state (store/apply.py), not inserted and updated
+        opts = {"max_batch": 4 * max_batch, "max_delay": min(max_delay, 0.02), "nice": nice, **options}
         self._proc = ctx.Process(target=_child, args=(url, self.session_id, child_conn, opts),
                                  name="balsam-dask-writer", daemon=True)  # fmt: skip
         self._proc.start()
