@@ -6,6 +6,7 @@ whole run_spec is a pure-Python pickler; here the structure goes through the C p
 and only functions go through cloudpickle, once per function object: the tasks of one
 ``map`` share their function, so it is serialized once, not once per task. The bytes of
 each function are embedded in every payload (a payload stands alone in the store).
+A function the balsam client sent by value is already bytes here (``balsam_dask.function``).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from distributed import as_completed, wait
 
 from balsam_dask import AppResult, Client, LocalEnsembleCluster, current_task
 from balsam_dask.errors import AppError
+from balsam_dask.function import loads
 from tests.dask.conftest import history_by_key, store_of
 
 LIFECYCLE = [("CREATED", "READY"), ("READY", "RUNNING"), ("RUNNING", "RUN_DONE"), ("RUN_DONE", "FINISHED")]
@@ -69,12 +70,6 @@ def _run_spec_function_type(dask_scheduler: Any, key: str) -> str:
     return type(dask_scheduler.tasks[key].run_spec.args[0]).__name__
 
 
-def _function_loads() -> int:
-    from balsam_dask.function import loads
-
-    return loads()
-
-
 def test_closures_travel_pickled_once_per_call_and_load_once_per_worker(
     ens: tuple[LocalEnsembleCluster, Client],
 ) -> None:
@@ -84,7 +79,7 @@ def test_closures_travel_pickled_once_per_call_and_load_once_per_worker(
     def shifted(x: int) -> int:  # a closure: Dask would cloudpickle it again for every task
         return x + box["offset"]
 
-    before = client.run(_function_loads)
+    before = client.run(loads)
     first = client.map(shifted, range(40), pure=False)
     box["offset"] = 1000  # captured when each call was made, as with Dask
     later = client.submit(shifted, 1, pure=False)
@@ -93,7 +88,7 @@ def test_closures_travel_pickled_once_per_call_and_load_once_per_worker(
     assert client.run_on_scheduler(_run_spec_function_type, key=first[0].key) == "PickledFunction"
     assert client.run_on_scheduler(_run_spec_function_type, key=later.key) == "PickledFunction"
     assert client.submit(inc, 1, pure=False).result() == 2  # importable: sent as itself
-    after = client.run(_function_loads)
+    after = client.run(loads)
     loaded = {w: after[w] - before[w] for w in after}
     # two distinct pickles (the map's and the submit's), each unpickled at most once per worker
     assert 2 <= sum(loaded.values()) <= 2 * len(loaded) and max(loaded.values()) <= 2, loaded
