@@ -4,7 +4,8 @@
         --backends sqlite,postgresql --pg-url postgresql+psycopg://postgres@127.0.0.1:5432/test
 
 Configurations, all with the same number of single-thread workers, measured in interleaved
-repetitions in one run (medians reported):
+repetitions in one run (medians reported; each repetition starts one configuration later than
+the one before, so none always runs first or right after PostgreSQL's busiest run):
 
   (a) bare ``distributed.LocalCluster``                       -- the baseline
   (b) the same cluster with ``BalsamPlugin`` recording every task and transition
@@ -12,8 +13,11 @@ repetitions in one run (medians reported):
 
 Also the median submit-to-start latency of one task on an idle cluster, (c) vs (a).
 Targets: b/a >= 0.95, c/a >= 0.85, as ratios of the medians. Also the median of the paired
-ratios (each repetition's b or c over the a measured just before it): on a machine whose
-speed drifts during the run (shared hosts), pairs compare runs seconds apart. And the CPU
+ratios (each repetition's b or c over that repetition's a): on a machine whose speed drifts
+during the run (shared hosts), pairs compare runs seconds apart; with a 95% bootstrap interval
+of that median. A single 10,000-task run here varies by +-15% from one minute to the next
+(bare Dask alone, back to back), so a 5% difference needs many repetitions to show: the
+interval says how far the medians can be trusted. And the CPU
 time all the processes of a run spend per task (client, scheduler, workers, the store's
 writer until it has written the run; not PostgreSQL's server). On a 2-core machine the run
 keeps both cores ~90% busy whatever its rate (Dask's loops poll), so CPU per task follows
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -94,6 +99,19 @@ def latency(client: distributed.Client, samples: int, balsam: bool) -> float:
     return statistics.median(out)
 
 
+def rotated(configs: list[str], rep: int) -> list[str]:
+    """The configurations in repetition ``rep``'s order: each repetition starts one later."""
+    k = rep % len(configs)
+    return configs[k:] + configs[:k]
+
+
+def interval(values: list[float], level: float = 0.95, resamples: int = 2000) -> tuple[float, float]:
+    """A bootstrap interval of the median of ``values`` (percentile method, fixed seed)."""
+    rng = random.Random(0)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return meds[int((1 - level) / 2 * resamples)], meds[int((1 + level) / 2 * resamples) - 1]
+
+
 def pg_schema_url(base: str) -> tuple[str, str]:
     import psycopg
     from sqlalchemy.engine import make_url
@@ -118,7 +136,7 @@ def drop_schema(base: str, schema: str) -> None:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", type=int, default=10_000)
-    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--repeat", type=int, default=9)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--latency-samples", type=int, default=30)
     p.add_argument("--backends", default="sqlite,postgresql")
@@ -148,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     try:
         for rep in range(args.repeat):
             # one cluster at a time: idle worker processes of other clusters would steal CPU
-            for name in configs:
+            for name in rotated(configs, rep):
                 with ExitStack() as stack:
                     balsam = name.startswith("c")
                     if name == "a":
@@ -189,9 +207,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         for x in ("b", "c"):
             pairs = [v / ra for v, ra in zip(rates[f"{x}_{backend}"], rates["a"], strict=True)]
             figures[f"paired_{x}_over_a_{backend}"] = round(statistics.median(pairs), 3)
+            low, high = interval(pairs)
+            figures[f"paired_{x}_over_a_{backend}_ci95_low"] = round(low, 3)
+            figures[f"paired_{x}_over_a_{backend}_ci95_high"] = round(high, 3)
             extra = [v - ca for v, ca in zip(cpus[f"{x}_{backend}"], cpus["a"], strict=True)]
             figures[f"paired_{x}_extra_cpu_us_per_task_{backend}"] = round(statistics.median(extra), 1)
-    print("# medians (paired_*: median of each repetition's ratio to its own a); targets: b/a >= 0.95, c/a >= 0.85")
+    print(
+        "# medians (paired_*: median of each repetition's ratio to its own a, *_ci95_*: its 95% bootstrap interval);"
+        " targets: b/a >= 0.95, c/a >= 0.85"
+    )
     for k, v in figures.items():
         print(f"{k:32s} {v}")
     print(json.dumps(figures))
