@@ -68,6 +68,8 @@ PLUGIN_NAME = "balsam-dask"
 #: idles a core: Dask's default 2-5 ms of batching was most of that trip for short tasks.
 STREAM_INTERVAL = 0.0005
 _CANCEL_STIMULI = ("cancel-key", "client-releases-keys")
+#: The scheduler's RPC handlers the plugin adds, each as ``balsam_<name>`` (``_handle_<name>``).
+_HANDLERS = ("info", "kill", "resume", "status", "flush", "declare_nodes")
 #: Stimulus id prefix of our requests to take a queued task back from its worker.
 _UNQUEUE = "balsam-unqueue-"
 #: Worker task states in which a steal request takes the task back (it had not started).
@@ -162,7 +164,7 @@ class BalsamPlugin(SchedulerPlugin):
             options = {k: v for k, v in self.writer_options.items() if k != "nice"}  # a process's, not a thread's
             self.writer = store.writer(**options)
         self.recorder = Recorder(self.writer.put, store.ids.next, self.writer.put_transition)
-        for name in ("info", "kill", "resume", "status", "flush", "declare_nodes"):
+        for name in _HANDLERS:
             scheduler.handlers[f"balsam_{name}"] = getattr(self, f"_handle_{name}")
         # answers to our requests for queued tasks come back as Dask's steal responses
         self._steal_fallback = scheduler.stream_handlers.get("steal-response")
@@ -170,8 +172,20 @@ class BalsamPlugin(SchedulerPlugin):
         self._poll_task = asyncio.create_task(self._poll())
 
     async def close(self) -> None:
+        """Stop polling, write what is queued and leave the scheduler's handlers as ``start``
+        found them (a plugin removed from a running scheduler leaves it bare Dask)."""
         if self._poll_task is not None:
             self._poll_task.cancel()
+        s = self.scheduler
+        if s is not None:
+            for name in _HANDLERS:
+                if getattr(s.handlers.get(f"balsam_{name}"), "__self__", None) is self:
+                    del s.handlers[f"balsam_{name}"]
+            if getattr(s.stream_handlers.get("steal-response"), "__self__", None) is self:
+                if self._steal_fallback is None:
+                    del s.stream_handlers["steal-response"]
+                else:
+                    s.stream_handlers["steal-response"] = self._steal_fallback
         loop = asyncio.get_running_loop()
         if self.writer is not None:  # None when start failed before the writer ran
             await loop.run_in_executor(None, self.writer.close)

@@ -54,6 +54,7 @@ FINISHED = State.FINISHED.value
 FAILED = State.FAILED.value
 KILLED = State.KILLED.value
 ERROR_TAIL = 4000
+_NOTHING: frozenset[str] = frozenset()
 
 
 @lru_cache(maxsize=256)
@@ -131,7 +132,17 @@ class Recorder:
         hosts: str | None = None, message: str | None = None, first_message: str | None = None,
     ) -> bool:  # fmt: skip
         """Record the shortest legal path from the task's state to ``target``."""
-        steps = path_to(track.state, target)
+        src = track.state
+        if target in LEGAL.get(src, _NOTHING):  # one step, nearly always: no path to walk
+            if target == RUNNING:
+                track.attempt += 1
+            self.put_transition(self.new_id(), track.id, src, target, time.time() if ts is None else ts,
+                                track.attempt, worker, hosts if target == RUNNING else None, message)  # fmt: skip
+            track.state = target
+            if worker is not None:
+                track.worker = worker
+            return True
+        steps = path_to(src, target)
         if steps is None:
             self.anomalies.append(f"{track.key}: no legal path {track.state} -> {target} ({message})")
             log.debug("balsam_dask: %s", self.anomalies[-1])

@@ -27,6 +27,7 @@ import pickle
 import threading
 from collections import deque
 from collections.abc import Iterable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from balsam_dask.errors import StoreUnavailable
@@ -65,7 +66,8 @@ def _encode(ops: list[Op]) -> list[tuple[Any, ...]]:
 def _decode(rows: list[tuple[Any, ...]], flat: list[Any]) -> list[Op]:
     new, types = tuple.__new__, _OP_TYPES
     ops: list[Op] = [new(types[r[0]], r[1:]) for r in rows]
-    ops += [new(Transition, flat[i : i + _WIDTH]) for i in range(0, len(flat), _WIDTH)]
+    # _WIDTH fields at a time, in C: zip over one iterator repeated _WIDTH times
+    ops += map(partial(new, Transition), zip(*[iter(flat)] * _WIDTH, strict=True))
     return ops
 
 

@@ -10,7 +10,7 @@ import distributed
 import pytest
 from distributed import as_completed, wait
 
-from balsam_dask import AppResult, Client, LocalEnsembleCluster, current_task
+from balsam_dask import AppResult, Client, LocalEnsembleCluster, Store, current_task
 from balsam_dask.errors import AppError
 from balsam_dask.function import loads
 from tests.dask.conftest import history_by_key, store_of
@@ -212,6 +212,36 @@ def test_plain_distributed_client_is_recorded(ens: tuple[LocalEnsembleCluster, C
         assert history_by_key(store, "plain-inc-41") == LIFECYCLE
     finally:
         store.close()
+
+
+async def _remove_plugin(dask_scheduler: Any) -> None:
+    await dask_scheduler.plugins.pop("balsam-dask").close()
+
+
+def test_plugin_added_to_a_running_cluster_records_and_removed_leaves_it_bare(tmp_path: Path) -> None:
+    """BalsamPlugin registered on a running plain Dask cluster records the tasks that follow;
+    removed and closed, it leaves the scheduler's handlers as it found them and records no more."""
+    from balsam_dask import BalsamPlugin
+
+    url = f"sqlite:///{tmp_path}/late.db"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:  # fmt: skip
+        s = cluster.scheduler
+        steal = s.stream_handlers["steal-response"]
+        before = set(s.handlers)
+        with distributed.Client(cluster) as client:
+            assert client.submit(inc, 1, key="before").result() == 2
+            client.register_plugin(BalsamPlugin(url))
+            assert {"balsam_info", "balsam_flush"} <= set(s.handlers)
+            assert s.stream_handlers["steal-response"] is not steal
+            assert client.submit(inc, 2, key="during").result() == 3
+            client.run_on_scheduler(_remove_plugin)
+            assert set(s.handlers) == before and s.stream_handlers["steal-response"] is steal
+            assert "balsam-dask" not in s.plugins
+            assert client.submit(inc, 3, key="after").result() == 4
+    with Store(url) as store:  # closing wrote what was queued
+        assert [t.key for t in store.tasks()] == ["during"]
+        assert history_by_key(store, "during") == LIFECYCLE
 
 
 def test_submit_app(ens: tuple[LocalEnsembleCluster, Client], tmp_path: Path) -> None:
