@@ -215,6 +215,13 @@ class BalsamPlugin(SchedulerPlugin):
         self, scheduler: Any, *, client: str, keys: set[Any], tasks: list[Any], annotations: dict[str, dict[Any, Any]],
         priority: dict[Any, tuple[int | float, ...]], stimulus_id: str, **kwargs: Any,
     ) -> None:  # fmt: skip
+        # Dask moves the new tasks to their first states right after this hook, in the same
+        # turn of the event loop: the writer ships nothing until then (writer.hold)
+        self.writer.hold()
+        try:
+            asyncio.get_running_loop().call_soon(self.writer.release)
+        except RuntimeError:  # called outside the event loop (a test driving the scheduler)
+            self.writer.release()
         specs = annotations.get(SPEC_ANNOTATION, {})
         parents = annotations.get(PARENT_ANNOTATION, {})
         rec = self.recorder

@@ -123,9 +123,10 @@ class ProcessWriter(OpQueue):
         self._conn, child_conn = ctx.Pipe()
         url = store.url.render_as_string(hide_password=False)
         # the parent already batched by time: the child writes what arrives almost at once, in
-        # transactions as large as a shipment (up to 4 x max_batch rows): a task created and moved
-        # within one then goes in once, in its final state (store/apply.py), not inserted and updated
-        opts = {"max_batch": 4 * max_batch, "max_delay": min(max_delay, 0.02), "nice": nice, **options}
+        # transactions as large as a shipment (up to 4 x max_batch rows and the transitions shipped
+        # with them): a task created and moved within one then goes in once, in its state after them
+        # (store/apply.py), not inserted and updated
+        opts = {"max_batch": 8 * max_batch, "max_delay": min(max_delay, 0.02), "nice": nice, **options}
         self._proc = ctx.Process(target=_child, args=(url, self.session_id, child_conn, opts),
                                  name="balsam-dask-writer", daemon=True)  # fmt: skip
         self._proc.start()
@@ -152,7 +153,7 @@ class ProcessWriter(OpQueue):
     def put_transition(self, *fields: Any) -> None:
         flat = self._flat
         flat.extend(fields)  # one C call: atomic under the GIL, like deque.append
-        if len(flat) >= self.max_batch * _WIDTH and not self._wake.is_set():
+        if len(flat) >= self.max_batch * _WIDTH and not self._wake.is_set() and not self._held:
             self._wake.set()
 
     @property
@@ -177,7 +178,8 @@ class ProcessWriter(OpQueue):
         while not self._closing:
             self._wake.wait(self.max_delay)
             self._wake.clear()
-            self._ship()
+            if not self._held:
+                self._ship()
 
     def _ship(self) -> None:
         with self._lock:

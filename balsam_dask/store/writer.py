@@ -92,15 +92,29 @@ class OpQueue:
     max_batch: int
     _q: deque[Any]
     _wake: threading.Event
+    _held = False
+
+    def hold(self) -> None:
+        """Write nothing until :meth:`release` (``flush`` and ``close`` still write). The
+        scheduler plugin holds the writer while Dask turns a new graph's tasks into states, so
+        a task's row and its first transitions reach the same transaction: the row goes in in
+        its state after them instead of being inserted and then updated (a 10,000-task map
+        otherwise ships its rows once 5,000 are queued, before their transitions)."""
+        self._held = True
+
+    def release(self) -> None:
+        self._held = False
+        if self.pending >= self.max_batch:
+            self._wake.set()
 
     def put(self, op: Op) -> None:
         self._q.append(op)
-        if len(self._q) >= self.max_batch and not self._wake.is_set():
+        if len(self._q) >= self.max_batch and not self._wake.is_set() and not self._held:
             self._wake.set()
 
     def put_many(self, ops: Iterable[Op]) -> None:
         self._q.extend(ops)
-        if len(self._q) >= self.max_batch:
+        if len(self._q) >= self.max_batch and not self._held:
             self._wake.set()
 
     def put_transition(self, *fields: Any) -> None:
@@ -193,6 +207,9 @@ class BatchWriter(OpQueue):
                 # let a partial batch fill up for up to max_delay
                 self._wake.wait(self.max_delay)
                 self._wake.clear()
+            if self._held and not (self._closing or self._flushes):
+                self._wake.wait(self.max_delay)  # release() wakes it
+                continue
             batch: list[Op] = []
             markers: list[_Marker] = []
             q = self._q

@@ -14,6 +14,7 @@ from balsam_dask import AppResult, Client, LocalEnsembleCluster, Store, current_
 from balsam_dask.errors import AppError
 from balsam_dask.function import loads
 from tests.dask.conftest import history_by_key, store_of
+from tests.store.test_api import _count_task_updates, _task_updates
 
 LIFECYCLE = [("CREATED", "READY"), ("READY", "RUNNING"), ("RUNNING", "RUN_DONE"), ("RUN_DONE", "FINISHED")]
 
@@ -242,6 +243,29 @@ def test_plugin_added_to_a_running_cluster_records_and_removed_leaves_it_bare(tm
     with Store(url) as store:  # closing wrote what was queued
         assert [t.key for t in store.tasks()] == ["during"]
         assert history_by_key(store, "during") == LIFECYCLE
+
+
+def test_a_new_map_goes_in_with_its_first_states(store_url: str) -> None:
+    """Dask moves a new graph's tasks to their first states right after the plugin's
+    update_graph; the writer ships nothing until then, so each task's row goes in in that state
+    (READY) and is updated once more when the task runs, not twice: a map larger than the
+    writer's batch used to ship its rows as soon as a batch was queued, before their READY."""
+    from balsam_dask import BalsamPlugin
+
+    with Store(store_url) as store:
+        _count_task_updates(store)
+    n = 600
+    plugin = BalsamPlugin(store_url, writer_options={"max_batch": 200})
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None,
+                                  scheduler_kwargs={"plugins": [plugin]}) as cluster:  # fmt: skip
+        with distributed.Client(cluster) as client:
+            assert sum(client.gather(client.map(inc, range(n)))) == sum(range(1, n + 1))
+    with Store(store_url) as store:
+        assert store.summary() == {"FINISHED": n}
+        updates = _task_updates(store)
+    # at most one update per task when it ran (none for those that ran before the first
+    # shipment), a few more for tasks whose run spanned two shipments
+    assert updates <= 1.1 * n, updates
 
 
 def test_submit_app(ens: tuple[LocalEnsembleCluster, Client], tmp_path: Path) -> None:

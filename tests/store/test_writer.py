@@ -41,6 +41,40 @@ def test_flush_and_close_write_everything(store: Store) -> None:
     assert w.stats.rejected == [] and w.stats.written == 260 * 5
 
 
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_a_held_writer_writes_nothing_until_released(store: Store, kind: str) -> None:
+    """While held, neither a full batch nor max_delay makes the writer write; released, it
+    writes what waited, the rows in their state after the transitions queued meanwhile (one
+    insert each, no update); flush writes at once even while held."""
+    from balsam_dask.store.procwriter import ProcessWriter
+    from tests.store.test_api import _count_task_updates, _task_updates
+
+    _count_task_updates(store)
+    w = store.writer(max_batch=500, max_delay=0.02) if kind == "thread" else ProcessWriter(store, max_batch=50,
+                                                                                           max_delay=0.02)  # fmt: skip
+    try:
+        w.hold()
+        news = [NewTask(store.new_id(), f"h-{i}", TaskSpec()) for i in range(200)]  # > a process batch
+        w.put_many(news)  # type: ignore[arg-type]
+        time.sleep(0.3)  # many times max_delay
+        for t in news:
+            w.put(Transition(store.new_id(), t.id, "CREATED", "READY", time.time()))  # type: ignore[arg-type]
+        time.sleep(0.3)
+        assert store.count() == 0 and w.pending == 400
+        w.release()
+        deadline = time.monotonic() + 30
+        while store.count(state="READY") < 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert store.summary() == {"READY": 200} and _task_updates(store) == 0
+        w.hold()
+        late = NewTask(store.new_id(), "late", TaskSpec())
+        w.put(late)  # type: ignore[arg-type]
+        assert w.flush(timeout=30) and store.task(late.id).state == "CREATED"
+    finally:
+        w.release()
+        w.close()
+
+
 def test_put_never_blocks_while_the_database_is_locked(tmp_path: object) -> None:
     import sqlite3
 
