@@ -43,9 +43,10 @@ def test_flush_and_close_write_everything(store: Store) -> None:
 
 @pytest.mark.parametrize("kind", ["thread", "process"])
 def test_a_held_writer_writes_nothing_until_released(store: Store, kind: str) -> None:
-    """While held, neither a full batch nor max_delay makes the writer write; released, it
-    writes what waited, the rows in their state after the transitions queued meanwhile (one
-    insert each, no update); flush writes at once even while held."""
+    """While held, neither max_delay nor (for the process writer, max_batch 50) a full batch
+    makes the writer write; released, it writes what waited, the rows in their state after the
+    transitions queued meanwhile (one insert each, no update: the thread writer's max_batch of
+    500 keeps all 400 ops in one transaction); flush writes at once even while held."""
     from balsam_dask.store.procwriter import ProcessWriter
     from tests.store.test_api import _count_task_updates, _task_updates
 
@@ -54,7 +55,7 @@ def test_a_held_writer_writes_nothing_until_released(store: Store, kind: str) ->
                                                                                            max_delay=0.02)  # fmt: skip
     try:
         w.hold()
-        news = [NewTask(store.new_id(), f"h-{i}", TaskSpec()) for i in range(200)]  # > a process batch
+        news = [NewTask(store.new_id(), f"h-{i}", TaskSpec()) for i in range(200)]  # 4 process batches
         w.put_many(news)  # type: ignore[arg-type]
         time.sleep(0.3)  # many times max_delay
         for t in news:
