@@ -208,7 +208,7 @@ class BatchWriter(OpQueue):
                 self._wake.wait(self.max_delay)
                 self._wake.clear()
             if self._held and not (self._closing or self._flushes):
-                self._wake.wait(self.max_delay)  # release() wakes it
+                self._wake.wait(self.max_delay)  # or until release() finds a full batch
                 continue
             batch: list[Op] = []
             markers: list[_Marker] = []
