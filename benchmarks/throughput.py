@@ -11,6 +11,15 @@ the one before, so none always runs first or right after PostgreSQL's busiest ru
   (b) the same cluster with ``BalsamPlugin`` recording every task and transition
   (c) ``LocalEnsembleCluster`` + ``balsam_dask.Client``: tasks placed by the plugin (cores=1)
 
+(a) and (b) run on literally the same cluster (``--b-cluster same``, the default): in each
+repetition one bare LocalCluster runs (a), then has a ``BalsamPlugin`` registered
+(``client.register_plugin``), runs (b) and has it removed and closed (which leaves the
+scheduler bare Dask: tests/dask/test_api.py), once per backend, in rotated order. Each new
+cluster here has a speed of its own (the medians of consecutive runs on one cluster differ
+from cluster to cluster by +-8%, a spread as large as the effect measured): pairs on one
+cluster do not carry it. ``--b-cluster own`` starts a cluster with the plugin for each (b)
+instead, as (c) does.
+
 Also the median submit-to-start latency of one task on an idle cluster, (c) vs (a).
 Targets: b/a >= 0.95, c/a >= 0.85, as ratios of the medians. Also the median of the paired
 ratios (each repetition's b or c over that repetition's a): on a machine whose speed drifts
@@ -69,6 +78,27 @@ def flush_store(dask_scheduler: Any) -> None:
     plugin = dask_scheduler.plugins.get("balsam-dask")
     if plugin is not None:
         plugin.writer.flush()
+
+
+async def remove_plugin(dask_scheduler: Any) -> None:
+    """Unregister BalsamPlugin and close it: the scheduler is bare Dask again."""
+    await dask_scheduler.plugins.pop("balsam-dask").close()
+
+
+def open_cluster(stack: ExitStack, name: str, url: str | None, workers: int, workdir: str) -> distributed.Client:
+    """A client of a new cluster for configuration ``name``: bare (a), bare with the plugin
+    from the start (b, --b-cluster own), or a LocalEnsembleCluster (c)."""
+    from balsam_dask import BalsamPlugin, Client, LocalEnsembleCluster
+
+    if name.startswith("c"):
+        cl: Any = stack.enter_context(LocalEnsembleCluster(nodes=workers, cores_per_node=1, store=url, workdir=workdir))
+        client: distributed.Client = Client(cl)
+    else:
+        kw: dict[str, Any] = {"scheduler_kwargs": {"plugins": [BalsamPlugin(url)]}} if name.startswith("b") else {}
+        cl = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None, **kw))
+        client = distributed.Client(cl)
+    client.wait_for_workers(workers)
+    return client
 
 
 def rate(client: distributed.Client, n: int, balsam: bool) -> tuple[float, float]:
@@ -139,19 +169,32 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--repeat", type=int, default=9)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--latency-samples", type=int, default=30)
+    p.add_argument(
+        "--b-cluster",
+        choices=("same", "own"),
+        default="same",
+        help="(b) on (a)'s cluster, plugin registered and removed (same), or on a cluster of its own",
+    )
     p.add_argument("--backends", default="sqlite,postgresql")
     p.add_argument(
         "--pg-url", default=os.environ.get("BALSAM_DASK_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
     )
     args = p.parse_args(argv)
-    from balsam_dask import BalsamPlugin, Client, LocalEnsembleCluster
+    from balsam_dask import BalsamPlugin
 
     backends = [b for b in args.backends.split(",") if b]
     tmp = tempfile.mkdtemp(prefix="bd-throughput-")
     os.chdir(tmp)
-    print(f"# {args.tasks} no-op tasks, {args.workers} single-thread workers, {args.repeat} interleaved repetitions")
+    where = "(a)'s cluster" if args.b_cluster == "same" else "its own cluster"
+    print(f"# {args.tasks} no-op tasks, {args.workers} single-thread workers, {args.repeat} interleaved repetitions,"
+          f" (b) on {where}")  # fmt: skip
     print(f"# load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     configs = ["a"] + [f"{x}_{b}" for b in backends for x in ("b", "c")]
+    bs = tuple(c for c in configs if c.startswith("b"))
+    # what runs on one cluster: (a) and, on the same cluster, every (b); or each on its own
+    units = [("a", *bs) if args.b_cluster == "same" else ("a",)] + [
+        (c,) for c in configs[1:] if args.b_cluster == "own" or c not in bs
+    ]
     urls: dict[str, str] = {}
     schemas: list[str] = []
     for name in configs[1:]:
@@ -166,28 +209,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     try:
         for rep in range(args.repeat):
             # one cluster at a time: idle worker processes of other clusters would steal CPU
-            for name in rotated(configs, rep):
+            for unit in rotated(units, rep):
                 with ExitStack() as stack:
-                    balsam = name.startswith("c")
-                    if name == "a":
-                        cl: Any = stack.enter_context(LocalCluster(n_workers=args.workers, threads_per_worker=1,
-                                                                   dashboard_address=None))  # fmt: skip
-                    elif name.startswith("b"):
-                        plugin = BalsamPlugin(urls[name])
-                        cl = stack.enter_context(LocalCluster(n_workers=args.workers, threads_per_worker=1,
-                                                              dashboard_address=None,
-                                                              scheduler_kwargs={"plugins": [plugin]}))  # fmt: skip
-                    else:
-                        cl = stack.enter_context(LocalEnsembleCluster(nodes=args.workers, cores_per_node=1,
-                                                                      store=urls[name], workdir=tmp))  # fmt: skip
-                    client = stack.enter_context((Client if balsam else distributed.Client)(cl))
-                    client.wait_for_workers(args.workers)
-                    rate(client, min(1000, args.tasks), balsam)  # warm up
-                    r, cpu = rate(client, args.tasks, balsam)
-                    rates[name].append(r)
-                    cpus[name].append(cpu)
-                    if name == "a" or balsam:
-                        lats[name].append(latency(client, args.latency_samples, balsam))
+                    balsam = unit[0].startswith("c")
+                    client = stack.enter_context(open_cluster(stack, unit[0], urls.get(unit[0]), args.workers, tmp))
+                    for name in rotated(list(unit), rep):
+                        late = name.startswith("b") and unit[0] == "a"  # --b-cluster same
+                        if late:
+                            client.register_plugin(BalsamPlugin(urls[name]))
+                        rate(client, min(1000, args.tasks), balsam)  # warm up
+                        r, cpu = rate(client, args.tasks, balsam)
+                        rates[name].append(r)
+                        cpus[name].append(cpu)
+                        if name == "a" or balsam:
+                            lats[name].append(latency(client, args.latency_samples, balsam))
+                        if late:
+                            client.run_on_scheduler(remove_plugin)
             shown = [f"{k}={v[-1]:.0f}/s ({cpus[k][-1]:.0f} us CPU)" for k, v in rates.items()]
             print(f"rep {rep + 1}: " + ", ".join(shown), flush=True)
     finally:
