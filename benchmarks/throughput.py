@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--tasks", type=int, default=10_000)
     p.add_argument("--repeat", type=int, default=9)
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--latency-samples", type=int, default=30)
+    p.add_argument("--latency-samples", type=int, default=30, help="0: no latency figures")
+    p.add_argument("--skip-placed", action="store_true", help="measure (a) and (b) only")
     p.add_argument(
         "--b-cluster",
         choices=("same", "own"),
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="(b) on (a)'s cluster, plugin registered and removed (same), or on a cluster of its own",
     )
     p.add_argument("--backends", default="sqlite,postgresql")
+    p.add_argument("--workdir", help="where the SQLite stores go (default: a new temporary directory)")
     p.add_argument(
         "--pg-url", default=os.environ.get("BALSAM_DASK_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
     )
@@ -183,13 +185,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from balsam_dask import BalsamPlugin
 
     backends = [b for b in args.backends.split(",") if b]
-    tmp = tempfile.mkdtemp(prefix="bd-throughput-")
+    tmp = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix="bd-throughput-")
+    os.makedirs(tmp, exist_ok=True)
     os.chdir(tmp)
     where = "(a)'s cluster" if args.b_cluster == "same" else "its own cluster"
     print(f"# {args.tasks} no-op tasks, {args.workers} single-thread workers, {args.repeat} interleaved repetitions,"
           f" (b) on {where}")  # fmt: skip
     print(f"# load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    configs = ["a"] + [f"{x}_{b}" for b in backends for x in ("b", "c")]
+    kinds = ("b",) if args.skip_placed else ("b", "c")
+    configs = ["a"] + [f"{x}_{b}" for b in backends for x in kinds]
     bs = tuple(c for c in configs if c.startswith("b"))
     # what runs on one cluster: (a) and, on the same cluster, every (b); or each on its own
     units = [("a", *bs) if args.b_cluster == "same" else ("a",)] + [
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         r, cpu = rate(client, args.tasks, balsam)
                         rates[name].append(r)
                         cpus[name].append(cpu)
-                        if name == "a" or balsam:
+                        if args.latency_samples > 0 and (name == "a" or balsam):
                             lats[name].append(latency(client, args.latency_samples, balsam))
                         if late:
                             client.run_on_scheduler(remove_plugin)
@@ -236,12 +240,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for name, values in cpus.items():
         figures[f"{name}_cpu_us_per_task"] = round(statistics.median(values), 1)
     a = figures["a_tasks_per_s"]
-    figures["latency_bare_ms"] = round(statistics.median(lats["a"]) * 1000, 2)
+    if lats["a"]:
+        figures["latency_bare_ms"] = round(statistics.median(lats["a"]) * 1000, 2)
     for backend in backends:
-        figures[f"ratio_b_over_a_{backend}"] = round(figures[f"b_{backend}_tasks_per_s"] / a, 3)
-        figures[f"ratio_c_over_a_{backend}"] = round(figures[f"c_{backend}_tasks_per_s"] / a, 3)
-        figures[f"latency_balsam_{backend}_ms"] = round(statistics.median(lats[f"c_{backend}"]) * 1000, 2)
-        for x in ("b", "c"):
+        for x in kinds:
+            figures[f"ratio_{x}_over_a_{backend}"] = round(figures[f"{x}_{backend}_tasks_per_s"] / a, 3)
+        if lats.get(f"c_{backend}"):
+            figures[f"latency_balsam_{backend}_ms"] = round(statistics.median(lats[f"c_{backend}"]) * 1000, 2)
+        for x in kinds:
             pairs = [v / ra for v, ra in zip(rates[f"{x}_{backend}"], rates["a"], strict=True)]
             figures[f"paired_{x}_over_a_{backend}"] = round(statistics.median(pairs), 3)
             low, high = interval(pairs)
