@@ -32,12 +32,12 @@ def test_b_runs_on_the_bare_cluster_and_records_only_its_own_tasks(
     # (b)'s store holds (b)'s runs only, each a warm-up and a timed run, every task finished:
     # the plugin recorded nothing of the (a) runs before or after it on the same cluster
     with Store(f"sqlite:///{tmp_path}/w/b_sqlite.db") as store:
-        tasks = store.tasks()
+        tasks = store.tasks(limit=None)
         assert len(tasks) == 2 * 2 * n
         assert {t.state for t in tasks} == {"FINISHED"}
         assert {t.kind for t in tasks} == {"dask"}
     with Store(f"sqlite:///{tmp_path}/w/c_sqlite.db") as store:
-        assert len(store.tasks()) == 2 * (2 * n + 2)  # and (c)'s latency samples
+        assert len(store.tasks(limit=None)) == 2 * (2 * n + 2)  # and (c)'s latency samples
 
 
 def test_b_on_a_cluster_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
