@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
@@ -88,16 +89,16 @@ async def remove_plugin(dask_scheduler: Any) -> None:
 
 def open_cluster(stack: ExitStack, name: str, url: str | None, workers: int, workdir: str) -> distributed.Client:
     """A client of a new cluster for configuration ``name``: bare (a), bare with the plugin
-    from the start (b, --b-cluster own), or a LocalEnsembleCluster (c)."""
+    from the start (b, --b-cluster own), or a LocalEnsembleCluster (c). Both close with ``stack``."""
     from balsam_dask import BalsamPlugin, Client, LocalEnsembleCluster
 
     if name.startswith("c"):
         cl: Any = stack.enter_context(LocalEnsembleCluster(nodes=workers, cores_per_node=1, store=url, workdir=workdir))
-        client: distributed.Client = Client(cl)
+        client: distributed.Client = stack.enter_context(Client(cl))
     else:
         kw: dict[str, Any] = {"scheduler_kwargs": {"plugins": [BalsamPlugin(url)]}} if name.startswith("b") else {}
         cl = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None, **kw))
-        client = distributed.Client(cl)
+        client = stack.enter_context(distributed.Client(cl))
     client.wait_for_workers(workers)
     return client
 
@@ -164,12 +165,27 @@ def drop_schema(base: str, schema: str) -> None:
         c.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+def count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {minimum} (for example 2000)")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", type=int, default=10_000)
-    p.add_argument("--repeat", type=int, default=9)
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--latency-samples", type=int, default=30, help="0: no latency figures")
+    p.add_argument("--tasks", type=count(1), default=10_000)
+    p.add_argument("--repeat", type=count(1), default=9)
+    p.add_argument("--workers", type=count(1), default=4)
+    p.add_argument("--latency-samples", type=count(0), default=30, help="0: no latency figures")
     p.add_argument("--skip-placed", action="store_true", help="measure (a) and (b) only")
     p.add_argument(
         "--b-cluster",
@@ -217,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             for unit in rotated(units, rep):
                 with ExitStack() as stack:
                     balsam = unit[0].startswith("c")
-                    client = stack.enter_context(open_cluster(stack, unit[0], urls.get(unit[0]), args.workers, tmp))
+                    client = open_cluster(stack, unit[0], urls.get(unit[0]), args.workers, tmp)
                     for name in rotated(list(unit), rep):
                         late = name.startswith("b") and unit[0] == "a"  # --b-cluster same
                         if late:

@@ -55,3 +55,15 @@ def test_a_bad_b_cluster_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
         throughput.main(["--b-cluster", "shared"])
     assert e.value.code == 2
     assert "invalid choice: 'shared' (choose from 'same', 'own')" in capsys.readouterr().err
+
+
+BAD_SIZES = [("--tasks", "0", 1), ("--repeat", "-3", 1), ("--workers", "two", 1), ("--latency-samples", "-1", 0)]
+
+
+@pytest.mark.parametrize(("option", "value", "minimum"), BAD_SIZES)
+def test_bad_sizes_are_refused(option: str, value: str, minimum: int, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        throughput.main([option, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: '{value}' is not a whole number >= {minimum} (for example 2000)" in err
