@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import pickle
 import re
@@ -72,6 +73,7 @@ class TaskContext:
     gpu_ids: tuple[str, ...]
     hosts: tuple[str, ...]
     node: str
+    task_id: int | None = None  # the task's id in the store (None when called outside a cluster)
 
     @property
     def cores(self) -> int:
@@ -113,13 +115,24 @@ def _tail(text: str) -> str:
 
 
 def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", text)[:120] or "task"
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", text)[:60].strip(".") or "task"
 
 
-def _workdir(rt: NodeRuntime, spec: TaskSpec, key: str) -> Path:
-    if spec.workdir:
-        return Path(spec.workdir)
-    return Path(rt.config.workdir_root) / _safe_name(spec.name or key)
+def task_label(ctx: TaskContext) -> str:
+    """A file name unique to the task that a person can find: ``<name>-<task id>``. The name
+    is the task's ``name=`` or its key's first word (the function's name, ``app``, ``mpi``);
+    outside a cluster (no task id) the key's hash stands in for the id."""
+    name = _safe_name(ctx.spec.name or ctx.key.partition("-")[0])
+    if ctx.task_id is not None:
+        return f"{name}-{ctx.task_id}"
+    return f"{name}-{hashlib.sha1(ctx.key.encode()).hexdigest()[:12]}"
+
+
+def _workdir(rt: NodeRuntime, ctx: TaskContext) -> Path:
+    """The task's own work directory (``workdir=`` if the user chose one)."""
+    if ctx.spec.workdir:
+        return Path(ctx.spec.workdir)
+    return Path(rt.config.workdir_root) / task_label(ctx)
 
 
 def _task_env(spec: TaskSpec, gpus: tuple[str, ...]) -> dict[str, str]:
@@ -175,7 +188,8 @@ def _run_attempts(body: Callable[[TaskContext, RunHandle], Any], handlers: Handl
     errors = timeouts = 0
     try:
         while True:
-            ctx = TaskContext(key, spec, attempt, gpus, tuple(dispatch.get("hosts", ())), rt.config.name)
+            ctx = TaskContext(key, spec, attempt, gpus, tuple(dispatch.get("hosts", ())), rt.config.name,
+                              dispatch.get("task_id"))  # fmt: skip
             started = time.time()
             _local.ctx = ctx
             try:
@@ -237,7 +251,7 @@ def _report_done(ctx: TaskContext, spec: TaskSpec, value: Any, started: float) -
             if len(data) <= INLINE_RESULT_LIMIT:
                 msg["result"] = data
             else:
-                path = Path(get_runtime().config.results_dir) / f"{_safe_name(ctx.key)}.pkl"
+                path = Path(get_runtime().config.results_dir) / f"{task_label(ctx)}.pkl"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
                 tmp.write_bytes(data)
@@ -281,7 +295,7 @@ def _check_process(res: ProcessResult, spec: TaskSpec, handle: RunHandle) -> Non
 def _python_isolated(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                      ctx: TaskContext, handle: RunHandle) -> Any:  # fmt: skip
     rt = get_runtime()
-    workdir = _workdir(rt, ctx.spec, ctx.key)
+    workdir = _workdir(rt, ctx)
     workdir.mkdir(parents=True, exist_ok=True)
     call, out = workdir / f"call.{ctx.attempt}.pkl", workdir / f"out.{ctx.attempt}.pkl"
     call.write_bytes(cloudpickle.dumps((fn, args, kwargs)))
@@ -335,7 +349,7 @@ def run_app(app: AppCall, handlers: Handlers | None) -> AppResult:
 
     def body(ctx: TaskContext, handle: RunHandle) -> AppResult:
         argv = command_argv(app.command, app.params)
-        workdir = _workdir(get_runtime(), ctx.spec, ctx.key)
+        workdir = _workdir(get_runtime(), ctx)
         suffix = "" if ctx.attempt <= 1 else f".{ctx.attempt}"
         res = run_process(
             argv, workdir=workdir, env=_task_env(ctx.spec, ctx.gpu_ids), timeout=ctx.spec.timeout,

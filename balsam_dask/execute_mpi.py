@@ -63,7 +63,7 @@ def run_mpi(call: MPICall, handlers: Handlers | None, *args: Any, **kwargs: Any)
         spec = ctx.spec
         launcher = default_launcher(spec.launcher or rt.config.launcher)
         hosts = ctx.hosts or (rt.host,)
-        workdir = _workdir(rt, spec, ctx.key).absolute()
+        workdir = _workdir(rt, ctx).absolute()
         workdir.mkdir(parents=True, exist_ok=True)
         env = _task_env(spec, ctx.gpu_ids)
         outdir = workdir / f"mpi.{ctx.attempt}"

@@ -384,7 +384,7 @@ class BalsamPlugin(SchedulerPlugin):
             ts.annotations = {
                 **(ts.annotations or {}),
                 DISPATCH_ANNOTATION: {"attempt": track.attempt + 1, "gpus": a.gpu_ids, "hosts": hosts,
-                                      "workers": a.nodes},
+                                      "workers": a.nodes, "task_id": track.id},
             }  # fmt: skip
             notes = [f"gpus={','.join(a.gpu_ids)}"] if a.gpu_ids else []
             if len(a.nodes) > 1:

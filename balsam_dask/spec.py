@@ -27,6 +27,9 @@ KINDS: tuple[str, ...] = ("python", "app", "mpi")
 DEFAULT_TIMEOUT_RETRIES = 3
 
 MAX_TAG_LENGTH = 256
+#: Longest task name: names label work directories, store rows and Dask keys.
+MAX_NAME_LENGTH = 200
+_BAD_NAME_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]")
 _TAG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _HMS = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)$")
 _UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d)\s*$")
@@ -64,6 +67,19 @@ def parse_duration(name: str, value: Any) -> float | None:
             f'for example {name}=600, {name}="00:10:00" or {name}="10m"'
         )
     return seconds
+
+
+def check_name(name: Any) -> str:
+    """A task name: a non-empty string of at most MAX_NAME_LENGTH characters, without path
+    separators or control characters, and not made of dots only (it names a directory)."""
+    ok = isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH
+    if not ok or _BAD_NAME_CHARS.search(name) or not name.strip(". "):
+        shown = repr(name) if not isinstance(name, str) or len(name) <= 60 else f"{name[:40]!r}... ({len(name)} chars)"
+        raise InvalidSpec(
+            f"name={shown} is invalid: give 1 to {MAX_NAME_LENGTH} characters, no path separator ('/' or "
+            "backslash) or control character, not only dots, e.g. name='fit-7'"
+        )
+    return name
 
 
 def validate_tags(tags: Any) -> tuple[tuple[str, str], ...]:
@@ -193,8 +209,8 @@ class TaskSpec:
             raise InvalidSpec(f"kind={self.kind!r} is invalid: use one of {', '.join(KINDS)}")
         if not isinstance(self.resources, Resources):
             raise InvalidSpec(f"resources={self.resources!r} is invalid: pass a Resources(...)")
-        if self.name is not None and (not isinstance(self.name, str) or not self.name):
-            raise InvalidSpec(f"name={self.name!r} is invalid: give a non-empty string, e.g. name='fit-7'")
+        if self.name is not None:
+            check_name(self.name)
         if isinstance(self.priority, bool) or not isinstance(self.priority, int):
             raise InvalidSpec(f"priority={self.priority!r} is invalid: use an integer, e.g. priority=10")
         object.__setattr__(self, "timeout", parse_duration("timeout", self.timeout))
