@@ -35,15 +35,60 @@ _INFO_TTL = 2.0
 
 
 class Client(distributed.Client):
-    """A Dask client whose tasks are placed by balsam_dask and recorded in its store."""
+    """A Dask client whose tasks are placed by balsam_dask and recorded in its store.
+
+    Works synchronously and asynchronously (``Client(..., asynchronous=True)``, ``await
+    client.resume()``), and from Dask's event loop (libraries that submit from callbacks):
+    submitting never waits on the scheduler. Placement limits (node shapes, widest gang) are
+    read when the client connects and refreshed in the background; the scheduler plugin checks
+    them again, so a task that fits no node fails at once rather than waiting forever."""
 
     _balsam_info: dict[str, Any] | None = None
-    _balsam_info_at: float = 0.0
+    _balsam_info_at: float = -1e9
+    _balsam_info_error: BaseException | None = None
+    _balsam_refreshing: bool = False
 
     def _balsam_rpc(self) -> Any:
         if self.scheduler is None:
             raise RuntimeError("the client is not connected to a scheduler")
         return self.scheduler
+
+    async def _start(self, *args: Any, **kwargs: Any) -> Any:
+        out = await super()._start(*args, **kwargs)
+        await self._refresh_info()
+        return out
+
+    async def _refresh_info(self) -> None:
+        """Ask the plugin for its view; a failure is remembered, never cached as info."""
+        self._balsam_refreshing = True
+        try:
+            info = await self._balsam_rpc().balsam_info()
+        except Exception as e:  # no plugin (yet), or the scheduler went away
+            self._balsam_info_error = e
+        else:
+            self._balsam_info, self._balsam_info_error = dict(info), None
+        finally:
+            self._balsam_info_at = time.monotonic()
+            self._balsam_refreshing = False
+
+    def balsam_info(self, refresh: bool = False) -> dict[str, Any]:
+        """The scheduler plugin's view: store URL, node shapes, widest gang. On the event loop
+        (an asynchronous client, a callback) the last answer serves and a fresh one is asked
+        for in the background; elsewhere a stale answer is refreshed first."""
+        stale = refresh or time.monotonic() - self._balsam_info_at > _INFO_TTL
+        if stale:
+            if self.asynchronous:
+                if not self._balsam_refreshing and self.scheduler is not None and self.loop is not None:
+                    self._balsam_refreshing = True
+                    self.loop.add_callback(self._refresh_info)
+            else:
+                self.sync(self._refresh_info)
+        if self._balsam_info is None:
+            raise InvalidSpec(
+                "the scheduler has no BalsamPlugin: start it with LocalEnsembleCluster, "
+                "or Scheduler(plugins=[balsam_dask.BalsamPlugin(store)])"
+            ) from self._balsam_info_error
+        return self._balsam_info
 
     # ------------------------------------------------------------------ specs
     def _spec(
@@ -59,21 +104,6 @@ class Client(distributed.Client):
         )  # fmt: skip
         self._check_fits(spec.resources)
         return spec
-
-    def balsam_info(self, refresh: bool = False) -> dict[str, Any]:
-        """The scheduler plugin's view: store URL, node shapes, widest gang."""
-        now = time.monotonic()
-        if refresh or self._balsam_info is None or now - self._balsam_info_at > _INFO_TTL:
-            try:
-                self._balsam_info = self.sync(self._balsam_rpc().balsam_info)
-            except Exception as e:
-                raise InvalidSpec(
-                    "the scheduler has no BalsamPlugin: start it with LocalEnsembleCluster, "
-                    "or Scheduler(plugins=[balsam_dask.BalsamPlugin(store)])"
-                ) from e
-            self._balsam_info_at = now
-        assert self._balsam_info is not None
-        return self._balsam_info
 
     def _check_fits(self, r: Resources) -> None:
         shapes = [NodeShape(s["cores"], s["gpus"]) for s in self.balsam_info()["node_shapes"]]
@@ -219,29 +249,44 @@ class Client(distributed.Client):
     def kill(
         self, futures: distributed.Future | Iterable[distributed.Future | Hashable] | None = None, *,
         tags: Mapping[str, Any] | None = None, reason: str = "killed on request",
-    ) -> list[str]:  # fmt: skip
-        """Kill tasks (their processes too) and mark them KILLED; returns the killed keys."""
+    ) -> Any:  # fmt: skip
+        """Kill tasks (their processes too) and mark them KILLED; returns the killed keys
+        (awaitable on an asynchronous client)."""
         if futures is None and not tags:
             raise InvalidSpec("kill() needs futures or tags={...}, e.g. client.kill(tags={'exp': 'sweep'})")
         if isinstance(futures, distributed.Future):
             futures = [futures]
         keys = [f.key if isinstance(f, distributed.Future) else f for f in (futures or [])]
         tag_pairs = dict(freeze_pairs("tags", tags)) if tags else None
-        return list(self.sync(self._balsam_rpc().balsam_kill, keys=keys, tags=tag_pairs, reason=reason, client=self.id))
+        return self.sync(self._kill, keys, tag_pairs, reason)
 
-    def flush(self, timeout: float = 60.0) -> None:
-        """Wait until every event so far is written to the store."""
-        if not self.sync(self._balsam_rpc().balsam_flush, timeout=timeout):
+    async def _kill(self, keys: list[Hashable], tags: dict[str, str] | None, reason: str) -> list[str]:
+        return list(await self._balsam_rpc().balsam_kill(keys=keys, tags=tags, reason=reason, client=self.id))
+
+    def flush(self, timeout: float = 60.0) -> Any:
+        """Wait until every event so far is written to the store (awaitable when asynchronous)."""
+        return self.sync(self._flush, timeout)
+
+    async def _flush(self, timeout: float) -> None:
+        if not await self._balsam_rpc().balsam_flush(timeout=timeout):
             raise TimeoutError(f"the store writer did not flush within {timeout}s")
 
-    def balsam_status(self) -> dict[str, Any]:
-        return dict(self.sync(self._balsam_rpc().balsam_status))
+    def balsam_status(self) -> Any:
+        """The plugin's placement, writer and error status (awaitable when asynchronous)."""
+        return self.sync(self._balsam_status)
 
-    def resume(self, limit: int | None = None) -> dict[Hashable, distributed.Future]:
-        """Submit again the unfinished durable tasks of dead sessions of this store."""
+    async def _balsam_status(self) -> dict[str, Any]:
+        return dict(await self._balsam_rpc().balsam_status())
+
+    def resume(self, limit: int | None = None) -> Any:
+        """Submit again the unfinished durable tasks of dead sessions of this store; returns
+        their futures by key (awaitable when asynchronous)."""
+        return self.sync(self._resume, limit)
+
+    async def _resume(self, limit: int | None) -> dict[Hashable, distributed.Future]:
         from balsam_dask.resubmit import resubmit
 
-        plan = self.sync(self._balsam_rpc().balsam_resume, limit=limit)
+        plan = await self._balsam_rpc().balsam_resume(limit=limit)
         return resubmit(self, plan)
 
 

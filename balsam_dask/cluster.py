@@ -140,6 +140,8 @@ class LocalEnsembleCluster(AllocationCluster):
             "alloc_prefix": alloc_id or f"local-{uuid.uuid4().hex[:8]}",
         }  # fmt: skip
         store_url = resolve_url(store or os.environ.get("BALSAM_DASK_STORE") or str(base / DEFAULT_SQLITE_FILE))
+        self._first = True
+        self._initial = (nodes, seconds) if nodes else None  # requested once the scheduler runs
         super().__init__(
             node_shape=shape, store_url=store_url, max_nodes_per_job=max_nodes_per_job or max(nodes, 1),
             default_walltime=seconds, plugin_options=plugin_options,
@@ -147,12 +149,13 @@ class LocalEnsembleCluster(AllocationCluster):
                                "validate": validate},
             asynchronous=asynchronous, loop=loop, silence_logs=silence_logs, name="LocalEnsembleCluster",
         )  # fmt: skip
-        self._first = True
-        if nodes and not asynchronous:
-            self.request(nodes, seconds)
 
     async def _start(self) -> None:
         await super()._start()
+        if self._initial is not None:  # in __init__ when synchronous, at ``await cluster`` when not
+            nodes, seconds = self._initial
+            self._initial = None
+            await self._request(nodes, seconds)
 
     async def _shrink(self, name: str, workers: list[str], hosts: list[str], keep_hosts: list[str]) -> str | None:
         job = self.workers.get(name)

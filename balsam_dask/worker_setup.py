@@ -11,6 +11,7 @@ threads as cores, no GPUs, no allocation end).
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Any
 
 from balsam_dask.node import CORES_RESOURCE, ENV_VAR, EXTRA_KEY, NodeConfig
@@ -30,6 +31,31 @@ async def dask_setup(worker: Any) -> None:
     info = {**config.to_dict(), "host": runtime.host}
     worker.startup_information[EXTRA_KEY] = lambda _worker: info
     await worker.plugin_add(BalsamWorkerPlugin(runtime), name=BalsamWorkerPlugin.name)
+    # get_client() / worker_client() in a task give a balsam_dask.Client: tasks submit tasks with
+    # resources, apps and MPI (Dask looks the worker's client up through this method)
+    worker._get_client = partial(node_client, worker)
     from balsam_dask.plugin import STREAM_INTERVAL
 
     worker.batched_stream.interval = STREAM_INTERVAL  # report completions without Dask's 2 ms delay
+
+
+def node_client(worker: Any, timeout: Any = None) -> Any:
+    """The worker's client for its tasks (``get_client()``): a ``balsam_dask.Client`` made on
+    first use with the options Dask gives its own worker client."""
+    if worker._client is None:
+        import dask
+        from dask.utils import parse_timedelta
+        from distributed import Worker
+        from distributed.utils import in_async_call
+
+        from balsam_dask.client import Client
+
+        if timeout is None:
+            timeout = dask.config.get("distributed.comm.timeouts.connect")
+        asynchronous = in_async_call(worker.loop)
+        worker._client = Client(
+            worker.scheduler, loop=worker.loop, security=worker.security, set_as_default=True,
+            asynchronous=asynchronous, direct_to_workers=True, name="worker", timeout=parse_timedelta(timeout, "s"),
+        )  # fmt: skip
+        Worker._initialized_clients.add(worker._client)
+    return worker._client
