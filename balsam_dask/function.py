@@ -117,3 +117,9 @@ def unpack(fn: Callable[..., Any] | PickledFunction) -> Callable[..., Any]:
 def loads() -> int:
     """How many functions this process has unpickled so far."""
     return _loads
+
+
+def restored(data: bytes) -> Any:
+    """A finished task's stored result, as the task that stands in for it when Dask would
+    compute the task again (its result was lost with a worker)."""
+    return cloudpickle.loads(data)

@@ -29,6 +29,7 @@ from collections.abc import Hashable
 from functools import partial
 from typing import Any
 
+from dask._task_spec import Task
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from balsam_dask.execute import (
@@ -39,12 +40,13 @@ from balsam_dask.execute import (
     TOPIC,
     wire_spec,
 )
+from balsam_dask.function import restored
 from balsam_dask.node import CORES_RESOURCE, EXTRA_KEY, NodeConfig
 from balsam_dask.packing.placement import NodeInfo, Placer
 from balsam_dask.packing.placement_state import HOLD_AFTER
 from balsam_dask.pausing import Pauser, is_ours
 from balsam_dask.payload import dump_payload
-from balsam_dask.recorder import Recorder
+from balsam_dask.recorder import FINISHED, Recorder, Track
 from balsam_dask.runtime import KILL_OP
 from balsam_dask.spec import TaskSpec
 from balsam_dask.store.api import Store
@@ -144,6 +146,8 @@ class BalsamPlugin(SchedulerPlugin):
         self._queued: dict[Hashable, tuple[str, str, str | None]] = {}  # prefetched: key -> (worker, hosts, message)
         self._steal_fallback: Any = None
         self._only: dict[str, frozenset[str]] = {}  # worker -> the restriction to it, shared by its tasks
+        self._restoring: dict[Hashable, str] = {}  # finished tasks whose lost result comes from the store
+        self._names: dict[str, str] = {}  # worker address -> its node's name (kept after it leaves)
         self._order = 0  # dispatch order: the Dask priority of balsam tasks on their worker
         self.errors: list[str] = []
         self.writer: Any = None
@@ -268,6 +272,16 @@ class BalsamPlugin(SchedulerPlugin):
         if track is None:
             return
         ts = self.scheduler.tasks.get(key)
+        if self._restoring and key in self._restoring:
+            self._restore_step(track, ts, finish, kwargs)
+            return
+        if finish == "waiting" and track.state == FINISHED and start == "released" and self._restorable(track):
+            # a finished durable task whose result was lost with its worker: its result comes
+            # back from the store (it must not run twice); held until its parents are back
+            self._restoring[key] = f"result restored from the store (lost with {self._node_name(track.worker)})"
+            if ts is not None:
+                ts.worker_restrictions = HELD
+            return
         worker = hosts = note = None
         deps_pending = False
         if finish == "processing":
@@ -313,6 +327,64 @@ class BalsamPlugin(SchedulerPlugin):
         if finish == "no-worker":
             self.placer.submit(track.id, track.spec.resources, track.spec.priority)
             self._want_schedule()
+
+    @staticmethod
+    def _restorable(track: Track) -> bool:
+        return track.spec is not None and track.spec.durable
+
+    def _node_name(self, worker: str | None) -> str:
+        """A worker's node name for the record (its address if it never said)."""
+        if worker is None:
+            return "its worker"
+        return self._names.get(worker, worker)
+
+    def _restore_step(self, track: Track, ts: Any, finish: str, kwargs: dict[str, Any]) -> None:
+        """A transition of a task whose lost result is being restored from the store."""
+        key = track.key
+        if finish == "no-worker":
+            asyncio.get_running_loop().create_task(self._restore(track))
+        elif finish == "memory":
+            self.recorder.restored(track, self._restoring.pop(key))
+            if ts is not None:
+                ts.worker_restrictions = HELD
+        elif finish == "erred":
+            why = self._restoring.pop(key)
+            self.recorder.move(track, State.FAILED, message=f"{why} failed: {kwargs.get('exception_text') or ''}")
+        elif finish in ("released", "forgotten"):  # no longer wanted
+            self._restoring.pop(key, None)
+            if finish == "forgotten":
+                self.recorder.forget(key)
+
+    async def _restore(self, track: Track) -> None:
+        """Read the task's stored result and let a stand-in task return it on any worker;
+        without one, the task runs again (recorded as a lost result)."""
+        loop = asyncio.get_running_loop()
+        store = self.store
+        assert store is not None
+        problem = None
+        try:
+            await loop.run_in_executor(None, self.writer.flush, 30.0)  # its result may be in flight
+            data = await loop.run_in_executor(None, store.result_bytes, track.id)
+            if data is None:
+                problem = "its result was not stored"
+        except Exception as e:
+            data, problem = None, f"reading it failed: {type(e).__name__}: {e}"
+        key = track.key
+        ts = self.scheduler.tasks.get(key)
+        if key not in self._restoring or ts is None or ts.state != "no-worker":
+            return  # released or cancelled meanwhile
+        if data is None:
+            del self._restoring[key]
+            self.recorder.move(track, State.RESTART_READY, message=f"result lost: recomputing ({problem})")
+            self.recorder.move(track, State.READY)
+            assert track.spec is not None
+            self.placer.submit(track.id, track.spec.resources, track.spec.priority)
+            self._want_schedule()
+            return
+        ts.run_spec = Task(key, restored, data)
+        ts.worker_restrictions = None
+        ts.resource_restrictions = None
+        self.scheduler.transitions({key: "processing"}, stimulus_id=f"balsam-restore-{time.time()}")
 
     def _promoted(self) -> None:
         """Record the start of queued tasks the placer promoted (their node freed cores)."""
@@ -446,6 +518,7 @@ class BalsamPlugin(SchedulerPlugin):
             return
         try:
             self.nodes[worker] = NodeConfig.from_dict(info)
+            self._names[worker] = self.nodes[worker].name
         except Exception as e:
             self.errors.append(f"worker {worker} sent a bad node config: {e}")
             return

@@ -162,6 +162,11 @@ class Recorder:
             track.worker = worker
         return True
 
+    def restored(self, track: Track, message: str) -> None:
+        """A FINISHED task's lost result came back from the store: an event, same state."""
+        self.put_transition(self.new_id(), track.id, FINISHED, FINISHED, time.time(), track.attempt, None, None,
+                            message)  # fmt: skip
+
     def update(self, track: Track, **fields: Any) -> None:
         self.put(TaskUpdate(track.id, fields))
 

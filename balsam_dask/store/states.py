@@ -10,7 +10,8 @@ States follow Balsam's, adapted to Dask:
     any unfinished state -> KILLED            (kill request, cancelled future)
 
 FINISHED and FAILED may go back to RESTART_READY only when Dask recomputes a task (a lost
-result, ``client.retry``); KILLED is final.
+result, ``client.retry``); KILLED is final. FINISHED -> FINISHED is an event without a change
+of state: a result lost with its worker, restored from the store instead of run again.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ TRANSITIONS: dict[str | None, frozenset[str]] = {
     S.RUN_ERROR: frozenset({S.RESTART_READY, S.FAILED, S.KILLED}),
     S.RUN_TIMEOUT: frozenset({S.RESTART_READY, S.FAILED, S.KILLED}),
     S.RESTART_READY: frozenset({S.RUNNING, S.AWAITING_PARENTS, S.READY, S.FAILED, S.KILLED}),
-    S.FINISHED: frozenset({S.RESTART_READY}),
+    S.FINISHED: frozenset({S.RESTART_READY, S.FINISHED}),
     S.FAILED: frozenset({S.RESTART_READY}),
     S.KILLED: frozenset(),
 }

@@ -25,7 +25,7 @@ EXPECTED: dict[str | None, set[str]] = {
     "RUN_ERROR": {"RESTART_READY", "FAILED", "KILLED"},
     "RUN_TIMEOUT": {"RESTART_READY", "FAILED", "KILLED"},
     "RESTART_READY": {"RUNNING", "AWAITING_PARENTS", "READY", "FAILED", "KILLED"},
-    "FINISHED": {"RESTART_READY"},
+    "FINISHED": {"RESTART_READY", "FINISHED"},  # FINISHED -> FINISHED: a lost result restored
     "FAILED": {"RESTART_READY"},
     "KILLED": set(),
 }
