@@ -10,12 +10,14 @@ import importlib
 from typing import Any
 
 from balsam_dask.errors import (
+    AllocationError,
     AppError,
     BalsamDaskError,
     FunctionLoadError,
     IllegalTransition,
     InvalidSpec,
     InvalidTags,
+    LauncherError,
     MPITaskError,
     SchemaTooNew,
     StoreError,
@@ -36,9 +38,13 @@ _LAZY = {
     "BalsamPlugin": "balsam_dask.plugin",
     "AppResult": "balsam_dask.apps",
     "current_task": "balsam_dask.execute",
+    "SlurmEnsembleCluster": "balsam_dask.packing.clusters",
+    "PBSEnsembleCluster": "balsam_dask.packing.clusters",
+    "LSFEnsembleCluster": "balsam_dask.packing.clusters",
 }
 
 __all__ = [
+    "AllocationError",
     "AppError",
     "AppResult",
     "BalsamDaskError",
@@ -48,11 +54,15 @@ __all__ = [
     "IllegalTransition",
     "InvalidSpec",
     "InvalidTags",
+    "LSFEnsembleCluster",
+    "LauncherError",
     "LocalEnsembleCluster",
     "MPITaskError",
     "NodeShape",
+    "PBSEnsembleCluster",
     "Resources",
     "SchemaTooNew",
+    "SlurmEnsembleCluster",
     "State",
     "Store",
     "StoreError",

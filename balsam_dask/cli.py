@@ -15,16 +15,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from datetime import datetime
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from balsam_dask.errors import BalsamDaskError, InvalidSpec
 from balsam_dask.store.api import Store
 from balsam_dask.store.ops import AllocationRecord, TaskRecord
 from balsam_dask.store.schema import HEAD
 from balsam_dask.store.states import ALLOCATION_ENDED, ALLOCATION_LIVE, RUNNABLE_STATES
+
+
+#: Largest task id (ids are 64-bit signed integers in both databases).
+MAX_ID = 2**63 - 1
 
 
 class CLIError(BalsamDaskError):
@@ -62,8 +69,8 @@ def _task_id(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"task id {text!r} is not an integer; use e.g. show 1099511627777") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"task id {text!r} must be positive")
+    if not 0 < value <= MAX_ID:
+        raise argparse.ArgumentTypeError(f"task id {text!r} is out of range: ids are 1 to {MAX_ID}")
     return value
 
 
@@ -197,6 +204,16 @@ COMMANDS = {"init": cmd_init, "ls": cmd_ls, "show": cmd_show, "summary": cmd_sum
             "allocations": cmd_allocations}  # fmt: skip
 
 
+#: Set to 1 to let an unexpected error's traceback through.
+DEBUG_ENV = "BALSAM_DASK_DEBUG"
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an error (SQLAlchemy appends SQL and a help link on later lines)."""
+    text = str(getattr(e, "orig", None) or e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -211,6 +228,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except SQLAlchemyError as e:  # the database answered with an error after the store opened
+        print(f"balsam-dask: error: the store's database failed: {_first_line(e)}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug of ours: still one line, with where to get the whole story
+        print(f"balsam-dask: internal error: {type(e).__name__}: {_first_line(e)} (set {DEBUG_ENV}=1 for the "
+              "traceback)", file=sys.stderr)  # fmt: skip
+        if os.environ.get(DEBUG_ENV) == "1":
+            raise
+        return 1
     finally:
         if store is not None:
             store.engine.dispose()

@@ -9,12 +9,14 @@ collections' ``compute``.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 import uuid
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import cloudpickle
 import dask
 import distributed
 from dask.base import tokenize
@@ -100,7 +102,7 @@ class Client(distributed.Client):
         spec = TaskSpec(
             kind=kind, resources=Resources.serial(cores, gpus, walltime), name=name, tags=tags,  # type: ignore[arg-type]
             priority=priority, timeout=timeout, retries=0 if retries is None else retries, isolate=isolate,
-            durable=bool(durable), **extra,
+            durable=_flag("durable", durable), **extra,
         )  # fmt: skip
         self._check_fits(spec.resources)
         return spec
@@ -132,11 +134,11 @@ class Client(distributed.Client):
                           tags=tags, name=name, priority=priority, isolate=isolate, durable=durable)  # fmt: skip
         handlers = _handlers(on_error, on_timeout)
         task_fn = pack(fn, _check_callable(fn, args, kwargs))
-        if key is None:
-            key = f"{funcname(fn)}-{tokenize(fn, kwargs, spec, *args) if pure else uuid.uuid4().hex}"
-        with dask.annotate(**{SPEC_ANNOTATION: spec}):
+        with _naming_unpicklable(fn, args, kwargs), dask.annotate(**{SPEC_ANNOTATION: spec}):
+            if key is None:
+                key = f"{funcname(fn)}-{tokenize(fn, kwargs, spec, *args) if pure else uuid.uuid4().hex}"
             return super().submit(run_python, task_fn, handlers, *args, key=key, pure=False, priority=priority,
-                                  fifo_timeout=fifo_timeout, **kwargs)  # fmt: skip
+                                      fifo_timeout=fifo_timeout, **kwargs)  # fmt: skip
 
     def map(  # type: ignore[override]
         self, fn: Callable[..., Any], *iterables: Iterable[Any], cores: int = 1, gpus: int = 0,
@@ -158,8 +160,9 @@ class Client(distributed.Client):
             key = f"{funcname(fn)}-{tokenize(spec)[:8]}"
         with dask.annotate(**{SPEC_ANNOTATION: spec}):
             n = min((len(v) for v in lists), default=0)
-            return super().map(run_python, [task_fn] * n, [handlers] * n, *lists, key=key, pure=pure,
-                               priority=priority, batch_size=batch_size, **kwargs)  # fmt: skip
+            with _naming_unpicklable(fn, lists, kwargs, mapped=True):
+                return super().map(run_python, [task_fn] * n, [handlers] * n, *lists, key=key, pure=pure,
+                                   priority=priority, batch_size=batch_size, **kwargs)  # fmt: skip
 
     # ------------------------------------------------------------------ executables
     def submit_app(
@@ -225,7 +228,7 @@ class Client(distributed.Client):
         resources = Resources(nodes, ranks_per_node, threads_per_rank, gpus_per_rank, walltime)
         spec = TaskSpec(
             kind="mpi", resources=resources, name=name, tags=tags, priority=priority, timeout=timeout,  # type: ignore[arg-type]
-            retries=0 if retries is None else retries, durable=bool(durable), command=cmd,
+            retries=0 if retries is None else retries, durable=_flag("durable", durable), command=cmd,
             params=freeze_pairs("params", params_d), env=freeze_pairs("env", env), workdir=workdir,
             launcher=launcher, mpi_args=tuple(mpi_args), check=check,
         )  # fmt: skip
@@ -242,7 +245,8 @@ class Client(distributed.Client):
             label = name or (funcname(command_or_fn) if callable(command_or_fn) else "mpi")
             key = f"mpi-{label}-{uuid.uuid4().hex}"
         with dask.annotate(**{SPEC_ANNOTATION: spec}):
-            return super().submit(run_mpi, call, _handlers(on_error, on_timeout), *args, key=key, pure=False,
+            with _naming_unpicklable(command_or_fn, args, kwargs):
+                return super().submit(run_mpi, call, _handlers(on_error, on_timeout), *args, key=key, pure=False,
                                   priority=priority, **kwargs)  # fmt: skip
 
     # ------------------------------------------------------------------ control
@@ -288,6 +292,46 @@ class Client(distributed.Client):
 
         plan = await self._balsam_rpc().balsam_resume(limit=limit)
         return resubmit(self, plan)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidSpec(f"{name}={value!r} is invalid: use {name}=True or {name}=False")
+    return value
+
+
+@contextlib.contextmanager
+def _naming_unpicklable(
+    fn: Any, args: Sequence[Any], kwargs: Mapping[str, Any], mapped: bool = False
+) -> Iterator[None]:
+    """Dask's "Could not serialize" TypeError, as an InvalidSpec naming the argument."""
+    try:
+        yield
+    except (TypeError, RuntimeError) as e:  # Dask's serialization or tokenization failed
+        if "serializ" not in str(e) and "tokeniz" not in str(e).lower():
+            raise
+        for where, value in _arguments(args, kwargs, mapped):
+            try:
+                cloudpickle.dumps(value)
+            except Exception as why:
+                raise InvalidSpec(
+                    f"{where} of {funcname(fn) if callable(fn) else 'the task'} ({type(value).__name__}) cannot be "
+                    f"pickled to travel to the workers ({type(why).__name__}: {why}); pass something that pickles, "
+                    "e.g. a file path or the plain data it holds"
+                ) from None
+        raise
+
+
+def _arguments(args: Sequence[Any], kwargs: Mapping[str, Any], mapped: bool) -> Iterator[tuple[str, Any]]:
+    """Each argument with how to name it (a mapped call's iterables element by element)."""
+    for i, value in enumerate(args):
+        if mapped:
+            for j, item in enumerate(value):
+                yield f"element {j} of iterable {i}", item
+        else:
+            yield f"argument {i}", value
+    for k, value in kwargs.items():
+        yield f"keyword argument {k}=", value
 
 
 def _check_template(command: str | tuple[str, ...], params: dict[str, Any]) -> None:

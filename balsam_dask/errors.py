@@ -128,7 +128,7 @@ class MPITaskError(BalsamDaskError, RuntimeError):
         return f"rank {self.rank} raised {self.exc_type}: {self.message}\n{self.traceback_text}"
 
 
-class LauncherError(BalsamDaskError, ValueError):
+class LauncherError(InvalidSpec):
     """An MPI launcher is unknown or cannot express the requested layout."""
 
 

@@ -160,3 +160,24 @@ def test_kill_marks_tasks(filled: tuple[str, list[int]]) -> None:
     s = Store(url)
     assert sorted(s.kill_requests()) == sorted(ids[:3])
     s.close()
+
+
+def test_never_a_traceback(sqlite_filled: tuple[str, list[int]], tmp_path: Path) -> None:
+    """Errors before the store opens, from the database after it opened, and out-of-range ids."""
+    import sqlite3
+
+    url, ids = sqlite_filled
+    r = run_cli("--store", "bogus://x", "ls")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("balsam-dask: error: store URL 'bogus://x' uses 'bogus', which is not supported")
+    r = run_cli("--store", url, "show", "99999999999999999999999")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "task id '99999999999999999999999' is out of range: ids are 1 to 9223372036854775807" in r.stderr
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(Path(url.removeprefix("sqlite:///")).read_bytes())
+    with sqlite3.connect(broken) as conn:
+        conn.execute("DROP TABLE events")
+    r = run_cli("--store", f"sqlite:///{broken}", "show", str(ids[0]))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("balsam-dask: error: the store's database failed: no such table: events")
+    assert len(r.stderr.splitlines()) == 1

@@ -117,3 +117,15 @@ def test_taskspec() -> None:
 def test_errors_pickle(error: BalsamDaskError) -> None:
     back = pickle.loads(pickle.dumps(error))
     assert type(back) is type(error) and str(back) == str(error) and isinstance(back, BalsamDaskError)
+
+
+def test_every_public_name_imports_from_the_package_root() -> None:
+    import balsam_dask
+
+    for name in balsam_dask.__all__:
+        assert getattr(balsam_dask, name) is not None, name
+    from balsam_dask import LSFEnsembleCluster, PBSEnsembleCluster, SlurmEnsembleCluster
+
+    assert {c.__name__ for c in (SlurmEnsembleCluster, PBSEnsembleCluster, LSFEnsembleCluster)} == {
+        "SlurmEnsembleCluster", "PBSEnsembleCluster", "LSFEnsembleCluster"
+    }  # fmt: skip

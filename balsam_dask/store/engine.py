@@ -46,8 +46,8 @@ def normalize_url(url: str | URL) -> URL:
             parsed = make_url(text)
         except (ArgumentError, ValueError) as e:
             raise InvalidStoreURL(f"store URL {text!r} is malformed ({e}); use {URL_EXAMPLES}") from None
-    backend = parsed.get_backend_name()
-    driver = parsed.get_driver_name()
+    # from the name, not get_driver_name(): that loads the dialect, and fails on an unknown one
+    backend, _, driver = parsed.drivername.partition("+")
     if backend == "sqlite":
         db = parsed.database
         if not db or db == ":memory:" or db.startswith("file::memory"):
@@ -61,7 +61,7 @@ def normalize_url(url: str | URL) -> URL:
             path = path.absolute()
         return parsed.set(drivername="sqlite+pysqlite", database=str(path))
     if backend in ("postgresql", "postgres"):
-        if driver not in ("psycopg", "psycopg2", "") and driver != backend:
+        if driver not in ("psycopg", "psycopg2", ""):
             raise InvalidStoreURL(f"store URL driver {driver!r} is not supported; use postgresql+psycopg://...")
         if not parsed.database:
             raise InvalidStoreURL(

@@ -29,6 +29,7 @@ def f(x: int, scale: int = 1) -> int:
         ({"tags": ["x"]}, r"tags=\['x'\] is invalid"),
         ({"priority": "high"}, r"priority='high' is invalid"),
         ({"isolate": "yes"}, r"isolate='yes' is invalid"),
+        ({"durable": "no"}, r"durable='no' is invalid: use durable=True or durable=False"),
         ({"on_error": 3}, r"on_error=3 is not callable"),
         ({"scael": 2}, r"got an unexpected keyword argument 'scael'; balsam keywords are cores, gpus"),
         ({"core": 2}, r"unexpected keyword argument 'core'"),
@@ -66,6 +67,31 @@ def test_unpicklable_and_bad_callables(ens: tuple[LocalEnsembleCluster, Client])
         client.submit(f)
     with pytest.raises(InvalidTags):
         client.submit(f, 1, tags={"k": [1]})
+
+
+def test_an_unpicklable_argument_is_named(ens: tuple[LocalEnsembleCluster, Client]) -> None:
+    cluster, client = ens
+    lock = threading.Lock()
+    with Store(cluster.store_url) as store:
+        before = store.count()
+        with pytest.raises(InvalidSpec, match=r"argument 0 of f \(lock\) cannot be pickled to travel to the workers"):
+            client.submit(f, lock)
+        with pytest.raises(InvalidSpec, match=r"keyword argument scale= of f \(lock\) cannot be pickled"):
+            client.submit(f, 1, scale=lock)
+        with pytest.raises(InvalidSpec, match=r"element 1 of iterable 0 of f \(lock\) cannot be pickled"):
+            client.map(f, [1, lock])
+        with pytest.raises(InvalidSpec, match=r"argument 0 of .*lambda.* \(lock\) cannot be pickled"):
+            client.submit_mpi(lambda comm, x: 1, lock, nodes=1)
+        client.flush()
+        assert store.count() == before  # nothing reached the scheduler
+
+
+def test_an_unknown_launcher_is_an_invalid_spec(ens: tuple[LocalEnsembleCluster, Client]) -> None:
+    _, client = ens
+    with pytest.raises(InvalidSpec, match="bogus"):
+        client.submit_mpi(["true"], launcher="bogus")
+    with pytest.raises(InvalidSpec, match="bogus"):
+        LocalEnsembleCluster(nodes=1, cores_per_node=1, launcher="bogus")
 
 
 def test_bad_apps(ens: tuple[LocalEnsembleCluster, Client]) -> None:
