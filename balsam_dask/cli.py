@@ -29,7 +29,6 @@ from balsam_dask.store.ops import AllocationRecord, TaskRecord
 from balsam_dask.store.schema import HEAD
 from balsam_dask.store.states import ALLOCATION_ENDED, ALLOCATION_LIVE, RUNNABLE_STATES
 
-
 #: Largest task id (ids are 64-bit signed integers in both databases).
 MAX_ID = 2**63 - 1
 

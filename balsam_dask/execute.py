@@ -20,6 +20,7 @@ import shlex
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,8 @@ class TaskContext:
     hosts: tuple[str, ...]
     node: str
     task_id: int | None = None  # the task's id in the store (None when called outside a cluster)
+    #: What this attempt launched, for the record: ``command``, ``workdir``, ``return_code``.
+    launch: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def cores(self) -> int:
@@ -203,15 +206,13 @@ def _run_attempts(body: Callable[[TaskContext, RunHandle], Any], handlers: Handl
             except _TimedOut as e:
                 timeouts += 1
                 retry = _decide(handlers.on_timeout, (attempt,), timeouts <= spec.timeout_retries)
-                _report({"op": "attempt", "key": key, "attempt": attempt, "kind": "timeout", "retry": retry,
-                         "message": str(e), "ts": time.time()})  # fmt: skip
+                _report(_attempt_report(ctx, "timeout", retry, str(e), str(e)))
                 if not retry:
                     raise TaskTimeout(f"task {key}", spec.timeout or 0.0, timeouts) from None
             except Exception as e:
                 errors += 1
                 retry = _decide(handlers.on_error, (e, attempt), errors <= spec.retries)
-                _report({"op": "attempt", "key": key, "attempt": attempt, "kind": "error", "retry": retry,
-                         "message": _tail(f"{type(e).__name__}: {e}"), "ts": time.time()})  # fmt: skip
+                _report(_attempt_report(ctx, "error", retry, _tail(f"{type(e).__name__}: {e}"), own_error_tail(e)))
                 if not retry:
                     raise
             else:
@@ -223,6 +224,33 @@ def _run_attempts(body: Callable[[TaskContext, RunHandle], Any], handlers: Handl
     finally:
         rt.unregister(handle)
         rt.release_gpus(gpus)
+
+
+def _attempt_report(ctx: TaskContext, kind: str, retry: bool, message: str, tail: str) -> dict[str, Any]:
+    """A failed or timed-out attempt, for the record: what it launched, where, how it ended."""
+    return {"op": "attempt", "key": ctx.key, "attempt": ctx.attempt, "kind": kind, "retry": retry,
+            "message": message, "ts": time.time(), "error_tail": tail, **ctx.launch}  # fmt: skip
+
+
+def _library_dirs() -> tuple[str, ...]:
+    import asyncio
+    import concurrent.futures
+
+    import dask
+    import distributed
+
+    mods = (dask, distributed, asyncio, concurrent.futures, sys.modules[__name__.partition(".")[0]])
+    return (*[os.path.dirname(m.__file__ or "") + os.sep for m in mods], threading.__file__ or "")
+
+
+def own_error_tail(e: BaseException) -> str:
+    """The error as the task's author wants to read it: the traceback's frames of their own
+    code (not balsam_dask's, Dask's or the thread pool's), the exception with its notes (an
+    app's stderr tail, a remote rank's traceback), at most ERROR_TAIL characters."""
+    skip = _library_dirs()
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith(skip)]
+    notes = "".join(f"\n{n}" for n in getattr(e, "__notes__", ()))
+    return _tail(f"{''.join(traceback.format_list(frames))}{type(e).__name__}: {e}{notes}")
 
 
 def _decide(handler: Callable[..., bool] | None, args: tuple[Any, ...], default: bool) -> bool:
@@ -239,9 +267,7 @@ def _report_done(ctx: TaskContext, spec: TaskSpec, value: Any, started: float) -
                            "started": started, "node": ctx.node}  # fmt: skip
     if ctx.gpu_ids:
         msg["gpus"] = list(ctx.gpu_ids)
-    if isinstance(value, AppResult):
-        msg["return_code"] = value.returncode
-        msg["workdir"] = str(value.workdir)
+    msg.update(ctx.launch)
     if spec.durable:
         try:
             data = cloudpickle.dumps(value)
@@ -257,7 +283,7 @@ def _report_done(ctx: TaskContext, spec: TaskSpec, value: Any, started: float) -
                 tmp.write_bytes(data)
                 tmp.replace(path)
                 msg["result_ref"] = str(path.absolute())
-    if spec.durable or ctx.gpu_ids or isinstance(value, AppResult):
+    if spec.durable or ctx.gpu_ids or ctx.launch:
         _attach_done(msg)
 
 
@@ -297,6 +323,7 @@ def _python_isolated(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
     rt = get_runtime()
     workdir = _workdir(rt, ctx)
     workdir.mkdir(parents=True, exist_ok=True)
+    ctx.launch["workdir"] = str(workdir.absolute())
     call, out = workdir / f"call.{ctx.attempt}.pkl", workdir / f"out.{ctx.attempt}.pkl"
     call.write_bytes(cloudpickle.dumps((fn, args, kwargs)))
     out.unlink(missing_ok=True)
@@ -350,11 +377,13 @@ def run_app(app: AppCall, handlers: Handlers | None) -> AppResult:
     def body(ctx: TaskContext, handle: RunHandle) -> AppResult:
         argv = command_argv(app.command, app.params)
         workdir = _workdir(get_runtime(), ctx)
+        ctx.launch.update(command=shlex.join(argv), workdir=str(workdir.absolute()))
         suffix = "" if ctx.attempt <= 1 else f".{ctx.attempt}"
         res = run_process(
             argv, workdir=workdir, env=_task_env(ctx.spec, ctx.gpu_ids), timeout=ctx.spec.timeout,
             kill_event=handle.kill_event, stdout_name=f"stdout{suffix}.txt", stderr_name=f"stderr{suffix}.txt",
         )  # fmt: skip
+        ctx.launch["return_code"] = res.returncode
         _check_process(res, ctx.spec, handle)
         result = AppResult(
             tuple(argv), res.returncode, res.duration, res.started_at, res.ended_at, workdir.absolute(),

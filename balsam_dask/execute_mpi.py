@@ -10,6 +10,7 @@ is the result, and an exception on any rank fails the task with that rank's trac
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 from collections.abc import Callable
@@ -87,6 +88,7 @@ def run_mpi(call: MPICall, handlers: Handlers | None, *args: Any, **kwargs: Any)
         lspec = LaunchSpec(tuple(argv), spec.resources, env=spec.env, extra_args=spec.mpi_args,
                            cpu_bind=whole_nodes, gpu_ids=ctx.gpu_ids)  # fmt: skip
         command = launcher.command(lspec, hosts)
+        ctx.launch.update(command=shlex.join(command), workdir=str(workdir))
         env.update(launcher.environ(lspec, hosts))
         suffix = "" if ctx.attempt <= 1 else f".{ctx.attempt}"
         res = run_process(
@@ -94,6 +96,7 @@ def run_mpi(call: MPICall, handlers: Handlers | None, *args: Any, **kwargs: Any)
             stdout_name=f"stdout{suffix}.txt", stderr_name=f"stderr{suffix}.txt", grace=MPI_GRACE,
             unset=[k for k in launcher.clear_env(os.environ) if k not in env],
         )  # fmt: skip
+        ctx.launch["return_code"] = res.returncode
         _check_process(res, spec, handle)
         if call.fn is not None:
             errors = sorted(outdir.glob("error.*.pkl"), key=lambda p: int(p.stem.split(".")[1]))
@@ -112,7 +115,7 @@ def run_mpi(call: MPICall, handlers: Handlers | None, *args: Any, **kwargs: Any)
             res.stdout_path, res.stderr_path, res.stdout_tail, res.stderr_tail, ctx.gpu_ids,
         )  # fmt: skip
         if call.check and res.returncode != 0:
-            raise AppError(" ".join(command), res.returncode, res.stderr_tail, str(workdir))
+            raise AppError(shlex.join(command), res.returncode, res.stderr_tail, str(workdir))
         return out
 
     return _run_attempts(body, handlers)

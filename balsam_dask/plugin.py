@@ -168,6 +168,7 @@ class BalsamPlugin(SchedulerPlugin):
             options = {k: v for k, v in self.writer_options.items() if k != "nice"}  # a process's, not a thread's
             self.writer = store.writer(**options)
         self.recorder = Recorder(self.writer.put, store.ids.next, self.writer.put_transition)
+        self.recorder.names = self._names
         for name in _HANDLERS:
             scheduler.handlers[f"balsam_{name}"] = getattr(self, f"_handle_{name}")
         # answers to our requests for queued tasks come back as Dask's steal responses
@@ -278,7 +279,7 @@ class BalsamPlugin(SchedulerPlugin):
         if finish == "waiting" and track.state == FINISHED and start == "released" and self._restorable(track):
             # a finished durable task whose result was lost with its worker: its result comes
             # back from the store (it must not run twice); held until its parents are back
-            self._restoring[key] = f"result restored from the store (lost with {self._node_name(track.worker)})"
+            self._restoring[key] = f"result restored from the store (lost with {track.worker or 'its worker'})"
             if ts is not None:
                 ts.worker_restrictions = HELD
             return
@@ -331,12 +332,6 @@ class BalsamPlugin(SchedulerPlugin):
     @staticmethod
     def _restorable(track: Track) -> bool:
         return track.spec is not None and track.spec.durable
-
-    def _node_name(self, worker: str | None) -> str:
-        """A worker's node name for the record (its address if it never said)."""
-        if worker is None:
-            return "its worker"
-        return self._names.get(worker, worker)
 
     def _restore_step(self, track: Track, ts: Any, finish: str, kwargs: dict[str, Any]) -> None:
         """A transition of a task whose lost result is being restored from the store."""
@@ -460,7 +455,7 @@ class BalsamPlugin(SchedulerPlugin):
             }  # fmt: skip
             notes = [f"gpus={','.join(a.gpu_ids)}"] if a.gpu_ids else []
             if len(a.nodes) > 1:
-                notes.append(f"workers={','.join(a.nodes)}")
+                notes.append(f"workers={','.join(self._names.get(n, n) for n in a.nodes)}")
             if a.queued:  # the RUNNING event tells how long it waited on its node
                 self._queued[track.key] = (leader, ",".join(hosts), " ".join([*notes, f"{QUEUED_AT}{now:.6f}"]))
             else:
@@ -560,7 +555,7 @@ class BalsamPlugin(SchedulerPlugin):
             return f"{TIMEOUT_PREFIX}allocation {cfg.alloc_id} reached its end on {cfg.name}"
         if not cfg.alloc_id.startswith(("local-", "unmanaged")):
             return f"{TIMEOUT_PREFIX}allocation {cfg.alloc_id} ended on {cfg.name} (job cancelled or node lost)"
-        return f"attempt lost: worker {worker} left ({cfg.name})"
+        return f"attempt lost: worker {cfg.name} left ({worker})"
 
     def _remove_node(self, worker: str) -> None:
         self.placed.discard(worker)
@@ -570,7 +565,7 @@ class BalsamPlugin(SchedulerPlugin):
             if nodes and track is not None and nodes[0] != worker:
                 # a follower of a running gang is gone: stop the attempt on the leader; the
                 # worker hands the task back (Reschedule) and it is placed again
-                self._lost[track.key] = f"attempt lost: gang node {worker} left"
+                self._lost[track.key] = f"attempt lost: gang node {self._names.get(worker, worker)} left"
                 if nodes[0] in self.scheduler.workers:
                     self.scheduler.worker_send(
                         nodes[0], {"op": KILL_OP, "keys": [str(track.key)], "reason": RESCHEDULE_REASON}

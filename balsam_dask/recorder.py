@@ -102,6 +102,10 @@ class Recorder:
         self.tracks: dict[Hashable, Track] = {}
         self.by_id: dict[int, Track] = {}
         self.anomalies: list[str] = []
+        #: Worker address -> node name: history names the node (addresses do not last).
+        self.names: dict[str, str] = {}
+        self._done_notes: dict[Hashable, str] = {}  # key -> its RUN_DONE event's message
+        self._own_tail: set[Hashable] = set()  # keys whose worker reported their own error tail
 
     # --- tasks ---
     def new_task(
@@ -123,6 +127,8 @@ class Recorder:
         return track
 
     def forget(self, key: Hashable) -> None:
+        self._done_notes.pop(key, None)
+        self._own_tail.discard(key)
         track = self.tracks.pop(key, None)
         if track is not None:
             self.by_id.pop(track.id, None)
@@ -133,6 +139,8 @@ class Recorder:
     ) -> bool:  # fmt: skip
         """Record the shortest legal path from the task's state to ``target``."""
         src = track.state
+        if worker is not None:
+            worker = self.names.get(worker, worker)
         # one step, nearly always: recorded here, without the loop below (folding it in as a
         # one-step path saves nothing: counted with callgrind)
         if target in LEGAL.get(src, _NOTHING):
@@ -188,7 +196,8 @@ class Recorder:
             stop = min(stop, time.time()) if stop is not None else None
             if st in ACTIVE_STATES:
                 if st != RUN_DONE:
-                    self.move(track, RUN_DONE, ts=stop, worker=kwargs.get("worker"))
+                    note = self._done_notes.pop(track.key, None) if self._done_notes else None
+                    self.move(track, RUN_DONE, ts=stop, worker=kwargs.get("worker"), message=note)
                 self.move(track, FINISHED)
             elif st not in (FINISHED,):
                 self.move(track, FINISHED, message="computed elsewhere")
@@ -226,7 +235,9 @@ class Recorder:
             if track.state == RUNNING:
                 self.move(track, RUN_ERROR, message=text or None, worker=kwargs.get("worker"))
             self.move(track, FAILED, message=text or None)
-            if tail:
+            if track.key in self._own_tail:  # the worker's report holds the task's own error
+                self._own_tail.discard(track.key)
+            elif tail:
                 self.update(track, error_tail=tail)
         else:
             why = f"parent {cause} failed" if cause is not None and cause != track.key else text or "failed"
@@ -240,7 +251,13 @@ class Recorder:
             return
         to = RUN_TIMEOUT if msg.get("kind") == "timeout" else RUN_ERROR
         ts = msg.get("ts")
-        self.move(track, to, ts=ts, message=msg.get("message"))
+        message, command = msg.get("message"), msg.get("command")
+        self.move(track, to, ts=ts, message=f"{message}\ncommand: {command}" if command else message)
+        fields = {k: msg[k] for k in ("error_tail", "workdir", "return_code") if msg.get(k) is not None}
+        if fields:
+            self.update(track, **fields)
+            if not msg.get("retry") and "error_tail" in fields:
+                self._own_tail.add(key)
         if msg.get("retry"):
             self.move(track, RESTART_READY, ts=ts, message="retrying")
             self.move(track, RUNNING, ts=ts, worker=track.worker)
@@ -252,6 +269,9 @@ class Recorder:
         fields = {k: msg[k] for k in ("result", "result_ref", "return_code", "workdir") if msg.get(k) is not None}
         if fields:
             self.update(track, **fields)
+        command = msg.get("command")
+        if command:
+            self._done_notes[key] = f"command: {command}"
 
 
 def _key_text(key: Hashable) -> str:

@@ -178,7 +178,8 @@ def test_gang_survives_a_lost_node(tmp_path: Path, who: str) -> None:
             (t,) = store.tasks(key="gang-lost")
             running = [e for e in store.history(t.id) if e.to_state == "RUNNING"][-1]
             victim = running.message.split("workers=")[1].split()[0].split(",")[1 if who == "follower" else 0]
-            pid = client.run(os.getpid, workers=[victim])[victim]
+            addr = {w["name"]: a for a, w in client.scheduler_info()["workers"].items()}[victim]
+            pid = client.run(os.getpid, workers=[addr])[addr]
             os.kill(pid, signal.SIGKILL)  # a node of the running gang dies
             assert fut.result(timeout=120).returncode == 0
             client.flush()
