@@ -37,7 +37,7 @@ _LAZY = {
     "LocalEnsembleCluster": "balsam_dask.cluster",
     "BalsamPlugin": "balsam_dask.plugin",
     "AppResult": "balsam_dask.apps",
-    "current_task": "balsam_dask.execute",
+    "current_task": "balsam_dask.context",
     "SlurmEnsembleCluster": "balsam_dask.packing.clusters",
     "PBSEnsembleCluster": "balsam_dask.packing.clusters",
     "LSFEnsembleCluster": "balsam_dask.packing.clusters",

@@ -29,12 +29,14 @@ from typing import Any
 import cloudpickle
 
 from balsam_dask.apps import AppResult
+from balsam_dask.context import TaskContext, set_current
 from balsam_dask.errors import AppError, TaskKilled, TaskTimeout
 from balsam_dask.function import PickledFunction, unpack
 from balsam_dask.mpi_tasks.runner import ProcessResult, run_process
 from balsam_dask.mpi_tasks.template import render
 from balsam_dask.runtime import NodeRuntime, RunHandle, get_runtime
 from balsam_dask.spec import TaskSpec
+from balsam_dask.threads import POOL_VARIABLES
 
 #: Topic of the worker -> scheduler plugin messages.
 TOPIC = "balsam-task"
@@ -62,33 +64,6 @@ class AppCall:
     command: str | tuple[str, ...]
     params: dict[str, Any] = field(default_factory=dict)
     check: bool = True
-
-
-@dataclass(frozen=True)
-class TaskContext:
-    """What a running balsam task knows about itself (``balsam_dask.current_task()``)."""
-
-    key: str
-    spec: TaskSpec
-    attempt: int
-    gpu_ids: tuple[str, ...]
-    hosts: tuple[str, ...]
-    node: str
-    task_id: int | None = None  # the task's id in the store (None when called outside a cluster)
-    #: What this attempt launched, for the record: ``command``, ``workdir``, ``return_code``.
-    launch: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    @property
-    def cores(self) -> int:
-        return self.spec.resources.cores
-
-
-_local = threading.local()
-
-
-def current_task() -> TaskContext | None:
-    """The balsam task running in this thread, if any."""
-    return getattr(_local, "ctx", None)
 
 
 class _TimedOut(Exception):
@@ -139,7 +114,9 @@ def _workdir(rt: NodeRuntime, ctx: TaskContext) -> Path:
 
 
 def _task_env(spec: TaskSpec, gpus: tuple[str, ...]) -> dict[str, str]:
-    env = {"OMP_NUM_THREADS": str(spec.resources.threads_per_rank)}
+    """A task process's environment over the worker's: thread pools sized to its threads per
+    rank (Dask's nanny left them at 1), its GPUs, the user's variables."""
+    env = dict.fromkeys(POOL_VARIABLES, str(spec.resources.threads_per_rank))
     if spec.resources.gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     env.update(dict(spec.env))
@@ -194,7 +171,7 @@ def _run_attempts(body: Callable[[TaskContext, RunHandle], Any], handlers: Handl
             ctx = TaskContext(key, spec, attempt, gpus, tuple(dispatch.get("hosts", ())), rt.config.name,
                               dispatch.get("task_id"))  # fmt: skip
             started = time.time()
-            _local.ctx = ctx
+            set_current(ctx)
             try:
                 value = body(ctx, handle)
             except _Killed:
@@ -219,7 +196,7 @@ def _run_attempts(body: Callable[[TaskContext, RunHandle], Any], handlers: Handl
                 _report_done(ctx, spec, value, started)
                 return value
             finally:
-                _local.ctx = None
+                set_current(None)
             attempt += 1
     finally:
         rt.unregister(handle)
@@ -325,7 +302,7 @@ def _python_isolated(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
     workdir.mkdir(parents=True, exist_ok=True)
     ctx.launch["workdir"] = str(workdir.absolute())
     call, out = workdir / f"call.{ctx.attempt}.pkl", workdir / f"out.{ctx.attempt}.pkl"
-    call.write_bytes(cloudpickle.dumps((fn, args, kwargs)))
+    call.write_bytes(cloudpickle.dumps((fn, args, kwargs, ctx)))
     out.unlink(missing_ok=True)
     env = _task_env(ctx.spec, ctx.gpu_ids)
     # the function may live in a module only the worker's sys.path finds
@@ -365,7 +342,8 @@ def run_python(task_fn: Callable[..., Any] | PickledFunction, handlers: Handlers
             return _python_isolated(fn, args, kwargs, ctx, handle)
         import dask
 
-        with dask.annotate(**{PARENT_ANNOTATION: ctx.key}):  # tasks it submits are its children
+        # tasks it submits are its children; its BLAS/OpenMP pools get its cores
+        with dask.annotate(**{PARENT_ANNOTATION: ctx.key}), get_runtime().pools.limit(ctx.spec.resources.cores):
             return fn(*args, **kwargs)
 
     return _run_attempts(body, handlers)

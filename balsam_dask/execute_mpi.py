@@ -21,10 +21,10 @@ from typing import Any
 import cloudpickle
 
 from balsam_dask.apps import AppResult
+from balsam_dask.context import TaskContext
 from balsam_dask.errors import AppError, InvalidSpec, MPITaskError
 from balsam_dask.execute import (
     Handlers,
-    TaskContext,
     _check_process,
     _run_attempts,
     _task_env,
@@ -73,7 +73,7 @@ def run_mpi(call: MPICall, handlers: Handlers | None, *args: Any, **kwargs: Any)
             for old in outdir.glob("*.pkl"):
                 old.unlink()
             call_path = outdir / "call.pkl"
-            call_path.write_bytes(cloudpickle.dumps((call.fn, args, kwargs)))
+            call_path.write_bytes(cloudpickle.dumps((call.fn, args, kwargs, ctx)))
             argv = [sys.executable, "-m", "balsam_dask.mpi_tasks.mpi_call", str(call_path), str(outdir)]
             env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p and os.path.isdir(p)])
         else:

@@ -19,6 +19,7 @@ from typing import Any
 from distributed import WorkerPlugin
 
 from balsam_dask.node import ENV_VAR, NodeConfig
+from balsam_dask.threads import PoolLimits
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class NodeRuntime:
         self._free_gpus: list[str] = list(config.gpu_ids)
         self._runs: dict[str, RunHandle] = {}
         self._lock = threading.Lock()
+        self.pools = PoolLimits()  # BLAS/OpenMP pool sizes of the tasks in this worker's threads
 
     # --- GPUs ---
     def acquire_gpus(self, n: int, wanted: Iterable[str] = (), timeout: float = 30.0) -> tuple[str, ...]:

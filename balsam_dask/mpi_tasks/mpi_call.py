@@ -30,7 +30,11 @@ def main(argv: list[str]) -> int:
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
     with open(call_path, "rb") as f:
-        fn, args, kwargs = cloudpickle.load(f)
+        fn, args, kwargs, *ctx = cloudpickle.load(f)
+    if ctx:  # balsam_dask.current_task() on every rank
+        from balsam_dask.context import set_current
+
+        set_current(ctx[0])
     try:
         value = fn(comm, *args, **kwargs)
     except BaseException as e:

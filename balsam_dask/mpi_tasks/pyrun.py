@@ -2,7 +2,8 @@
 
     python -m balsam_dask.mpi_tasks.pyrun CALL.pkl OUT.pkl
 
-``CALL.pkl`` holds ``(fn, args, kwargs)`` (cloudpickle). The outcome goes to ``OUT.pkl`` as
+``CALL.pkl`` holds ``(fn, args, kwargs)`` or ``(fn, args, kwargs, task context)`` (cloudpickle;
+the context makes ``balsam_dask.current_task()`` work in the function). The outcome goes to ``OUT.pkl`` as
 ``("ok", value)`` or ``("err", exception, traceback_text)``; the exit code is 0 on success
 and 1 on an exception. Used for isolated functions (own process group, killable, timeouts).
 """
@@ -36,7 +37,11 @@ def main(argv: list[str]) -> int:
         return 2
     call_path, out_path = argv
     with open(call_path, "rb") as f:
-        fn, args, kwargs = cloudpickle.load(f)
+        fn, args, kwargs, *ctx = cloudpickle.load(f)
+    if ctx:
+        from balsam_dask.context import set_current
+
+        set_current(ctx[0])
     try:
         value = fn(*args, **kwargs)
     except BaseException as e:
