@@ -196,6 +196,7 @@ class Client(distributed.Client):
     def submit_mpi(
         self, command_or_fn: str | Sequence[str] | Callable[..., Any], *args: Any, nodes: int = 1,
         ranks_per_node: int = 1, threads_per_rank: int = 1, gpus_per_rank: int = 0, launcher: str | None = None,
+        bind: str | None = None,
         env: Mapping[str, str] | None = None, workdir: str | None = None, timeout: Any = None,
         mpi_args: Sequence[str] = (), walltime: Any = None, retries: int | None = None,
         tags: Mapping[str, Any] | None = None, name: str | None = None, priority: int = 0,
@@ -230,7 +231,7 @@ class Client(distributed.Client):
             kind="mpi", resources=resources, name=name, tags=tags, priority=priority, timeout=timeout,  # type: ignore[arg-type]
             retries=0 if retries is None else retries, durable=_flag("durable", durable), command=cmd,
             params=freeze_pairs("params", params_d), env=freeze_pairs("env", env), workdir=workdir,
-            launcher=launcher, mpi_args=tuple(mpi_args), check=check,
+            launcher=launcher, mpi_args=tuple(mpi_args), check=check, bind=bind,
         )  # fmt: skip
         if cmd is not None:
             _check_template(cmd, params_d)

@@ -25,7 +25,7 @@ from distributed.deploy.spec import ProcessInterface
 from balsam_dask.errors import InvalidSpec
 from balsam_dask.node import ENV_VAR, PRELOAD, NodeConfig
 from balsam_dask.packing.allocations import AllocationCluster
-from balsam_dask.spec import NodeShape, parse_duration
+from balsam_dask.spec import NodeShape, check_bind, parse_duration
 from balsam_dask.store.engine import DEFAULT_SQLITE_FILE, resolve_url
 
 
@@ -79,7 +79,7 @@ class LocalJob(ProcessInterface):
             cfg = NodeConfig(
                 name=f"{self.name}-{i}", alloc_id=self.job_id, cores=j["cores"], gpus=j["gpus"], end_time=end,
                 workdir_root=j["workdir_root"], results_dir=j["results_dir"], host=hosts[i % len(hosts)],
-                launcher=j["launcher"],
+                launcher=j["launcher"], bind=j["bind"],
             )  # fmt: skip
             options = {
                 "nthreads": j["cores"], "name": cfg.name, "env": {ENV_VAR: cfg.to_env()}, "preload": [PRELOAD],
@@ -118,7 +118,7 @@ class LocalEnsembleCluster(AllocationCluster):
         workdir: str | os.PathLike[str] | None = None, alloc_id: str | None = None,
         dashboard_address: str | None = None, validate: bool = False, silence_logs: int = logging.WARNING,
         asynchronous: bool = False, loop: Any = None, plugin_options: dict[str, Any] | None = None,
-        worker_options: dict[str, Any] | None = None, launcher: str | None = None,
+        worker_options: dict[str, Any] | None = None, launcher: str | None = None, bind: str | None = "none",
         max_nodes_per_job: int | None = None, drain_margin: float = 5.0,
     ) -> None:  # fmt: skip
         if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 0:
@@ -136,6 +136,7 @@ class LocalEnsembleCluster(AllocationCluster):
             "cores": shape.cores, "gpus": shape.gpus, "memory": memory_per_node or "auto",
             "workdir_root": str(base / "balsam_workdirs"), "results_dir": str(base / "balsam_results"),
             "scratch": str(base / "dask-scratch"), "silence_logs": silence_logs, "launcher": launcher,
+            "bind": check_bind(bind),
             "worker_options": dict(worker_options or {}), "drain_margin": drain_margin,
             "alloc_prefix": alloc_id or f"local-{uuid.uuid4().hex[:8]}",
         }  # fmt: skip

@@ -76,16 +76,20 @@ class UnknownTask(BalsamDaskError, KeyError):
 class AppError(BalsamDaskError, RuntimeError):
     """An application (executable) task exited with a non-zero return code."""
 
-    def __init__(self, command: str, returncode: int, stderr_tail: str = "", workdir: str = "") -> None:
-        super().__init__(command, returncode, stderr_tail, workdir)
+    def __init__(self, command: str, returncode: int, stderr_tail: str = "", workdir: str = "", hint: str = "") -> None:
+        super().__init__(command, returncode, stderr_tail, workdir, hint)
         self.command = command
         self.returncode = returncode
         self.stderr_tail = stderr_tail
         self.workdir = workdir
+        self.hint = hint  # a likely cause found after the failure (e.g. a mismatched MPI launcher)
 
     def __str__(self) -> str:
         tail = f"\n--- stderr tail ---\n{self.stderr_tail}" if self.stderr_tail else ""
-        return f"command {self.command!r} exited with return code {self.returncode} (workdir {self.workdir}){tail}"
+        hint = f"\n{self.hint}" if self.hint else ""
+        return (
+            f"command {self.command!r} exited with return code {self.returncode} (workdir {self.workdir}){hint}{tail}"
+        )
 
 
 class TaskTimeout(BalsamDaskError, TimeoutError):

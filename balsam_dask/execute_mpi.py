@@ -31,7 +31,7 @@ from balsam_dask.execute import (
     _workdir,
     command_argv,
 )
-from balsam_dask.mpi_tasks.detect import default_launcher
+from balsam_dask.mpi_tasks.detect import default_launcher, mismatch_note
 from balsam_dask.mpi_tasks.launchers.base import LaunchSpec
 from balsam_dask.mpi_tasks.runner import run_process
 from balsam_dask.runtime import RunHandle, get_runtime
@@ -84,9 +84,13 @@ def run_mpi(call: MPICall, handlers: Handlers | None, *args: Any, **kwargs: Any)
                     f"executable {argv[0]!r} not found on {rt.config.name} (PATH={os.environ.get('PATH', '')}); "
                     "give its full path or install it on the nodes"
                 )
-        whole_nodes = spec.resources.nodes > 1 or spec.resources.cores >= rt.config.cores
+        bind = spec.bind or rt.config.bind
+        if bind is None:  # whole nodes are bound; ranks of tasks that share a node are not
+            cpu_bind = spec.resources.nodes > 1 or spec.resources.cores >= rt.config.cores
+        else:
+            cpu_bind = bind == "core"
         lspec = LaunchSpec(tuple(argv), spec.resources, env=spec.env, extra_args=spec.mpi_args,
-                           cpu_bind=whole_nodes, gpu_ids=ctx.gpu_ids)  # fmt: skip
+                           cpu_bind=cpu_bind, gpu_ids=ctx.gpu_ids)  # fmt: skip
         command = launcher.command(lspec, hosts)
         ctx.launch.update(command=shlex.join(command), workdir=str(workdir))
         env.update(launcher.environ(lspec, hosts))
@@ -115,7 +119,8 @@ def run_mpi(call: MPICall, handlers: Handlers | None, *args: Any, **kwargs: Any)
             res.stdout_path, res.stderr_path, res.stdout_tail, res.stderr_tail, ctx.gpu_ids,
         )  # fmt: skip
         if call.check and res.returncode != 0:
-            raise AppError(shlex.join(command), res.returncode, res.stderr_tail, str(workdir))
+            hint = mismatch_note(launcher, argv[0]) or ""
+            raise AppError(shlex.join(command), res.returncode, res.stderr_tail, str(workdir), hint)
         return out
 
     return _run_attempts(body, handlers)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from balsam_dask.errors import InvalidSpec
+from balsam_dask.spec import check_bind
 
 ENV_VAR = "BALSAM_DASK_NODE"
 #: Key under which workers report their NodeConfig (``WorkerState.extra[EXTRA_KEY]``).
@@ -38,6 +39,7 @@ class NodeConfig:
     workdir_root: str = "balsam_workdirs"
     results_dir: str = "balsam_results"
     launcher: str | None = None  # the MPI launcher for this allocation (None: detect)
+    bind: str | None = None  # MPI rank binding on this allocation's nodes (spec.BIND_CHOICES)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -52,6 +54,7 @@ class NodeConfig:
         if len(ids) != self.gpus or len(set(ids)) != len(ids):
             raise InvalidSpec(f"gpu_ids={self.gpu_ids!r} do not match gpus={self.gpus}: give {self.gpus} distinct ids")
         object.__setattr__(self, "gpu_ids", ids)
+        check_bind(self.bind)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -45,7 +45,7 @@ def build_command(args: argparse.Namespace, now: float) -> tuple[list[str], Node
     config = NodeConfig(
         name=name, alloc_id=alloc or args.alloc or args.name_prefix, cores=args.cores, gpus=args.gpus,
         end_time=args.end, host=host, workdir_root=args.workdir, results_dir=args.results_dir,
-        launcher=args.launcher,
+        launcher=args.launcher, bind=args.bind,
     )  # fmt: skip
     cmd = [
         args.python or sys.executable, "-m", "distributed.cli.dask_worker", args.scheduler,
@@ -75,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--index-env", default=None, help="variable holding this node's index in the job")
     p.add_argument("--host-env", default=None, help="variable holding this node's host name")
     p.add_argument("--launcher", default=None, help="MPI launcher for tasks on this allocation")
+    p.add_argument("--bind", default=None, choices=["core", "none"], help="MPI rank binding (default: whole nodes)")
     p.add_argument("--workdir", default="balsam_workdirs")
     p.add_argument("--results-dir", default="balsam_results")
     p.add_argument("--memory-limit", default=None)

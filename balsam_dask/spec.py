@@ -69,6 +69,18 @@ def parse_duration(name: str, value: Any) -> float | None:
     return seconds
 
 
+#: How an MPI task's ranks are bound to cores: ``core`` (each rank to its threads' cores) or
+#: ``none``. None (the default) binds tasks that take whole nodes, where the nodes are real
+#: machines; emulated nodes that share one host (LocalEnsembleCluster) default to ``none``.
+BIND_CHOICES = ("core", "none")
+
+
+def check_bind(value: Any) -> str | None:
+    if value is not None and value not in BIND_CHOICES:
+        raise InvalidSpec(f"bind={value!r} is invalid: use bind='core', bind='none' or bind=None (bind whole nodes)")
+    return value
+
+
 def check_name(name: Any) -> str:
     """A task name: a non-empty string of at most MAX_NAME_LENGTH characters, without path
     separators or control characters, and not made of dots only (it names a directory)."""
@@ -203,6 +215,7 @@ class TaskSpec:
     check: bool = True
     launcher: str | None = None
     mpi_args: tuple[str, ...] = ()
+    bind: str | None = None  # see BIND_CHOICES
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -220,6 +233,7 @@ class TaskSpec:
             value = getattr(self, name)
             if not isinstance(value, tuple):
                 object.__setattr__(self, name, freeze_pairs(name, value))
+        check_bind(self.bind)
         _positive_int("retries", self.retries, "retries=2", minimum=0)
         _positive_int("timeout_retries", self.timeout_retries, "timeout_retries=3", minimum=0)
         if self.kind == "python" and self.command is not None:
@@ -275,6 +289,8 @@ class TaskSpec:
             out["launcher"] = self.launcher
         if self.mpi_args:
             out["mpi_args"] = list(self.mpi_args)
+        if self.bind:
+            out["bind"] = self.bind
         return out
 
 

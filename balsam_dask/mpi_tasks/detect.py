@@ -64,6 +64,61 @@ def mpiexec_flavour(path: str) -> str | None:
     return parse_version(out.stdout + out.stderr)
 
 
+def library_flavour(path: str, head: bytes = b"") -> str | None:
+    """The MPI flavour of the library at ``path`` (pure: from its name and, when the name does
+    not tell, ``head``: bytes of the file holding its version strings)."""
+    low = path.lower()
+    if "openmpi" in low or "open-mpi" in low or os.path.basename(low).startswith("libmpi.so.40"):
+        return "openmpi"
+    if "libmpich" in low or "/mpich" in low:
+        return "mpich"
+    if b"Open MPI" in head:
+        return "openmpi"
+    if b"MPICH" in head:
+        return "mpich"
+    return None
+
+
+@functools.cache
+def linked_mpi(program: str) -> tuple[str, str] | None:
+    """``(flavour, library path)`` of the MPI library ``program`` links (``ldd``), if any."""
+    try:
+        out = subprocess.run(["ldd", program], capture_output=True, text=True, timeout=VERSION_TIMEOUT,
+                             stdin=subprocess.DEVNULL, check=False).stdout  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in out.splitlines():
+        name, _, rest = line.strip().partition(" => ")
+        if not name.startswith(("libmpi.so", "libmpich.so")):
+            continue
+        lib = rest.split(" (")[0].strip()
+        where = os.path.realpath(lib) if lib else name
+        flavour = library_flavour(where)
+        if flavour is None and lib:  # the name does not tell: its version strings do
+            try:
+                with open(lib, "rb") as f:
+                    flavour = library_flavour(where, f.read(64 << 20))
+            except OSError:
+                pass
+        return (flavour, lib) if flavour else None
+    return None
+
+
+def mismatch_note(launcher: Launcher, program: str) -> str | None:
+    """Why an MPI program may have failed: it links another MPI than the launcher's flavour."""
+    path = shutil.which(program) or program
+    linked = linked_mpi(path) if os.path.exists(path) else None
+    if linked is None or launcher.name not in ("mpich", "openmpi") or linked[0] == launcher.name:
+        return None
+    flavour, lib = linked
+    runner = "mpirun" if flavour == "openmpi" else "mpiexec"
+    return (
+        f"{program} links {flavour} ({lib}) but was launched with {launcher.name}'s {launcher.executable}: "
+        f"ranks of one flavour's program under another's launcher each start alone. Name the matching launcher "
+        f"and its program, e.g. launcher='{flavour}:/path/to/{flavour}/bin/{runner}'"
+    )
+
+
 def which(name: str) -> str | None:
     """``shutil.which``, then the directory of this Python (where ``pip install mpich``
     puts ``mpiexec``; it is not on PATH when the venv's python is run without activating

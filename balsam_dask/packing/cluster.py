@@ -81,7 +81,8 @@ class EnsembleCluster(AllocationCluster):
         self, *, cores_per_node: int, gpus_per_node: int = 0, memory_per_node: str | None = None,
         walltime: Any = "00:30:00", queue: str | None = None, account: str | None = None,
         job_extra_directives: tuple[str, ...] | list[str] = (), job_script_prologue: tuple[str, ...] | list[str] = (),
-        python: str | None = None, launcher: str | None = None, log_directory: str | None = None,
+        python: str | None = None, launcher: str | None = None, bind: str | None = None,
+        log_directory: str | None = None,
         store: str | None = None, drain_margin: float | None = 60.0, max_nodes_per_job: int = 64,
         workdir: str | None = None, scheduler_options: dict[str, Any] | None = None, poll_interval: float = 5.0,
         submit_backoff: float = 10.0, asynchronous: bool = False, loop: Any = None,
@@ -92,7 +93,8 @@ class EnsembleCluster(AllocationCluster):
         self.batch_options: dict[str, Any] = {
             "cores_per_node": cores_per_node, "gpus_per_node": gpus_per_node, "memory_per_node": memory_per_node,
             "queue": queue, "account": account, "job_extra_directives": tuple(job_extra_directives),
-            "job_script_prologue": tuple(job_script_prologue), "launcher": launcher, "log_directory": log_directory,
+            "job_script_prologue": tuple(job_script_prologue), "launcher": launcher, "bind": bind,
+            "log_directory": log_directory,
             "drain_margin": drain_margin, "workdir": os.path.join(base, "balsam_workdirs"),
             "results_dir": os.path.join(base, "balsam_results"),
         }  # fmt: skip

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from balsam_dask.errors import InvalidSpec
-from balsam_dask.spec import parse_duration
+from balsam_dask.spec import check_bind, parse_duration
 
 
 def format_hms(seconds: float) -> str:
@@ -46,6 +46,7 @@ class EnsembleJobSpec:
     job_script_prologue: tuple[str, ...] = ()
     python: str = field(default_factory=lambda: sys.executable)
     launcher: str | None = None  # the MPI launcher tasks of this job use (None: detect on the node)
+    bind: str | None = None  # MPI rank binding on the job's nodes (spec.BIND_CHOICES; None: whole nodes)
     log_directory: str | None = None
     # workers leave this many seconds before the walltime ends; None: they stay until the batch
     # system stops them (their running tasks are then recorded RUN_TIMEOUT and run elsewhere)
@@ -75,6 +76,7 @@ class EnsembleJobSpec:
             self, "job_script_prologue", _strings("job_script_prologue", self.job_script_prologue, "['module load x']")
         )
         object.__setattr__(self, "worker_extra_args", _strings("worker_extra_args", self.worker_extra_args, "[]"))
+        check_bind(self.bind)
 
     @property
     def walltime_hms(self) -> str:
@@ -100,6 +102,8 @@ def node_worker_argv(
         argv += ["--host-env", host_env]
     if job.launcher or default_launcher:
         argv += ["--launcher", job.launcher or default_launcher or ""]
+    if job.bind:
+        argv += ["--bind", job.bind]
     if job.memory_per_node:
         argv += ["--memory-limit", job.memory_per_node]
     if job.worker_extra_args:

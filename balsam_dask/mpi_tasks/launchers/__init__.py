@@ -38,6 +38,7 @@ __all__ = [
     "detect_launcher",
     "get_launcher",
     "resolve_launcher",
+    "split_launcher",
 ]
 
 LAUNCHERS: dict[str, type[Launcher]] = {
@@ -67,20 +68,39 @@ def _canonical(name: object) -> str:
             return key
     raise LauncherError(
         f"unknown launcher {name!r}; use one of: {', '.join(sorted(LAUNCHERS))} "
-        f"(aliases: {', '.join(f'{a}->{c}' for a, c in sorted(ALIASES.items()))})"
+        f"(aliases: {', '.join(f'{a}->{c}' for a, c in sorted(ALIASES.items()))}), "
+        "optionally with the program to run, e.g. 'openmpi:/usr/bin/mpirun'"
     )
 
 
+def split_launcher(text: object) -> tuple[str, str | None]:
+    """``"openmpi:/usr/bin/mpirun"`` -> ``("openmpi", "/usr/bin/mpirun")``: a flavour, and the
+    launcher program to run if the name gives one (else the flavour's own, found on PATH)."""
+    if not isinstance(text, str):
+        _canonical(text)  # raises, naming the value
+    name, sep, program = str(text).partition(":")
+    canonical = _canonical(name)
+    if sep and not program.strip():
+        raise LauncherError(
+            f"launcher {text!r} names no program after ':'; give one, e.g. launcher='{canonical}:/usr/bin/mpirun'"
+        )
+    return canonical, (program.strip() or None)
+
+
 def get_launcher(name: str, options: Mapping[str, object] | None = None) -> Launcher:
-    """The launcher called ``name`` (or an alias), built with the options it accepts.
+    """The launcher called ``name`` (or an alias; ``name:program`` picks the launcher program
+    too, e.g. ``"openmpi:/usr/bin/mpirun"``), built with the options it accepts.
 
     ``options`` may hold options of several flavours (e.g. ``{"as_root": True,
     "mpi": "pmi2"}`` from a configuration file); those the chosen flavour does not take
     are ignored, but a name no flavour knows is an error. ``executable`` (every
     flavour) names the launcher program to run instead of the flavour's default.
     """
-    cls = LAUNCHERS[_canonical(name)]
+    flavour, program = split_launcher(name)
+    cls = LAUNCHERS[flavour]
     given: dict[str, Any] = dict(options or {})
+    if program is not None:
+        given["executable"] = program
     takers: dict[str, list[str]] = {}
     for c in LAUNCHERS.values():
         for opt in c.options:
