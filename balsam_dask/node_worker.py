@@ -61,11 +61,36 @@ def build_command(args: argparse.Namespace, now: float) -> tuple[list[str], Node
     if args.end is not None and args.drain_margin is not None:
         lifetime = int(args.end - args.drain_margin - now)
         cmd += ["--lifetime", f"{max(lifetime, 1)}s"]
-    worker_args = list(args.worker_args)
-    if not any(a.split("=", 1)[0] in WORKER_LISTEN_OPTIONS for a in worker_args):
-        # listen where the others reach this worker, not on every interface (Dask's default)
-        cmd += ["--host", routable_ip(args.scheduler)]
-    return cmd + worker_args, config
+    return cmd + listen_options(args.scheduler, args.worker_args) + list(args.worker_args), config
+
+
+def _option(args: Sequence[str], name: str) -> str | None:
+    """The value of ``name`` in ``dask worker`` options (``--name value`` or ``--name=value``)."""
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def listen_options(scheduler: str, worker_args: Sequence[str]) -> list[str]:
+    """``dask worker`` options that keep the worker, its nanny and its HTTP server off every
+    interface (Dask's default): on this node's address on the route to the scheduler, the
+    address the worker gives the others anyway, unless ``worker_args`` choose."""
+    from distributed.utils import get_ip_interface
+
+    out: list[str] = []
+    host = _option(worker_args, "--host")
+    if not any(_option(worker_args, o) for o in WORKER_LISTEN_OPTIONS):
+        host = routable_ip(scheduler)
+        out += ["--host", host]
+    elif host is None and (interface := _option(worker_args, "--interface")):
+        host = get_ip_interface(interface)
+    # the HTTP server (health, metrics) listens on every interface unless told where
+    if host and ":" not in host and _option(worker_args, "--dashboard-address") is None:
+        out += ["--dashboard-address", f"{host}:0"]
+    return out
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

@@ -142,9 +142,41 @@ def test_batch_cluster_interface_and_host(tmp_path: Path) -> None:
 def test_node_worker_listens_on_its_route_to_the_scheduler() -> None:
     common = ["--name-prefix", "j", "--cores", "2"]
     cmd, _ = build_command(parse_args(["tls://127.0.0.1:8786", *common, "--", "--tls-key", "/k.pem"]), time.time())
-    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[-2:] == ["--tls-key", "/k.pem"]
+    assert cmd[-6:] == ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0", "--tls-key", "/k.pem"]
     cmd, _ = build_command(parse_args([f"tcp://{get_ip()}:8786", *common]), time.time())
-    assert cmd[cmd.index("--host") + 1] == get_ip()
-    for chosen in (["--interface", "ib0"], ["--host=10.1.1.1"], ["--listen-address", "tcp://0.0.0.0:0"]):
+    assert cmd[-4:] == ["--host", get_ip(), "--dashboard-address", f"{get_ip()}:0"]
+    for chosen, http in ((["--interface", "lo"], ["--dashboard-address", "127.0.0.1:0"]),
+                         (["--host=10.1.1.1"], ["--dashboard-address", "10.1.1.1:0"]),
+                         (["--listen-address", "tcp://0.0.0.0:0"], []),
+                         (["--host", "10.1.1.1", "--dashboard-address", ":8788"], [])):  # fmt: skip
         cmd, _ = build_command(parse_args(["tcp://127.0.0.1:8786", *common, "--", *chosen]), time.time())
-        assert "--host" not in cmd and cmd[-len(chosen) :] == chosen  # as asked, nothing added
+        assert "--host" not in cmd[: -len(chosen)] and cmd[-len(chosen) - len(http) :] == http + chosen
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(180)
+def test_slurm_ensemble_over_tls(tmp_path: Path) -> None:
+    """Node-workers started by a real Slurm job read the certificate files, join over TLS, run
+    tasks, and listen (worker and nanny) only on their address on the route to the scheduler."""
+    from tests.dask.test_slurm import slurm_available
+
+    slurm_available()
+    cluster = SlurmEnsembleCluster(cores_per_node=2, walltime="00:05:00", workdir=str(tmp_path), security=True,
+                                   log_directory=str(tmp_path), poll_interval=1.0)  # fmt: skip
+    with cluster, Client(cluster) as client:
+        ip = get_ip()
+        assert cluster.scheduler_address.startswith(f"tls://{ip}:")
+        cluster.request(2)
+        client.wait_for_workers(2, timeout=120)
+        assert all(a.startswith(f"tls://{ip}:") for a in client.scheduler_info()["workers"])
+        assert client.submit(add, 1, cores=2).result(timeout=60) == 2
+        app = client.submit_app([sys.executable, "-c", "print('over tls')"], cores=1).result(timeout=60)
+        assert app.returncode == 0 and app.stdout_tail == "over tls"
+        pids = set(client.run(os.getpid).values())
+        nannies = {psutil.Process(p).parent().pid for p in pids}  # type: ignore[union-attr]
+        sockets = {a for p in pids | nannies for a in listening(p)}
+        assert len(pids) == len(nannies) == 2 and len(sockets) >= 6  # worker comm + HTTP, nanny comm
+        assert {a for a, _ in sockets} == {ip}
+        with pytest.raises(OSError):
+            distributed.Client(f"tcp://{ip}:{port(cluster.scheduler_address)}", timeout=3)
+    assert not (tmp_path / ".balsam_tls").exists()  # the certificate files went with the cluster
