@@ -42,6 +42,16 @@ def add(x: int) -> int:
     return x + 1
 
 
+def nested(x: int) -> int:
+    """A task that submits a task through its worker's client (over the worker's TLS)."""
+    client = distributed.get_client()
+    future = client.submit(add, x, cores=1)
+    distributed.secede()
+    out = int(future.result())
+    distributed.rejoin()
+    return out
+
+
 @pytest.mark.parametrize(("host", "expected"), [(None, LOOPBACK), ("0.0.0.0", EVERYWHERE)], ids=["default", "open"])
 def test_local_cluster_listens_on_loopback_unless_asked(tmp_path: Path, host: str | None, expected: set[str]) -> None:
     before = listening(os.getpid())
@@ -72,6 +82,7 @@ def test_local_cluster_with_tls(tmp_path: Path) -> None:
         assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
         assert all(a.startswith("tls://127.0.0.1:") for a in client.scheduler_info()["workers"])
         assert client.submit(add, 41, cores=1).result(timeout=30) == 42
+        assert client.submit(nested, 1, cores=1).result(timeout=30) == 2
         app = client.submit_app([sys.executable, "-c", "print('over tls')"], cores=1).result(timeout=30)
         assert app.returncode == 0 and app.stdout_tail == "over tls"
         # a client without the certificates: the TLS listener drops its plain TCP connection
@@ -170,6 +181,7 @@ def test_slurm_ensemble_over_tls(tmp_path: Path) -> None:
         client.wait_for_workers(2, timeout=120)
         assert all(a.startswith(f"tls://{ip}:") for a in client.scheduler_info()["workers"])
         assert client.submit(add, 1, cores=2).result(timeout=60) == 2
+        assert client.submit(nested, 2, cores=1).result(timeout=60) == 3  # the worker's client: TLS too
         app = client.submit_app([sys.executable, "-c", "print('over tls')"], cores=1).result(timeout=60)
         assert app.returncode == 0 and app.stdout_tail == "over tls"
         pids = set(client.run(os.getpid).values())
