@@ -21,8 +21,11 @@ from typing import Any
 import dask
 from distributed import Nanny
 from distributed.deploy.spec import ProcessInterface
+from distributed.security import Security
 
 from balsam_dask.errors import InvalidSpec
+from balsam_dask.network import LOOPBACK, check_host, check_security
+from balsam_dask.network import dashboard_address as dashboard_address_for
 from balsam_dask.node import ENV_VAR, PRELOAD, NodeConfig
 from balsam_dask.packing.allocations import AllocationCluster
 from balsam_dask.spec import NodeShape, check_bind, parse_duration
@@ -84,7 +87,7 @@ class LocalJob(ProcessInterface):
             options = {
                 "nthreads": j["cores"], "name": cfg.name, "env": {ENV_VAR: cfg.to_env()}, "preload": [PRELOAD],
                 "memory_limit": j["memory"], "local_directory": j["scratch"], "silence_logs": j["silence_logs"],
-                **j["worker_options"],
+                "host": j["host"], "security": j["security"], **j["worker_options"],
             }  # fmt: skip
             if end is not None:  # leave before the allocation ends, like a batch node-worker
                 options["lifetime"] = max(1.0, end - j["drain_margin"] - time.time())
@@ -107,7 +110,15 @@ class LocalJob(ProcessInterface):
 
 class LocalEnsembleCluster(AllocationCluster):
     """``nodes`` emulated nodes now (one allocation named ``node``: workers ``node-0`` ...);
-    ``request``/``adapt`` add more allocations of local node processes."""
+    ``request``/``adapt`` add more allocations of local node processes.
+
+    The scheduler, the node-workers (Nannies and their worker processes) and Dask's HTTP
+    server listen on loopback (127.0.0.1) unless ``host=`` says otherwise (``"0.0.0.0"``: every
+    interface; or one interface's address). ``dashboard_address`` (``":8787"``: the dashboard
+    on ``host``; ``"0.0.0.0:8787"``: on every interface) turns the dashboard on. ``security=``
+    (a :class:`distributed.Security`, or ``True`` for temporary certificates) makes every
+    connection TLS (``tls://`` addresses); ``Client(cluster)`` uses it.
+    """
 
     job_cls = LocalJob
     system_name = "local"
@@ -119,7 +130,8 @@ class LocalEnsembleCluster(AllocationCluster):
         dashboard_address: str | None = None, validate: bool = False, silence_logs: int = logging.WARNING,
         asynchronous: bool = False, loop: Any = None, plugin_options: dict[str, Any] | None = None,
         worker_options: dict[str, Any] | None = None, launcher: str | None = None, bind: str | None = "none",
-        max_nodes_per_job: int | None = None, drain_margin: float = 5.0,
+        max_nodes_per_job: int | None = None, drain_margin: float = 5.0, host: str | None = None,
+        security: Security | bool | None = None,
     ) -> None:  # fmt: skip
         if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 0:
             raise InvalidSpec(f"nodes={nodes!r} is invalid: use an integer >= 0, e.g. nodes=4")
@@ -131,6 +143,9 @@ class LocalEnsembleCluster(AllocationCluster):
             from balsam_dask.mpi_tasks.launchers import get_launcher
 
             get_launcher(launcher)
+        listen = check_host("host", host) or LOOPBACK
+        tls = check_security(security)
+        dashboard = dashboard_address_for(dashboard_address, listen)
         base = Path(workdir or os.getcwd()).absolute()
         self.local_options = {
             "cores": shape.cores, "gpus": shape.gpus, "memory": memory_per_node or "auto",
@@ -138,7 +153,7 @@ class LocalEnsembleCluster(AllocationCluster):
             "scratch": str(base / "dask-scratch"), "silence_logs": silence_logs, "launcher": launcher,
             "bind": check_bind(bind),
             "worker_options": dict(worker_options or {}), "drain_margin": drain_margin,
-            "alloc_prefix": alloc_id or f"local-{uuid.uuid4().hex[:8]}",
+            "alloc_prefix": alloc_id or f"local-{uuid.uuid4().hex[:8]}", "host": listen, "security": tls,
         }  # fmt: skip
         store_url = resolve_url(store or os.environ.get("BALSAM_DASK_STORE") or str(base / DEFAULT_SQLITE_FILE))
         self._first = True
@@ -146,9 +161,9 @@ class LocalEnsembleCluster(AllocationCluster):
         super().__init__(
             node_shape=shape, store_url=store_url, max_nodes_per_job=max_nodes_per_job or max(nodes, 1),
             default_walltime=seconds, plugin_options=plugin_options,
-            scheduler_options={"dashboard": dashboard_address is not None, "dashboard_address": dashboard_address,
+            scheduler_options={"host": listen, "dashboard": dashboard is not None, "dashboard_address": dashboard,
                                "validate": validate},
-            asynchronous=asynchronous, loop=loop, silence_logs=silence_logs, name="LocalEnsembleCluster",
+            asynchronous=asynchronous, loop=loop, silence_logs=silence_logs, name="LocalEnsembleCluster", security=tls,
         )  # fmt: skip
 
     async def _start(self) -> None:

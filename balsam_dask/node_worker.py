@@ -6,6 +6,9 @@ system's environment, describes the node (:class:`~balsam_dask.node.NodeConfig`:
 GPUs, allocation id, allocation end) and execs ``dask worker`` with the balsam preload,
 named ``<prefix>-<node index>`` so the cluster knows which job each worker belongs to, and
 with a lifetime that makes it leave ``--drain-margin`` seconds before the allocation ends.
+The worker and its nanny listen on this node's address on the route to the scheduler (the
+address they give the others) unless the options for ``dask worker`` after ``--`` choose
+(``--host``, ``--interface``, ``--listen-address``); TLS options (``--tls-ca-file``...) go there too.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from balsam_dask.network import WORKER_LISTEN_OPTIONS, routable_ip
 from balsam_dask.node import ENV_VAR, PRELOAD, NodeConfig
 
 #: Where each batch system says which node of the job this is, and its host name.
@@ -57,11 +61,41 @@ def build_command(args: argparse.Namespace, now: float) -> tuple[list[str], Node
     if args.end is not None and args.drain_margin is not None:
         lifetime = int(args.end - args.drain_margin - now)
         cmd += ["--lifetime", f"{max(lifetime, 1)}s"]
-    cmd += list(args.worker_args)
-    return cmd, config
+    return cmd + listen_options(args.scheduler, args.worker_args) + list(args.worker_args), config
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _option(args: Sequence[str], name: str) -> str | None:
+    """The value of ``name`` in ``dask worker`` options (``--name value`` or ``--name=value``)."""
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def listen_options(scheduler: str, worker_args: Sequence[str]) -> list[str]:
+    """``dask worker`` options that keep the worker, its nanny and its HTTP server off every
+    interface (Dask's default): on this node's address on the route to the scheduler, the
+    address the worker gives the others anyway, unless ``worker_args`` choose."""
+    from distributed.utils import get_ip_interface
+
+    out: list[str] = []
+    host = _option(worker_args, "--host")
+    if not any(_option(worker_args, o) for o in WORKER_LISTEN_OPTIONS):
+        host = routable_ip(scheduler)
+        out += ["--host", host]
+    elif host is None and (interface := _option(worker_args, "--interface")):
+        host = get_ip_interface(interface)
+    # the HTTP server (health, metrics) listens on every interface unless told where
+    if host and ":" not in host and _option(worker_args, "--dashboard-address") is None:
+        out += ["--dashboard-address", f"{host}:0"]
+    return out
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The options of ``python -m balsam_dask.node_worker``; those after ``--`` are
+    ``args.worker_args``, for ``dask worker``."""
     p = argparse.ArgumentParser(prog="python -m balsam_dask.node_worker")
     p.add_argument("scheduler")
     p.add_argument("--name-prefix", required=True, help="the job's name; the worker is <prefix>-<node index>")
@@ -81,13 +115,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--memory-limit", default=None)
     p.add_argument("--python", default=None)
     p.epilog = "Arguments after -- go to `dask worker` unchanged."
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = list(argv)
     extra: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
     args = p.parse_args(argv)
     args.worker_args = extra
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     cmd, config = build_command(args, time.time())
     os.environ[ENV_VAR] = config.to_env()
     # the launcher that started us (mpiexec, PALS, srun) left its connection in our environment:

@@ -14,8 +14,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 from distributed import Scheduler, SpecCluster
+from distributed.security import Security
 
 from balsam_dask.errors import AllocationError, InvalidSpec
+from balsam_dask.network import protocol
 from balsam_dask.plugin import BalsamPlugin
 from balsam_dask.spec import NodeShape, parse_duration
 from balsam_dask.store.states import ALLOCATION_ENDED, ALLOCATION_LIVE
@@ -31,7 +33,7 @@ class AllocationCluster(SpecCluster):
         self, *, node_shape: NodeShape, store_url: Any, max_nodes_per_job: int, default_walltime: float | None,
         scheduler_options: dict[str, Any], plugin_options: dict[str, Any] | None = None,
         submit_backoff: float = 10.0, asynchronous: bool = False, loop: Any = None,
-        silence_logs: int | bool = logging.WARNING, name: str | None = None,
+        silence_logs: int | bool = logging.WARNING, name: str | None = None, security: Security | None = None,
     ) -> None:  # fmt: skip
         if isinstance(max_nodes_per_job, bool) or not isinstance(max_nodes_per_job, int) or max_nodes_per_job < 1:
             raise InvalidSpec(f"max_nodes_per_job={max_nodes_per_job!r} is invalid: use an integer >= 1")
@@ -49,8 +51,10 @@ class AllocationCluster(SpecCluster):
         self._failures = 0
         self._counter = 0
         self._jobs: dict[str, dict[str, Any]] = {}
+        # security: the scheduler's TLS, and the cluster's (clients made on it, ``Client(cluster)``)
+        options = {"plugins": [self.plugin], "security": security, "protocol": protocol(security), **scheduler_options}
         super().__init__(
-            workers={}, scheduler={"cls": Scheduler, "options": {"plugins": [self.plugin], **scheduler_options}},
+            workers={}, scheduler={"cls": Scheduler, "options": options}, security=security,
             asynchronous=asynchronous, loop=loop, silence_logs=silence_logs, name=name or type(self).__name__,
         )  # fmt: skip
 

@@ -16,11 +16,16 @@ import asyncio
 import logging
 import os
 import types
+import weakref
 from typing import Any, ClassVar
 
 from dask_jobqueue.core import Job
 from distributed.deploy.spec import ProcessInterface
+from distributed.security import Security
+from distributed.utils import get_ip
 
+from balsam_dask.errors import InvalidSpec
+from balsam_dask.network import check_host, check_security, remove_files, write_worker_tls_files
 from balsam_dask.packing.allocations import AllocationCluster
 from balsam_dask.packing.jobs import EnsembleJobSpec
 from balsam_dask.spec import NodeShape, parse_duration
@@ -73,7 +78,20 @@ class BatchJob(Job):
 
 
 class EnsembleCluster(AllocationCluster):
-    """Base of SlurmEnsembleCluster, PBSEnsembleCluster and LSFEnsembleCluster."""
+    """Base of SlurmEnsembleCluster, PBSEnsembleCluster and LSFEnsembleCluster.
+
+    The compute nodes must reach the scheduler, so it cannot keep to loopback: it listens on
+    the one address it gives the job scripts, this machine's address on its default route
+    (Dask's ``get_ip()``), not on every interface. ``interface="ib0"`` picks a network
+    interface for the scheduler and the node-workers (dask-jobqueue's ``interface=``),
+    ``host=`` an address for the scheduler (``"0.0.0.0"``: every interface), and
+    ``scheduler_options={"host"|"interface": ...}`` overrides both. A node-worker listens on
+    its own address on the route to the scheduler, the one it gives the others anyway.
+    Anyone who can reach these addresses can connect: ``security=True`` (or a
+    :class:`distributed.Security`) makes every connection TLS; certificates held in memory are
+    written for the node-workers to ``<workdir>/.balsam_tls`` (files 0600, removed when the
+    cluster closes), which the compute nodes must see as they see ``balsam_workdirs``.
+    """
 
     job_cls: ClassVar[type[BatchJob]]
 
@@ -86,8 +104,16 @@ class EnsembleCluster(AllocationCluster):
         store: str | None = None, drain_margin: float | None = 60.0, max_nodes_per_job: int = 64,
         workdir: str | None = None, scheduler_options: dict[str, Any] | None = None, poll_interval: float = 5.0,
         submit_backoff: float = 10.0, asynchronous: bool = False, loop: Any = None,
-        silence_logs: int | bool = logging.WARNING, name: str | None = None,
+        silence_logs: int | bool = logging.WARNING, name: str | None = None, host: str | None = None,
+        interface: str | None = None, security: Security | bool | None = None,
     ) -> None:  # fmt: skip
+        tls = check_security(security)
+        host, interface = check_host("host", host), check_host("interface", interface, "'ib0'")
+        if host and interface:
+            raise InvalidSpec(f"host={host!r} and interface={interface!r}: give one of them, e.g. interface='ib0'")
+        listen = dict(scheduler_options or {})
+        if "host" not in listen and "interface" not in listen:
+            listen.update({"interface": interface} if interface else {"host": host or get_ip()})
         base = os.path.abspath(workdir or os.getcwd())
         default_walltime: float = parse_duration("walltime", walltime) or 1800.0
         self.batch_options: dict[str, Any] = {
@@ -100,6 +126,13 @@ class EnsembleCluster(AllocationCluster):
         }  # fmt: skip
         if python:
             self.batch_options["python"] = python
+        worker_args = ["--interface", interface] if interface else []
+        tls_files: list[str] = []
+        if tls is not None:
+            tls_args, tls_files = write_worker_tls_files(tls, os.path.join(base, ".balsam_tls"))
+            worker_args += tls_args
+        self._tls_files = weakref.finalize(self, remove_files, tls_files)  # also if __init__ fails below
+        self.batch_options["worker_extra_args"] = tuple(worker_args)
         # bad options fail now, not at the first submission
         EnsembleJobSpec(name="check", scheduler="tcp://x:1", nodes=1, walltime=default_walltime, **self.batch_options)
         self.poll_interval = poll_interval
@@ -108,7 +141,7 @@ class EnsembleCluster(AllocationCluster):
         super().__init__(
             node_shape=NodeShape(cores_per_node, gpus_per_node), store_url=store_url,
             max_nodes_per_job=max_nodes_per_job, default_walltime=default_walltime,
-            scheduler_options={"dashboard": False, "host": "0.0.0.0", **(scheduler_options or {})},
+            scheduler_options={"dashboard": False, **listen}, security=tls,
             submit_backoff=submit_backoff, asynchronous=asynchronous, loop=loop, silence_logs=silence_logs, name=name,
         )  # fmt: skip
 
@@ -157,6 +190,7 @@ class EnsembleCluster(AllocationCluster):
         if self._watch_task is not None:
             self._watch_task.cancel()
         await super()._close()
+        self._tls_files()  # the jobs are gone: their workers no longer need the certificates
 
     async def _watch(self) -> None:
         system = self.job_cls.system
