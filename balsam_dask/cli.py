@@ -7,7 +7,8 @@
     balsam-dask kill (ID... | --tag k=v)    ask the running scheduler to kill tasks
 
 The store comes from ``--store``, ``$BALSAM_DASK_STORE``, Dask config
-``balsam-dask.store``, or ``./balsam.db``. Errors print one line and exit 1 (bad
+``balsam-dask.store``, or ``./balsam.db``. Commands that only read it open it read-only (a
+store of another user, in a read-only directory). Errors print one line and exit 1 (bad
 arguments exit 2); never a traceback.
 """
 
@@ -120,7 +121,7 @@ def cmd_show(store: Store, args: argparse.Namespace) -> int:
         print(f"  workdir: {t.workdir}")
     if t.return_code is not None:
         print(f"  return code: {t.return_code}")
-    result = "inline" if t.has_result else (t.result_ref or "none")
+    result = t.result_ref or ("inline" if t.has_result else "none")
     print(f"  result: {result}  payload stored: {t.has_payload}")
     print(f"  created {_fmt_time(t.created_at)}  updated {_fmt_time(t.updated_at)}")
     if t.error_tail:
@@ -201,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"init": cmd_init, "ls": cmd_ls, "show": cmd_show, "summary": cmd_summary, "kill": cmd_kill,
             "allocations": cmd_allocations}  # fmt: skip
+#: Commands that never write: they open the store read-only.
+READ_ONLY = frozenset({"ls", "show", "summary", "allocations"})
 
 
 #: Set to 1 to let an unexpected error's traceback through.
@@ -220,7 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--limit {args.limit} must be positive, e.g. --limit 50")
     store: Store | None = None
     try:
-        store = Store(args.store, create=args.command == "init", kind="cli")
+        store = Store(args.store, create=args.command == "init", kind="cli", read_only=args.command in READ_ONLY)
+        if store.snapshot and os.path.exists(f"{store.url.database}-wal"):
+            print(f"balsam-dask: note: {store.url.database} is read as it was last checkpointed (its directory "
+                  "is not writable here): the latest changes, still in its -wal file, are not shown",
+                  file=sys.stderr)  # fmt: skip
         return COMMANDS[args.command](store, args)
     except (BalsamDaskError, InvalidSpec) as e:
         print(f"balsam-dask: error: {e}", file=sys.stderr)

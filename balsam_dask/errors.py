@@ -43,6 +43,30 @@ class SchemaMissing(StoreError):
     """The store has no balsam_dask schema yet (run ``balsam-dask init``)."""
 
 
+class StoreReadOnly(StoreError, PermissionError):
+    """A write to a store this process cannot (or chose not to) write."""
+
+
+class KeyFileError(StoreError):
+    """The key that signs the store's pickles cannot be read, made, or trusted."""
+
+
+class UntrustedData(BalsamDaskError, ValueError):
+    """A stored payload or result whose signature is missing or wrong: it is not unpickled."""
+
+    def __init__(self, task_id: int, what: str) -> None:
+        super().__init__(task_id, what)
+        self.task_id = task_id
+        self.what = what
+
+    def __str__(self) -> str:
+        return f"task {self.task_id}: {self.what}; refusing to unpickle it"
+
+
+class WrongKey(UntrustedData):
+    """Stored data signed with another key than this process has: resume with that key."""
+
+
 class IllegalTransition(BalsamDaskError, ValueError):
     """A task state change that the state machine forbids."""
 

@@ -34,6 +34,7 @@ from balsam_dask.errors import AppError, TaskKilled, TaskTimeout
 from balsam_dask.function import PickledFunction, unpack
 from balsam_dask.mpi_tasks.runner import ProcessResult, run_process
 from balsam_dask.mpi_tasks.template import render
+from balsam_dask.private import private_dir, write_private
 from balsam_dask.runtime import NodeRuntime, RunHandle, get_runtime
 from balsam_dask.spec import TaskSpec
 from balsam_dask.threads import POOL_VARIABLES
@@ -107,7 +108,8 @@ def task_label(ctx: TaskContext) -> str:
 
 
 def _workdir(rt: NodeRuntime, ctx: TaskContext) -> Path:
-    """The task's own work directory (``workdir=`` if the user chose one)."""
+    """The task's own work directory (``workdir=`` if the user chose one); whoever creates it
+    uses ``private.private_dir`` (readable by its owner only)."""
     if ctx.spec.workdir:
         return Path(ctx.spec.workdir)
     return Path(rt.config.workdir_root) / task_label(ctx)
@@ -253,13 +255,11 @@ def _report_done(ctx: TaskContext, spec: TaskSpec, value: Any, started: float) -
         else:
             if len(data) <= INLINE_RESULT_LIMIT:
                 msg["result"] = data
-            else:
-                path = Path(get_runtime().config.results_dir) / f"{task_label(ctx)}.pkl"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_bytes(data)
-                tmp.replace(path)
+            else:  # the scheduler signs the file's path with this digest (store/signing.py)
+                path = private_dir(get_runtime().config.results_dir) / f"{task_label(ctx)}.pkl"
+                write_private(path, data)
                 msg["result_ref"] = str(path.absolute())
+                msg["result_digest"] = hashlib.sha256(data).digest()
     if spec.durable or ctx.gpu_ids or ctx.launch:
         _attach_done(msg)
 
@@ -298,8 +298,7 @@ def _check_process(res: ProcessResult, spec: TaskSpec, handle: RunHandle) -> Non
 def _python_isolated(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                      ctx: TaskContext, handle: RunHandle) -> Any:  # fmt: skip
     rt = get_runtime()
-    workdir = _workdir(rt, ctx)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = private_dir(_workdir(rt, ctx))
     ctx.launch["workdir"] = str(workdir.absolute())
     call, out = workdir / f"call.{ctx.attempt}.pkl", workdir / f"out.{ctx.attempt}.pkl"
     call.write_bytes(cloudpickle.dumps((fn, args, kwargs, ctx)))

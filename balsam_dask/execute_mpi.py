@@ -34,6 +34,7 @@ from balsam_dask.execute import (
 from balsam_dask.mpi_tasks.detect import default_launcher, mismatch_note
 from balsam_dask.mpi_tasks.launchers.base import LaunchSpec
 from balsam_dask.mpi_tasks.runner import run_process
+from balsam_dask.private import private_dir
 from balsam_dask.runtime import RunHandle, get_runtime
 
 #: Seconds between SIGTERM and SIGKILL when stopping a launcher (it forwards the
@@ -64,12 +65,11 @@ def run_mpi(call: MPICall, handlers: Handlers | None, *args: Any, **kwargs: Any)
         spec = ctx.spec
         launcher = default_launcher(spec.launcher or rt.config.launcher)
         hosts = ctx.hosts or (rt.host,)
-        workdir = _workdir(rt, ctx).absolute()
-        workdir.mkdir(parents=True, exist_ok=True)
+        workdir = private_dir(_workdir(rt, ctx).absolute())
         env = _task_env(spec, ctx.gpu_ids)
         outdir = workdir / f"mpi.{ctx.attempt}"
         if call.fn is not None:
-            outdir.mkdir(exist_ok=True)
+            private_dir(outdir)
             for old in outdir.glob("*.pkl"):
                 old.unlink()
             call_path = outdir / "call.pkl"

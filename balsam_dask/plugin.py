@@ -123,9 +123,10 @@ class BalsamPlugin(SchedulerPlugin):
         self, store: str | None = None, *, writer_options: dict[str, Any] | None = None,
         poll_interval: float = 1.0, node_shapes: list[dict[str, int]] | None = None,
         max_nodes_per_allocation: int | None = None, writer_process: bool = True,
-        hold_after: float | None = HOLD_AFTER, prefetch: int = PREFETCH,
+        hold_after: float | None = HOLD_AFTER, prefetch: int = PREFETCH, key_file: str | None = None,
     ) -> None:  # fmt: skip
         self.store_url = store
+        self.key_file = key_file  # signs the store's pickles (store/signing.py); default: beside a SQLite store
         self.writer_options = check_writer_options(writer_options or {})
         self.writer_process = writer_process
         self.poll_interval = poll_interval
@@ -157,9 +158,12 @@ class BalsamPlugin(SchedulerPlugin):
         self.scheduler = scheduler
         self.pauser = Pauser(scheduler)
         loop = asyncio.get_running_loop()
-        self.store = await loop.run_in_executor(None, partial(Store, self.store_url, kind="scheduler"))
+        self.store = await loop.run_in_executor(
+            None, partial(Store, self.store_url, kind="scheduler", key_file=self.key_file)
+        )
         store = self.store
         await loop.run_in_executor(None, lambda: store.session_id)
+        await loop.run_in_executor(None, store.signer.key)  # a key that cannot be made or trusted fails here
         if self.writer_process:  # the SQL work off the event loop's GIL (store/procwriter.py)
             from balsam_dask.store.procwriter import ProcessWriter
 

@@ -266,12 +266,16 @@ class Recorder:
         track = self.tracks.get(key)
         if track is None:
             return
-        fields = {k: msg[k] for k in ("result", "result_ref", "return_code", "workdir") if msg.get(k) is not None}
+        fields = {k: msg[k] for k in _DONE_FIELDS if msg.get(k) is not None}
         if fields:
             self.update(track, **fields)
         command = msg.get("command")
         if command:
             self._done_notes[key] = f"command: {command}"
+
+
+#: What a worker's done-report sets on its task (a result file's digest is signed with its path).
+_DONE_FIELDS = ("result", "result_ref", "result_digest", "return_code", "workdir")
 
 
 def _key_text(key: Hashable) -> str:

@@ -52,6 +52,19 @@ def drop_pg_schema(schema: str) -> None:
     _pg_admin(pg_base_url(), f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The keys of PostgreSQL test stores (``store/signing.py``: under $XDG_CONFIG_HOME) go to
+    a directory of this test run, not the user's ~/.config (processes the tests start inherit it)."""
+    old = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CONFIG_HOME", None)
+    else:
+        os.environ["XDG_CONFIG_HOME"] = old
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_url(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[str]:
     """A URL to an empty store: a fresh SQLite file, or a fresh PostgreSQL schema."""

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from balsam_dask.errors import InvalidSpec
+from balsam_dask.private import private_dir
 
 TAIL_BYTES = 4096
 TAIL_LINES = 40
@@ -83,7 +84,7 @@ def run_process(
     grace: float = DEFAULT_GRACE,
     unset: Sequence[str] = (),
 ) -> ProcessResult:
-    """Run ``argv`` in ``workdir`` (created if needed) and wait for it.
+    """Run ``argv`` in ``workdir`` (created if needed, mode 0700) and wait for it.
 
     ``env`` is merged over ``os.environ``, without the variables named in ``unset``.
     ``timeout`` (seconds) and ``kill_event`` stop the whole process group (SIGTERM,
@@ -104,7 +105,7 @@ def run_process(
         full_env.pop(name, None)
     resolve_executable(args[0], wd, full_env.get("PATH", os.defpath))
 
-    wd.mkdir(parents=True, exist_ok=True)
+    private_dir(wd)  # created readable by its owner only; an existing one is left as it is
     stdout_path = wd / stdout_name
     stderr_path = wd / stderr_name
     same_file = stdout_name == stderr_name

@@ -8,16 +8,17 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Connection, func, or_, select, text, update
 from sqlalchemy.engine import URL
 
-from balsam_dask.errors import InvalidSpec, SchemaMissing, UnknownTask
+from balsam_dask.errors import InvalidSpec, SchemaMissing, StoreReadOnly, StoreUnavailable, UnknownTask, UntrustedData
 from balsam_dask.spec import TaskSpec
 from balsam_dask.store import queries as Q
 from balsam_dask.store.apply import ApplyStats, add_shape_counts, apply_ops, chunks
-from balsam_dask.store.engine import display, make_engine, read_tx, resolve_url, write_tx
+from balsam_dask.store.engine import display, make_engine, read_tx, resolve_url, sqlite_write_problem, write_tx
 from balsam_dask.store.ids import IdAllocator
 from balsam_dask.store.models import allocations_t, sessions_t, shape_counts_t, tasks_t
 from balsam_dask.store.ops import (
@@ -33,6 +34,7 @@ from balsam_dask.store.ops import (
 )
 from balsam_dask.store.schema import ensure_schema
 from balsam_dask.store.shapes import Shape, shape_of
+from balsam_dask.store.signing import FORMAT_DATA, FORMAT_FILE, signer_for
 from balsam_dask.store.states import ALL_STATES, BACKLOG_STATES, UNFINISHED_STATES
 from balsam_dask.store.writer import BatchWriter
 
@@ -42,18 +44,40 @@ SESSION_STALE_AFTER = 120.0
 
 class Store:
     """The provenance store. ``Store()`` opens the default (``$BALSAM_DASK_STORE``, Dask
-    config ``balsam-dask.store``, or ``./balsam.db``), creating its schema if needed."""
+    config ``balsam-dask.store``, or ``./balsam.db``), creating its schema if needed.
 
-    def __init__(self, url: str | URL | None = None, *, create: bool = True, kind: str = "api") -> None:
+    ``read_only=True`` opens it without ever writing (a store of another user, in a read-only
+    directory...). ``key_file``: the key that signs its pickles (see ``store/signing.py``)."""
+
+    def __init__(self, url: str | URL | None = None, *, create: bool = True, kind: str = "api",
+                 read_only: bool = False, key_file: str | os.PathLike[str] | None = None) -> None:  # fmt: skip
         self.url = resolve_url(url)
         self.where = display(self.url)
-        if not create and self.url.get_backend_name() == "sqlite" and not os.path.exists(self.url.database or ""):
-            raise SchemaMissing(
-                f"there is no store at {self.url.database}; create it with `balsam-dask init --store {self.where}`"
-            )
-        self.engine = make_engine(self.url)
+        self.read_only = read_only
+        #: True when a read-only SQLite store could only be opened as an immutable snapshot
+        #: (its directory is not writable here): what is still in its -wal file is not seen.
+        self.snapshot = False
+        sqlite = self.url.get_backend_name() == "sqlite"
+        db = self.url.database or ""
+        if sqlite and (not create or read_only) and not os.path.exists(db):
+            raise SchemaMissing(f"there is no store at {db}; create it with `balsam-dask init --store {self.where}`")
+        self.signer = signer_for(self.url, key_file, guard=self._signed_by_some_key)
+        if sqlite and not read_only:
+            problem = sqlite_write_problem(db)
+            if problem:
+                raise StoreReadOnly(
+                    f"cannot write the store {self.where}: {problem}; commands that only read it (balsam-dask ls, "
+                    "show, summary) open it read-only"
+                )
         try:
-            self.revision = ensure_schema(self.engine, self.where, create=create)
+            self.engine = make_engine(self.url, "ro" if read_only else "rw")
+        except StoreUnavailable:
+            if not (read_only and sqlite):
+                raise
+            self.engine = make_engine(self.url, "immutable")
+            self.snapshot = True
+        try:
+            self.revision = ensure_schema(self.engine, self.where, create=create and not read_only)
         except BaseException:
             self.engine.dispose()
             raise
@@ -69,6 +93,27 @@ class Store:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    @property
+    def key_file(self) -> str:
+        """The file of the key that signs this store's pickles."""
+        return str(self.signer.path)
+
+    def _signed_by_some_key(self) -> str | None:
+        """Why this store must not get a new key: it holds data a key signed (that key is
+        missing here). Asked once, before a key is made."""
+        first = func.substr(tasks_t.c.payload, 1, 1)
+        first_result = func.substr(tasks_t.c.result, 1, 1)
+        data, ref = bytes([FORMAT_DATA]), bytes([FORMAT_FILE])
+        q = select(tasks_t.c.id).where(or_(first == data, first_result.in_([data, ref]))).limit(1)
+        with read_tx(self.engine) as conn:
+            row = conn.execute(q).first()
+        return None if row is None else f"the store {self.where} already holds data signed with a key (task {row[0]})"
+
+    def _write_tx(self) -> AbstractContextManager[Connection]:
+        if self.read_only:
+            raise StoreReadOnly(f"the store {self.where} was opened read-only (read_only=True): it cannot be written")
+        return write_tx(self.engine)
+
     # --- sessions and ids ---
     @property
     def session_id(self) -> int:
@@ -82,7 +127,7 @@ class Store:
 
     def _open_session(self) -> None:
         now = time.time()
-        with write_tx(self.engine) as conn:
+        with self._write_tx() as conn:
             res = conn.execute(
                 sessions_t.insert().values(
                     kind=self._kind,
@@ -117,7 +162,7 @@ class Store:
         return self.ids.next()
 
     def heartbeat(self) -> None:
-        with write_tx(self.engine) as conn:
+        with self._write_tx() as conn:
             conn.execute(update(sessions_t).where(sessions_t.c.id == self.session_id).values(heartbeat_at=time.time()))
 
     def sessions(self) -> list[SessionRecord]:
@@ -142,7 +187,7 @@ class Store:
     def close(self) -> None:
         """End this session and release connections."""
         if self._session_id is not None:
-            with write_tx(self.engine) as conn:
+            with self._write_tx() as conn:
                 conn.execute(update(sessions_t).where(sessions_t.c.id == self._session_id).values(ended_at=time.time()))
         self.engine.dispose()
 
@@ -156,8 +201,8 @@ class Store:
     def apply(self, ops: Sequence[Op], *, replay: bool = False) -> ApplyStats:
         """Apply a batch of operations in one transaction (all or nothing)."""
         sid = self.session_id
-        with write_tx(self.engine) as conn:
-            return apply_ops(conn, ops, sid, replay=replay)
+        with self._write_tx() as conn:
+            return apply_ops(conn, ops, sid, replay=replay, signer=self.signer)
 
     def writer(self, **options: Any) -> BatchWriter:
         """A batching writer bound to this store's session (see ``writer.py``)."""
@@ -210,7 +255,7 @@ class Store:
         if ids is None and not tags:
             raise InvalidSpec("request_kill needs ids=[...] or tags={...}")
         conds = Q.task_filter(tags=tags, state=sorted(UNFINISHED_STATES))
-        with write_tx(self.engine) as conn:
+        with self._write_tx() as conn:
             if ids is not None:
                 ids = list(ids)
                 known = {r for (r,) in conn.execute(select(tasks_t.c.id).where(tasks_t.c.id.in_(ids)))}
@@ -252,7 +297,7 @@ class Store:
         q = select(tasks_t.c.id).where(*conds).order_by(tasks_t.c.priority.desc(), tasks_t.c.id)
         if limit is not None:
             q = q.limit(limit)
-        with write_tx(self.engine) as conn:
+        with self._write_tx() as conn:
             if conn.dialect.name == "postgresql":
                 q = q.with_for_update(skip_locked=True)
             ids = list(conn.execute(q).scalars())
@@ -375,23 +420,26 @@ class Store:
             return [Q.event_record(r) for r in conn.execute(q)]
 
     def payload(self, task_id: int) -> bytes | None:
+        """The task's serialized Dask task (``payload.dump_payload``), verified: raises
+        UntrustedData if this store's key did not sign it for this task."""
         with read_tx(self.engine) as conn:
             row = conn.execute(select(tasks_t.c.payload).where(tasks_t.c.id == task_id)).first()
         if row is None:
             raise UnknownTask(f"no task with id {task_id} in {self.where}")
-        return row[0]
+        return None if row[0] is None else self.signer.open_payload(task_id, bytes(row[0]))
 
     def result_bytes(self, task_id: int) -> bytes | None:
-        """The stored result of a task: inline bytes, or read from its result file."""
+        """The stored result of a task (a pickle): inline, or read from its result file;
+        verified like :meth:`payload` (a file must be the one its worker wrote)."""
         with read_tx(self.engine) as conn:
             row = conn.execute(select(tasks_t.c.result, tasks_t.c.result_ref).where(tasks_t.c.id == task_id)).first()
         if row is None:
             raise UnknownTask(f"no task with id {task_id} in {self.where}")
         if row.result is not None:
-            return bytes(row.result)
+            return self.signer.open_result(task_id, bytes(row.result))
         if row.result_ref:
-            with open(row.result_ref, "rb") as f:
-                return f.read()
+            raise UntrustedData(task_id, f"its result file {row.result_ref} has no signed record (stored by a "
+                                         "balsam_dask before it signed its store, or not by balsam_dask)")  # fmt: skip
         return None
 
     def summary(self) -> dict[str, int]:
@@ -423,7 +471,7 @@ class Store:
             tasks_t.c.state,
             func.count(),
         ).group_by(tasks_t.c.nodes, tasks_t.c.cores, tasks_t.c.gpus, tasks_t.c.walltime, tasks_t.c.state)
-        with write_tx(self.engine) as conn:
+        with self._write_tx() as conn:
             deltas: Counter[tuple[Shape, str]] = Counter()
             for nodes, cores, gpus, walltime, state, n in conn.execute(q):
                 deltas[(shape_of(nodes, cores, gpus, walltime), state)] += n

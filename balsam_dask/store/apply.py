@@ -5,6 +5,7 @@ machine and the tasks' current states), then field updates, allocations and
 heartbeats. Validation happens before the first write, so an illegal transition or
 an unknown task writes nothing. ``replay=True`` (a batch whose commit may or may not
 have happened, after a lost connection) first drops the operations already present.
+Payloads and results are signed here, as they are written (``signing.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from balsam_dask.store.ops import (
     Transition,
 )
 from balsam_dask.store.shapes import Shape, shape_of
+from balsam_dask.store.signing import Signer
 from balsam_dask.store.states import LEGAL, State
 
 CHUNK = 2000
@@ -143,13 +145,16 @@ def existing_event_ids(conn: Connection, task_ids: Sequence[int]) -> set[int]:
     return found
 
 
-def _task_row(op: NewTask, session_id: int, now: float, cache: dict[int, tuple[Any, ...]]) -> tuple[Any, ...]:
-    """A task as a tuple in TASK_COLS order. Spec-derived columns are cached per spec
-    object: ``client.map`` creates many tasks that share one spec."""
+def _task_row(op: NewTask, session_id: int, now: float, cache: dict[int, tuple[Any, ...]],
+              signer: Signer) -> tuple[Any, ...]:  # fmt: skip
+    """A task as a tuple in TASK_COLS order, its payload signed. Spec-derived columns are
+    cached per spec object: ``client.map`` creates many tasks that share one spec."""
     spec = op.spec
     created = op.created_at or now
     parents = _dumps(list(op.parents)) if op.parents else "[]"
     payload = op.payload() if callable(op.payload) else op.payload
+    if payload is not None:
+        payload = signer.sign("payload", op.id, payload)
     if spec is None:
         head: tuple[Any, ...] = (op.name, op.kind or "dask", _CREATED, 0, 1, 1, 1, 1, 0, None, "{}", "{}")
     else:
@@ -186,8 +191,10 @@ def add_shape_counts(conn: Connection, deltas: Counter[tuple[Shape, str]]) -> No
     )
 
 
-def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool = False) -> ApplyStats:
-    """Write ``ops`` through ``conn`` (already inside a write transaction)."""
+def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool = False, *,
+              signer: Signer) -> ApplyStats:  # fmt: skip
+    """Write ``ops`` through ``conn`` (already inside a write transaction); ``signer`` signs
+    the payloads and results among them."""
     now = time.time()
     stats = ApplyStats()
     new_tasks: list[NewTask] = []
@@ -221,7 +228,7 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
         stats.skipped = n0 - len(new_tasks) - len(transitions)
 
     cache: dict[int, tuple[Any, ...]] = {}
-    task_rows = [_task_row(t, session_id, now, cache) for t in new_tasks]
+    task_rows = [_task_row(t, session_id, now, cache, signer) for t in new_tasks]
     deltas: Counter[tuple[Shape, str]] = Counter()
     # current state and shape of every task the batch touches
     state: dict[int, str] = {}
@@ -270,6 +277,8 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
         bad = set(u.fields) - UPDATABLE_TASK_FIELDS
         if bad:
             raise ValueError(f"cannot update task fields {sorted(bad)}; allowed: {sorted(UPDATABLE_TASK_FIELDS)}")
+    if updates:
+        updates = [_signed(u, signer) for u in updates]
 
     # --- writes ---
     sql = raw_sql(conn.dialect.name)
@@ -317,6 +326,27 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
     for sid, ts in beats.items():
         conn.execute(update(sessions_t).where(sessions_t.c.id == sid).values(heartbeat_at=ts))
     return stats
+
+
+def _signed(u: TaskUpdate, signer: Signer) -> TaskUpdate:
+    """``u`` with its payload and result signed. The ``result`` column holds the one result
+    of the task: its pickle, or the signed record of its file (``result_ref`` with the
+    worker's ``result_digest``); a ``result_ref`` without a digest leaves no result a
+    reader trusts."""
+    f = u.fields
+    if not ({"payload", "result", "result_ref", "result_digest"} & f.keys()):
+        return u
+    f = dict(f)
+    tid = u.task_id
+    if f.get("payload") is not None:
+        f["payload"] = signer.sign("payload", tid, f["payload"])
+    digest = f.pop("result_digest", None)
+    if f.get("result") is not None:
+        f["result"] = signer.sign("result", tid, f["result"])
+        f.setdefault("result_ref", None)
+    elif f.get("result_ref") is not None:
+        f["result"] = signer.sign_file(tid, f["result_ref"], digest) if digest is not None else None
+    return TaskUpdate(tid, f)
 
 
 def _apply_updates(conn: Connection, updates: Sequence[TaskUpdate], now: float) -> None:

@@ -2,29 +2,40 @@
 
 SQLite runs in WAL mode with a busy timeout; write transactions start with
 ``BEGIN IMMEDIATE`` so concurrent writers queue on the lock instead of failing on a
-read-to-write upgrade. PostgreSQL uses psycopg 3.
+read-to-write upgrade. A new SQLite file is created readable by its owner only (SQLite gives
+its -wal and -shm files the same mode). PostgreSQL uses psycopg 3.
+
+Read-only engines (``mode="ro"``) never write: SQLite opens the file with ``mode=ro``, or, in
+a directory where the -shm file cannot be made, as an immutable snapshot (``mode="immutable"``);
+PostgreSQL sessions are read-only transactions.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
 from balsam_dask.errors import InvalidStoreURL, StoreUnavailable
+from balsam_dask.private import open_private
 
 DEFAULT_SQLITE_FILE = "balsam.db"
 URL_EXAMPLES = "sqlite:///path/to/balsam.db or postgresql://user@host:5432/dbname"
 ENV_VAR = "BALSAM_DASK_STORE"
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+#: Engine modes: read-write, read-only, and (SQLite) an immutable snapshot.
+MODES = ("rw", "ro", "immutable")
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -108,14 +119,53 @@ def _set_wal(cur: Any) -> None:
             delay = min(delay * 2, 0.1)
 
 
-def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any, writable: bool = True) -> None:
     dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
     cur = dbapi_conn.cursor()
     cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    _set_wal(cur)
-    cur.execute("PRAGMA synchronous=NORMAL")
+    if writable:
+        _set_wal(cur)
+        cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA temp_store=MEMORY")
     cur.close()
+
+
+def _pg_read_only(dbapi_conn: Any, _record: Any) -> None:
+    with dbapi_conn.cursor() as cur:
+        cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+    dbapi_conn.commit()
+
+
+def _sqlite_uri(path: str, mode: str) -> str:
+    query = "immutable=1" if mode == "immutable" else "mode=ro"
+    return f"file:{quote(path)}?{query}"
+
+
+def sqlite_write_problem(path: str) -> str | None:
+    """Why this process cannot write the SQLite store at ``path`` (its file, or its directory,
+    where SQLite makes the -wal and -shm files), or None. A file or directory without any
+    write permission bit counts as read-only for root too."""
+    db = Path(path)
+    d = db.parent
+    wal_ready = all(os.access(f"{db}{s}", os.W_OK) for s in ("-wal", "-shm"))
+    for p, what in ((db, "the store file"), (d, "its directory")):
+        if p is d and wal_ready:
+            continue
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            continue
+        if not os.access(p, os.W_OK) or not st.st_mode & 0o222:
+            return f"{what} {p} is not writable (mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid})"
+    return None
+
+
+def _create_sqlite_file(path: str) -> None:
+    """An empty store file (an empty SQLite database) with mode 0600, unless it exists."""
+    try:
+        os.close(open_private(path, os.O_WRONLY | os.O_EXCL))
+    except FileExistsError:
+        pass
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
@@ -123,17 +173,30 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def make_engine(url: URL) -> Engine:
-    """An engine for a normalized URL; raises StoreUnavailable if it cannot connect."""
+def make_engine(url: URL, mode: str = "rw") -> Engine:
+    """An engine for a normalized URL; raises StoreUnavailable if it cannot connect. ``mode``:
+    "rw", or "ro" (no writes), or "immutable" (SQLite: a snapshot that takes no locks)."""
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is invalid: use one of {', '.join(MODES)}")
     kwargs: dict[str, Any] = {}
-    if url.get_backend_name() == "sqlite":
-        parent = Path(url.database or "").parent
+    sqlite = url.get_backend_name() == "sqlite"
+    if sqlite:
+        db = url.database or ""
+        parent = Path(db).parent
         if not parent.is_dir():
             raise StoreUnavailable(f"cannot open the SQLite store {url.database}: directory {parent} does not exist")
         kwargs["connect_args"] = {
             "check_same_thread": False,
             "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
         }
+        if mode == "rw":
+            try:
+                _create_sqlite_file(db)
+            except OSError as e:
+                raise StoreUnavailable(f"cannot create the SQLite store {db}: {e.strerror or e}") from None
+        else:
+            uri = _sqlite_uri(db, mode)
+            kwargs["creator"] = partial(sqlite3.connect, uri, uri=True, **kwargs.pop("connect_args"))
     else:
         kwargs["connect_args"] = {"connect_timeout": 10}
         kwargs["pool_pre_ping"] = True
@@ -143,12 +206,15 @@ def make_engine(url: URL) -> Engine:
         raise InvalidStoreURL(
             f"no driver for {display(url)}: {e}; install it with pip install 'balsam-dask[postgres]'"
         ) from None
-    if url.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _sqlite_on_connect)
+    if sqlite:
+        event.listen(engine, "connect", partial(_sqlite_on_connect, writable=mode == "rw"))
         event.listen(engine, "begin", _sqlite_on_begin)
+    elif mode != "rw":
+        event.listen(engine, "connect", _pg_read_only)
     try:
         with engine.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")
+            # a read-only SQLite connection may fail only once it reads the file
+            conn.exec_driver_sql("SELECT count(*) FROM sqlite_master" if sqlite and mode != "rw" else "SELECT 1")
     except (OperationalError, DBAPIError) as e:
         engine.dispose()
         reason = str(getattr(e, "orig", e)).strip().splitlines()[0] if str(e) else type(e).__name__

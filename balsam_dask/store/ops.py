@@ -52,6 +52,7 @@ UPDATABLE_TASK_FIELDS = frozenset(
         "error_tail",
         "result",
         "result_ref",
+        "result_digest",  # SHA-256 of the result file, as its worker wrote it: signed with result_ref
         "payload",
         "kill_requested",
         "session_id",

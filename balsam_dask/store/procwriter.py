@@ -71,13 +71,13 @@ def _decode(rows: list[tuple[Any, ...]], flat: list[Any]) -> list[Op]:
     return ops
 
 
-def _child(url: str, session_id: int, conn: Any, options: dict[str, Any]) -> None:
+def _child(url: str, session_id: int, conn: Any, options: dict[str, Any], key_file: str) -> None:
     from balsam_dask.store.api import Store
 
     nice = options.pop("nice", 0)
     if nice:
         os.nice(nice)
-    store = Store(url, kind="writer")
+    store = Store(url, kind="writer", key_file=key_file)  # the parent's key: it signs what it writes
     store.bind_session(session_id)
     close_timeout = options.pop("close_timeout", 60.0)
     writer = store.writer(**options)
@@ -127,7 +127,7 @@ class ProcessWriter(OpQueue):
         # with them): a task created and moved within one then goes in once, in its state after them
         # (store/apply.py), not inserted and updated
         opts = {"max_batch": 8 * max_batch, "max_delay": min(max_delay, 0.02), "nice": nice, **options}
-        self._proc = ctx.Process(target=_child, args=(url, self.session_id, child_conn, opts),
+        self._proc = ctx.Process(target=_child, args=(url, self.session_id, child_conn, opts, store.key_file),
                                  name="balsam-dask-writer", daemon=True)  # fmt: skip
         self._proc.start()
         child_conn.close()
