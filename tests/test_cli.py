@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from balsam_dask.cli import main
 from balsam_dask.spec import Resources, TaskSpec
@@ -181,3 +186,71 @@ def test_never_a_traceback(sqlite_filled: tuple[str, list[int]], tmp_path: Path)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.startswith("balsam-dask: error: the store's database failed: no such table: events")
     assert len(r.stderr.splitlines()) == 1
+
+
+READ_COMMANDS = [["ls"], ["summary"], ["allocations"]]
+
+
+def _check_reads(run: Callable[..., subprocess.CompletedProcess[str]], ids: list[int]) -> None:
+    for args in [*READ_COMMANDS, ["show", str(ids[0])]]:
+        r = run(*args)
+        assert r.returncode == 0 and r.stderr == "", (args, r.stderr)
+    assert len(run("ls").stdout.splitlines()) == 5
+    assert f"task {ids[0]}" in run("show", str(ids[0])).stdout
+
+
+def _check_writes_refused(run: Callable[..., subprocess.CompletedProcess[str]], db: Path) -> None:
+    for args in (["kill", "--tag", "exp=sweep"], ["init"]):
+        r = run(*args)
+        lines = r.stderr.splitlines()
+        assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+        assert lines[0].startswith(f"balsam-dask: error: cannot write the store sqlite:///{db}: the store file {db} "
+                                   "is not writable (mode 0")  # fmt: skip
+
+
+def test_a_read_only_copy_is_read_and_never_written(sqlite_filled: tuple[str, list[int]], tmp_path: Path) -> None:
+    """Root may write any file: a store whose file and directory are marked read-only is still
+    opened read-only, leaves nothing behind, and writing commands refuse it."""
+    url, ids = sqlite_filled
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    db = copy / "cli.db"
+    shutil.copy(make_url(url).database or "", db)
+    os.chmod(db, 0o444)
+    os.chmod(copy, 0o555)
+    try:
+        before = {p.name: p.stat().st_mtime_ns for p in copy.iterdir()}
+        run = partial(run_cli, "--store", str(db))
+        _check_reads(run, ids)
+        _check_writes_refused(run, db)
+        assert {p.name: p.stat().st_mtime_ns for p in copy.iterdir()} == before
+    finally:
+        os.chmod(copy, 0o755)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_another_user_reads_a_store_it_cannot_write(sqlite_filled: tuple[str, list[int]]) -> None:
+    """User nobody, a world-readable store in a directory it cannot write: the read commands
+    work (with no scheduler, and with one writing), writing commands refuse in one line."""
+    url, ids = sqlite_filled
+    shared = Path(tempfile.mkdtemp(prefix="balsam-shared-", dir="/tmp"))
+    try:
+        os.chmod(shared, 0o755)
+        db = shared / "cli.db"
+        shutil.copy(make_url(url).database or "", db)
+        os.chmod(db, 0o644)
+        nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", BIN, "--store", str(db)]
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*nobody, *args], capture_output=True, text=True, timeout=60, cwd=shared)
+
+        _check_reads(run, ids)
+        _check_writes_refused(run, db)
+        with Store(str(db)) as live:  # its owner writes meanwhile: the change is seen (its -wal is readable)
+            (new,) = live.create_tasks([TaskSpec(name="while-running")])
+            assert Path(f"{db}-wal").exists()
+            r = run("show", str(new))
+            assert r.returncode == 0 and "while-running" in r.stdout, r.stderr
+        assert sorted(p.name for p in shared.iterdir()) == ["cli.db"]  # nothing left behind
+    finally:
+        shutil.rmtree(shared)

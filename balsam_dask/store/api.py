@@ -18,7 +18,15 @@ from balsam_dask.errors import InvalidSpec, SchemaMissing, StoreReadOnly, StoreU
 from balsam_dask.spec import TaskSpec
 from balsam_dask.store import queries as Q
 from balsam_dask.store.apply import ApplyStats, add_shape_counts, apply_ops, chunks
-from balsam_dask.store.engine import display, make_engine, read_tx, resolve_url, sqlite_write_problem, write_tx
+from balsam_dask.store.engine import (
+    display,
+    make_engine,
+    read_tx,
+    resolve_url,
+    sqlite_read_mode,
+    sqlite_write_problem,
+    write_tx,
+)
 from balsam_dask.store.ids import IdAllocator
 from balsam_dask.store.models import allocations_t, sessions_t, shape_counts_t, tasks_t
 from balsam_dask.store.ops import (
@@ -54,8 +62,8 @@ class Store:
         self.url = resolve_url(url)
         self.where = display(self.url)
         self.read_only = read_only
-        #: True when a read-only SQLite store could only be opened as an immutable snapshot
-        #: (its directory is not writable here): what is still in its -wal file is not seen.
+        #: True when a read-only SQLite store is opened as an immutable snapshot (its directory
+        #: is not writable here): what may still be in its -wal file is not seen.
         self.snapshot = False
         sqlite = self.url.get_backend_name() == "sqlite"
         db = self.url.database or ""
@@ -69,13 +77,15 @@ class Store:
                     f"cannot write the store {self.where}: {problem}; commands that only read it (balsam-dask ls, "
                     "show, summary) open it read-only"
                 )
+        mode = "rw" if not read_only else sqlite_read_mode(db) if sqlite else "ro"
         try:
-            self.engine = make_engine(self.url, "ro" if read_only else "rw")
+            self.engine = make_engine(self.url, mode)
         except StoreUnavailable:
-            if not (read_only and sqlite):
+            if mode != "ro" or not sqlite:
                 raise
-            self.engine = make_engine(self.url, "immutable")
-            self.snapshot = True
+            mode = "immutable"  # a directory where the -shm file cannot be made: a snapshot
+            self.engine = make_engine(self.url, mode)
+        self.snapshot = mode == "immutable"
         try:
             self.revision = ensure_schema(self.engine, self.where, create=create and not read_only)
         except BaseException:

@@ -141,6 +141,11 @@ def _sqlite_uri(path: str, mode: str) -> str:
     return f"file:{quote(path)}?{query}"
 
 
+def _writable(p: Path) -> bool:
+    """Writable here, and by its mode (root may write anything, but not what is marked read-only)."""
+    return os.access(p, os.W_OK) and bool(p.stat().st_mode & 0o222)
+
+
 def sqlite_write_problem(path: str) -> str | None:
     """Why this process cannot write the SQLite store at ``path`` (its file, or its directory,
     where SQLite makes the -wal and -shm files), or None. A file or directory without any
@@ -155,9 +160,19 @@ def sqlite_write_problem(path: str) -> str | None:
             st = p.stat()
         except FileNotFoundError:
             continue
-        if not os.access(p, os.W_OK) or not st.st_mode & 0o222:
+        if not _writable(p):
             return f"{what} {p} is not writable (mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid})"
     return None
+
+
+def sqlite_read_mode(path: str) -> str:
+    """How to open the SQLite store at ``path`` read-only: "immutable" when nothing has it open
+    (no -shm file), no committed change waits in a -wal file, and its directory is not
+    writable here (a ``mode=ro`` connection would have to create them there); else "ro"."""
+    wal = Path(f"{path}-wal")
+    if os.path.exists(f"{path}-shm") or (wal.exists() and wal.stat().st_size > 0):
+        return "ro"
+    return "ro" if _writable(Path(path).parent) else "immutable"
 
 
 def _create_sqlite_file(path: str) -> None:
