@@ -17,14 +17,18 @@ from balsam_dask.errors import (
     IllegalTransition,
     InvalidSpec,
     InvalidTags,
+    KeyFileError,
     LauncherError,
     MPITaskError,
     SchemaTooNew,
     StoreError,
+    StoreReadOnly,
     StoreUnavailable,
     TaskKilled,
     TaskTimeout,
     UnknownTask,
+    UntrustedData,
+    WrongKey,
 )
 from balsam_dask.spec import NodeShape, Resources, TaskSpec
 
@@ -54,6 +58,7 @@ __all__ = [
     "IllegalTransition",
     "InvalidSpec",
     "InvalidTags",
+    "KeyFileError",
     "LSFEnsembleCluster",
     "LauncherError",
     "LocalEnsembleCluster",
@@ -66,11 +71,14 @@ __all__ = [
     "State",
     "Store",
     "StoreError",
+    "StoreReadOnly",
     "StoreUnavailable",
     "TaskKilled",
     "TaskSpec",
     "TaskTimeout",
     "UnknownTask",
+    "UntrustedData",
+    "WrongKey",
     "current_task",
 ]
 
