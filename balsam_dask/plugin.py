@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Hashable
 from functools import partial
@@ -123,7 +124,7 @@ class BalsamPlugin(SchedulerPlugin):
         self, store: str | None = None, *, writer_options: dict[str, Any] | None = None,
         poll_interval: float = 1.0, node_shapes: list[dict[str, int]] | None = None,
         max_nodes_per_allocation: int | None = None, writer_process: bool = True,
-        hold_after: float | None = HOLD_AFTER, prefetch: int = PREFETCH, key_file: str | None = None,
+        hold_after: float | None = HOLD_AFTER, prefetch: int = PREFETCH, key_file: str | os.PathLike[str] | None = None,
     ) -> None:  # fmt: skip
         self.store_url = store
         self.key_file = key_file  # signs the store's pickles (store/signing.py); default: beside a SQLite store
