@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from balsam_dask.errors import InvalidSpec
+from balsam_dask.mpi_tasks import proctree
 from balsam_dask.private import private_dir
 
 TAIL_BYTES = 4096
@@ -41,12 +42,8 @@ TAIL_LINES = 40
 DEFAULT_GRACE = 0.5
 #: Longest sleep between two checks of the process and the kill event.
 MAX_POLL = 0.05
-#: How long to wait for SIGKILLed processes to disappear before giving up.
-KILL_WAIT = 2.0
 
-_PROC = Path("/proc")
 _HAS_WAITID = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
-_DEAD = (b"Z", b"X", b"x")
 
 
 @dataclass(frozen=True)
@@ -146,7 +143,7 @@ def run_process(
             # the group is one signal; scanning /proc for descendants on every normal exit cost
             # more than a short MPI launch (benchmarks/mpi_launch.py).
             proc.wait()
-            if _signal_group(proc.pid, 0):
+            if proctree.signal_group(proc.pid, 0):
                 kill_process_group(proc.pid, grace_s)
     except BaseException:
         kill_process_group(proc.pid, grace_s, root=proc.pid)
@@ -177,27 +174,9 @@ def kill_process_group(pgid: int, grace: float = DEFAULT_GRACE, *, root: int | N
     own). Returns True when SIGKILL was needed. Waits (boundedly) until no target is
     left alive; zombies awaiting their parent do not count. Reaps nothing.
     """
-    if not _PROC.is_dir():  # no /proc: the group is all we can see
+    if not proctree.have_proc():  # no /proc: the group is all we can see
         return _kill_group_only(pgid, grace)
-    targets: dict[int, bytes] = {}
-    _collect(pgid, root, targets)
-    if not targets and not _signal_group(pgid, 0):
-        return False
-    _signal_all(pgid, targets, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while True:
-        _collect(pgid, root, targets)  # children started meanwhile
-        if not _prune(targets):
-            return False
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        time.sleep(min(0.01, remaining))
-    _signal_all(pgid, targets, signal.SIGKILL)
-    deadline = time.monotonic() + KILL_WAIT
-    while _prune(targets) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    return True
+    return proctree.stop([pgid], {} if root is None else {root: None}, grace)
 
 
 def resolve_executable(program: str, workdir: Path, path: str | None) -> str:
@@ -358,89 +337,13 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
-def _signal_group(pgid: int, sig: int) -> bool:
-    """Send ``sig`` to group ``pgid``; False when the group is gone."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _kill_group_only(pgid: int, grace: float) -> bool:
-    if not _signal_group(pgid, signal.SIGTERM):
+    if not proctree.signal_group(pgid, signal.SIGTERM):
         return False
     deadline = time.monotonic() + grace
-    while _signal_group(pgid, 0):  # zombies count here: we cannot tell them apart
+    while proctree.signal_group(pgid, 0):  # zombies count here: we cannot tell them apart
         if time.monotonic() >= deadline:
-            _signal_group(pgid, signal.SIGKILL)
+            proctree.signal_group(pgid, signal.SIGKILL)
             return True
         time.sleep(0.01)
     return False
-
-
-def _scan() -> dict[int, tuple[int, int, bytes, bytes]]:
-    """Every process: pid -> (ppid, pgrp, state, start time) from /proc/<pid>/stat."""
-    table: dict[int, tuple[int, int, bytes, bytes]] = {}
-    for entry in os.scandir(_PROC):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # "pid (comm) state ppid pgrp session ... starttime(22nd) ...": comm may hold
-        # spaces and parentheses, so split after its last ")".
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 19:
-            table[int(entry.name)] = (int(fields[1]), int(fields[2]), fields[0], fields[19])
-    return table
-
-
-def _collect(pgid: int, root: int | None, targets: dict[int, bytes]) -> None:
-    """Add the live members of ``pgid`` and live descendants of ``root`` to ``targets``."""
-    table = _scan()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, pgrp, state, start) in table.items():
-        children.setdefault(ppid, []).append(pid)
-        if pgrp == pgid and state not in _DEAD:
-            targets.setdefault(pid, start)
-    stack = list(children.get(root, ())) if root is not None else []
-    while stack:
-        pid = stack.pop()
-        _ppid, _pgrp, state, start = table[pid]
-        if state not in _DEAD:
-            targets.setdefault(pid, start)
-        stack.extend(children.get(pid, ()))
-
-
-def _alive_as_recorded(pid: int, start: bytes) -> bool:
-    """True while ``pid`` runs and is still the process recorded (not a reused pid)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return len(fields) > 19 and fields[19] == start and fields[0] not in _DEAD
-
-
-def _prune(targets: dict[int, bytes]) -> bool:
-    """Drop targets that are gone; True if any is left."""
-    for pid, start in list(targets.items()):
-        if not _alive_as_recorded(pid, start):
-            del targets[pid]
-    return bool(targets)
-
-
-def _signal_all(pgid: int, targets: dict[int, bytes], sig: int) -> None:
-    _signal_group(pgid, sig)
-    for pid, start in targets.items():
-        if _alive_as_recorded(pid, start):
-            try:
-                os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
