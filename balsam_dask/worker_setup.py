@@ -5,20 +5,25 @@
 scheduler with the worker's registration, with the node's cores as the worker resource
 ``BALSAM_CORES`` (node.CORES_RESOURCE); the worker plugin stops a task's processes when
 the task is cancelled or killed. Without the variable the worker describes itself (its
-threads as cores, no GPUs, no allocation end).
+threads as cores, no GPUs, no allocation end). The worker starts its guard process
+(:mod:`balsam_dask.mpi_tasks.guard`): whatever its tasks started is stopped when it dies.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from functools import partial
 from typing import Any
 
+from balsam_dask.mpi_tasks import guard
 from balsam_dask.node import CORES_RESOURCE, ENV_VAR, EXTRA_KEY, NodeConfig
 from balsam_dask.runtime import BalsamWorkerPlugin, install
 
 
 async def dask_setup(worker: Any) -> None:
+    # a worker process a Nanny started gets a process group of its own, for what its threads start
+    guard.start(own_group=multiprocessing.parent_process() is not None)
     text = os.environ.get(ENV_VAR)
     if text:
         config = NodeConfig.from_env(text)

@@ -14,7 +14,9 @@ process. After a normal exit the leader is reaped first and the group checked wi
 signal (a /proc scan on every exit cost more than a short MPI launch). Descendants are
 matched by pid and start time, so a reused pid is never signalled.
 Finding descendants and telling zombies apart uses Linux's /proc; without it only
-the group is signalled.
+the group is signalled. While it runs, the process is watched by this process's guard
+(:mod:`balsam_dask.mpi_tasks.guard`), which stops it, its group and its descendants if
+this process dies.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from balsam_dask.errors import InvalidSpec
-from balsam_dask.mpi_tasks import proctree
+from balsam_dask.mpi_tasks import guard, proctree
 from balsam_dask.private import private_dir
 
 TAIL_BYTES = 4096
@@ -132,6 +134,7 @@ def run_process(
             err.close()
 
     timed_out = killed = False
+    guard.watch(proc.pid, grace_s)  # stopped with its group if this process dies meanwhile
     try:
         if on_start is not None:
             on_start(proc.pid)
@@ -145,11 +148,13 @@ def run_process(
             proc.wait()
             if proctree.signal_group(proc.pid, 0):
                 kill_process_group(proc.pid, grace_s)
+        returncode = proc.wait()
     except BaseException:
         kill_process_group(proc.pid, grace_s, root=proc.pid)
         proc.wait()
         raise
-    returncode = proc.wait()
+    finally:
+        guard.unwatch(proc.pid)
     ended_at = time.time()
     return ProcessResult(
         returncode=returncode,
