@@ -44,12 +44,15 @@ from balsam_dask.mpi_tasks import proctree
 
 log = logging.getLogger(__name__)
 
-#: Seconds between two records of the watched processes' trees, at least.
+#: A watched process's tree is first recorded at this age (seconds), then at doubling intervals.
 REFRESH = 0.25
+#: The longest interval between two records of a watched process's tree (seconds).
+MAX_REFRESH = 8.0
 #: Record the trees at most this fraction of the time (a /proc scan takes longer on busy nodes).
 REFRESH_SHARE = 0.05
-#: Seconds the guard waits after reading, so that messages arrive in batches.
-BATCH_WAIT = 0.002
+#: Seconds the guard waits after reading, so that messages arrive in batches (writes to a
+#: pipe nobody waits on wake nobody; what is unread when the owner dies is read then).
+BATCH_WAIT = 0.05
 #: Grace period (seconds) when no watched process named one.
 DEFAULT_GRACE = 0.5
 #: Without a pidfd, how often the guard checks that its owner runs.
@@ -209,11 +212,21 @@ def _ensure() -> _Link | None:
 # ---------------------------------------------------------------- the guard process
 
 
+@dataclass
+class _Leader:
+    """A watched process (the leader of its own group), as the guard knows it."""
+
+    start: bytes  # its start time, to tell it from a later process with the same pid
+    grace: float
+    due: float  # when to record its group and descendants next (monotonic seconds)
+    interval: float = 0.0  # since the last record
+
+
 class _Watch:
     """What a guard knows: watched group leaders and the processes recorded under them."""
 
     def __init__(self) -> None:
-        self.leaders: dict[int, tuple[bytes, float]] = {}  # pid -> (start time, grace)
+        self.leaders: dict[int, _Leader] = {}
         self.known: dict[int, bytes] = {}  # pid -> start time of processes seen under them
         self.owner_group = 0
         self.quit = False  # the owner closed the guard and goes on
@@ -240,7 +253,7 @@ class _Watch:
     def handle(self, line: bytes) -> None:
         parts = line.split()
         if len(parts) == 4 and parts[0] == b"+":
-            self.leaders[int(parts[1])] = (parts[2], float(parts[3]))
+            self.leaders[int(parts[1])] = _Leader(parts[2], float(parts[3]), time.monotonic() + REFRESH, REFRESH)
         elif len(parts) == 2 and parts[0] == b"-":
             self.leaders.pop(int(parts[1]), None)
         elif len(parts) == 2 and parts[0] == b"g":
@@ -248,22 +261,35 @@ class _Watch:
         elif parts == [b"q"]:
             self.quit = True
 
+    def next_due(self) -> float | None:
+        return min((x.due for x in self.leaders.values()), default=None)
+
     def record(self) -> None:
-        """Record the live members of the leaders' groups and their descendants."""
+        """Record the live members of the leaders' groups and their descendants. A leader's
+        tree is recorded 0.25 s after it started, then at doubling intervals up to MAX_REFRESH
+        (trees grow as a task starts, mpiexec its proxies and ranks): a task that ends within
+        0.25 s costs no scan, a long one little."""
+        t0 = time.monotonic()
         table = proctree.scan()
-        held = {p: s for p, (s, _g) in self.leaders.items() if p in table and table[p][3] == s}
+        held = {p: x.start for p, x in self.leaders.items() if p in table and table[p][3] == x.start}
         known = {p: s for p, s in self.known.items() if p in table and table[p][3] == s}
         proctree.collect(table, held, {**known, **held}, known)
         self.known = known
+        now = time.monotonic()
+        floor = (now - t0) / REFRESH_SHARE  # where a scan is slow, scan less often
+        for x in self.leaders.values():
+            if x.due <= now:
+                x.interval = min(max(2 * x.interval, floor), MAX_REFRESH)
+                x.due = now + x.interval
 
     def stop_all(self, owner_exited: bool) -> None:
         """Stop the leaders' groups (those whose leader's pid is still theirs), their
         descendants, every recorded process, and the owner's group once the owner has exited."""
-        held = {p: s for p, (s, _g) in self.leaders.items() if proctree.start_time(p) == s}
+        held = {p: x.start for p, x in self.leaders.items() if proctree.start_time(p) == x.start}
         groups = list(held)
         if self.owner_group and owner_exited:
             groups.append(self.owner_group)
-        grace = max((g for _s, g in self.leaders.values()), default=DEFAULT_GRACE)
+        grace = max((x.grace for x in self.leaders.values()), default=DEFAULT_GRACE)
         proctree.stop(groups, {**self.known, **held}, grace, targets=dict(self.known))
 
 
@@ -295,13 +321,10 @@ def serve(owner: int, fd: int = 0) -> None:
     state = _Watch()
     pidfd = _pidfd(owner)
     fds = [fd] if pidfd is None else [fd, pidfd]
-    interval = REFRESH
-    next_record = 0.0
     try:
         while not (pidfd is None and os.getppid() != owner):
-            timeout: float | None = None
-            if state.leaders:
-                timeout = max(0.0, next_record - time.monotonic())
+            due = state.next_due()
+            timeout = None if due is None else max(0.0, due - time.monotonic())
             if pidfd is None:
                 timeout = OWNER_POLL if timeout is None else min(timeout, OWNER_POLL)
             ready = select.select(fds, [], [], timeout)[0]
@@ -311,12 +334,9 @@ def serve(owner: int, fd: int = 0) -> None:
                 if not state.read(fd):
                     break
                 time.sleep(BATCH_WAIT)
-            if state.leaders and time.monotonic() >= next_record:
-                t0 = time.monotonic()
+            due = state.next_due()
+            if due is not None and time.monotonic() >= due:
                 state.record()
-                took = time.monotonic() - t0
-                interval = max(REFRESH, took / REFRESH_SHARE)
-                next_record = time.monotonic() + interval
     finally:
         state.drain(fd)  # what the owner wrote before it died
         state.stop_all(not state.quit and _await_exit(owner, pidfd, OWNER_WAIT))

@@ -31,11 +31,16 @@ def have_proc() -> bool:
 
 def _fields(pid: int) -> list[bytes] | None:
     """The fields of /proc/<pid>/stat after the command name, or None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+    try:  # os.open/os.read: half the cost of open() (this runs once per task process)
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
     except OSError:
         return None
+    try:
+        stat = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     # "pid (comm) state ppid pgrp session ... starttime(22nd) ...": comm may hold spaces and
     # parentheses, so split after its last ")"
     fields = stat[stat.rfind(b")") + 2 :].split()

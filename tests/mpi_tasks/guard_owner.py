@@ -9,7 +9,7 @@ WORKDIR (``<name>.pid``, each written whole):
 - ``popen``: a process the owner's own code starts (in the owner's group);
 - ``app``: a task process started by ``run_process`` (a group of its own) in a thread, which
   starts ``detached``, a child in a session of its own that ignores SIGTERM, and ``middle``,
-  a child that starts ``orphan`` in a session of its own and exits after a second (``orphan``
+  a child that starts ``orphan`` in a session of its own and exits after 3 s (``orphan``
   is then no descendant of anything the owner knows).
 
 Prints ``READY <guard pid>`` once all run. Then, for each line on stdin: ``app2`` runs another
@@ -37,7 +37,7 @@ subprocess.Popen(['sh', '-c', "trap '' TERM; " + {RECORD.format("detached")!r}.r
 middle = (
     "import subprocess, time\\n"
     "subprocess.Popen(['sh', '-c', {RECORD.format("orphan")!r}], start_new_session=True)\\n"
-    "time.sleep(1)\\n"
+    "time.sleep(3)\\n"
 )
 subprocess.Popen([sys.executable, '-c', middle])
 open('app.pid.tmp', 'w').write(str(os.getpid()))
