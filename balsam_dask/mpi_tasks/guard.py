@@ -11,19 +11,21 @@ So each worker process starts one small guard process (``start``: the worker pre
 first task process), in a session of its own (a Ctrl-C or a group's SIGTERM does not reach it;
 it ignores SIGINT and SIGTERM), reading a pipe whose write end only the worker holds. The
 runner tells it each task process it starts (``watch``: its pid and start time, so a reused
-pid is never signalled) and when it is done with it (``unwatch``): one short write each.
-While any is watched, the guard records every ~0.25 s the processes of their groups and
-their descendants (one /proc scan, less often where scans are slow). When the worker exits,
-by any cause (end of file on the pipe, or its pidfd), the guard stops the watched groups,
-their current descendants and every recorded process still running (SIGTERM, the task's
-grace period, SIGKILL) and exits.
+pid is never signalled) and when it is done with it (``unwatch``): one short write each
+(~15 us per task, the start time read included). The guard reads them in batches (every 0.1 s at most), and
+records the processes of a watched group and its descendants (one /proc scan) when the
+task has run 0.25 s, then at doubling intervals: short tasks cost it nothing. When the worker
+exits, by any cause (end of file on the pipe, or its pidfd: a forked copy of the worker may
+hold the pipe open), the guard stops the watched groups, their current descendants and every
+recorded process still running (SIGTERM, the task's grace period, SIGKILL) and exits.
 
 A worker a Nanny started also becomes the leader of a process group of its own
 (``start(own_group=True)``): processes that tasks running in its threads start themselves
 (``subprocess.Popen``, ``multiprocessing``) are in it, and the guard stops that group once the
-worker has exited. Not covered: a process that detached itself from its task's group and
-tree before the guard recorded it, and one started in the microseconds between a task's
-``fork`` and ``watch`` if the worker dies right then.
+worker has exited. (A terminal's Ctrl-C then reaches the driver only, which closes its
+workers.) Not covered: a process that left its task's group and tree before the guard
+recorded it, and one started in the microseconds between a task's ``fork`` and ``watch``
+if the worker dies right then.
 
     python -m balsam_dask.mpi_tasks.guard OWNER_PID    (started by :func:`start`; reads stdin)
 """
@@ -52,7 +54,7 @@ MAX_REFRESH = 8.0
 REFRESH_SHARE = 0.05
 #: Seconds the guard waits after reading, so that messages arrive in batches (writes to a
 #: pipe nobody waits on wake nobody; what is unread when the owner dies is read then).
-BATCH_WAIT = 0.05
+BATCH_WAIT = 0.1
 #: Grace period (seconds) when no watched process named one.
 DEFAULT_GRACE = 0.5
 #: Without a pidfd, how often the guard checks that its owner runs.
@@ -90,7 +92,7 @@ def start(own_group: bool = False) -> None:
         return
     with _lock:
         pid = os.getpid()
-        if own_group and not _group and os.getpgrp() != pid and os.getsid(0) != pid:
+        if own_group and _group != pid and os.getpgrp() != pid and os.getsid(0) != pid:
             try:
                 os.setpgid(0, 0)
             except OSError:
@@ -160,8 +162,11 @@ def _send(line: bytes) -> None:
 
 
 def _write(link: _Link, line: bytes) -> bool:
+    """Send ``line``; False if the guard is gone."""
     try:
         os.write(link.fd, line)  # shorter than PIPE_BUF: atomic among the worker's threads
+    except BlockingIOError:
+        pass  # the pipe is full (the guard is stopped?): this message is lost, the task runs on
     except OSError:
         return False
     return True
@@ -200,8 +205,9 @@ def _ensure() -> _Link | None:
         return None
     finally:
         os.close(r)
+    os.set_blocking(w, False)  # a guard that falls behind never stalls a task
     link = _Link(proc, w, pid)
-    if _group:
+    if _group == pid:  # made by this process, not inherited through fork
         _write(link, b"g %d\n" % _group)
     for line in list(_live.values()):
         _write(link, line)
