@@ -182,6 +182,36 @@ def test_task_processes_die_with_a_killed_worker(tmp_path: Path, kind: str) -> N
         kill_all([*procs, *recorded(pids)])
 
 
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_task_processes_die_with_a_batch_node_worker(tmp_path: Path, sig: str) -> None:
+    """``python -m balsam_dask.node_worker`` (as a job script starts it) stopped by the batch
+    system: SIGTERM at the job's end, SIGKILL after it."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    procs: dict[int, tuple[bytes, str]] = {}
+    with ensemble(f"sqlite:///{tmp_path}/o.db", tmp_path, nodes=0) as (cluster, client):
+        with open(tmp_path / "node.log", "wb") as log:
+            node = subprocess.Popen(
+                [sys.executable, "-m", "balsam_dask.node_worker", cluster.scheduler_address, "--name-prefix", "batch",
+                 "--cores", "2", "--workdir", str(tmp_path / "work")],
+                cwd=ROOT, stdout=log, stderr=log, start_new_session=True,
+            )  # fmt: skip
+        try:
+            client.wait_for_workers(1, timeout=60)
+            futures = [submit(client, kind, pids) for kind in ("app", "isolated")]
+            for kind in ("app", "isolated"):
+                wait_for(pids, kind, 1)
+            procs = tree(node.pid)  # the worker process, its guard, the tasks' processes
+            assert set(recorded(pids)) <= set(procs)
+            os.kill(node.pid, getattr(signal, sig))
+            node.wait(timeout=60)
+            left = still_running(procs, within=10)
+            assert not left, f"{left} outlived the node-worker ({sig})"
+            client.cancel(futures)
+        finally:
+            kill_all([node.pid, *procs, *recorded(pids)])
+
+
 def check_lost_attempt(store_url: str, key: str, client: Client) -> None:
     client.flush()
     store = Store(store_url)
