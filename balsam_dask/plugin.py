@@ -43,8 +43,8 @@ from balsam_dask.execute import (
 )
 from balsam_dask.function import restored
 from balsam_dask.node import CORES_RESOURCE, EXTRA_KEY, NodeConfig
-from balsam_dask.packing.placement import NodeInfo, Placer
-from balsam_dask.packing.placement_state import HOLD_AFTER
+from balsam_dask.packing.holds import HOLD_AFTER
+from balsam_dask.packing.placer import NodeInfo, Placer
 from balsam_dask.pausing import Pauser, is_ours
 from balsam_dask.payload import dump_payload
 from balsam_dask.recorder import FINISHED, Recorder, Track

@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import lru_cache
 from typing import Any, Literal
 
 from balsam_dask.errors import InvalidSpec, InvalidTags
@@ -34,6 +35,30 @@ _TAG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _HMS = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)$")
 _UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d)\s*$")
 _UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
+
+
+#: Mantissas of walltime classes: 13 per decade, steps of at most 25%; exact for common
+#: limits such as 60, 120, 300, 600, 900, 1800, 3600 and 7200 s.
+_MANTISSAS = (1.0, 1.2, 1.5, 1.8, 2.0, 2.4, 3.0, 3.6, 4.5, 5.0, 6.0, 7.2, 9.0, 10.0)
+
+
+@lru_cache(maxsize=1 << 14)
+def walltime_class(walltime: float | None) -> float | None:
+    """The estimate rounded up to its class (at most 25% more; round values stay exact).
+
+    Tasks whose estimates share a class share a queue, so a backlog where every task has
+    its own estimate still forms a few dozen queues. Eligibility uses the class, so it is
+    conservative: a task never lands where its own estimate does not fit.
+    """
+    if walltime is None:
+        return None
+    exp = math.floor(math.log10(walltime))
+    for e in (exp, exp + 1):  # log10 may round down at a decade edge
+        scale = 10.0**e
+        for m in _MANTISSAS:
+            if m * scale * (1 + 1e-12) >= walltime:
+                return max(round(m * scale, 9), walltime)
+    return walltime
 
 
 def _positive_int(name: str, value: Any, example: str, minimum: int = 1) -> int:

@@ -67,7 +67,7 @@ def ours(client, n: int) -> float:  # type: ignore[no-untyped-def]
 
 
 def gang_rate(nodes: int, gangs: int, seed: int) -> float:
-    from balsam_dask.packing.placement import NodeInfo, Placer
+    from balsam_dask.packing.placer import NodeInfo, Placer
     from balsam_dask.spec import Resources
 
     rng = random.Random(seed)

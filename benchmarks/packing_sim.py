@@ -69,7 +69,7 @@ from typing import cast
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from balsam_dask.packing import baselines
-from balsam_dask.packing.placement import NodeInfo, Placer, walltime_class
+from balsam_dask.packing.placer import NodeInfo, Placer
 from balsam_dask.packing.policy import (
     AllocationView,
     BacklogShape,
@@ -77,7 +77,7 @@ from balsam_dask.packing.policy import (
     SiteLimits,
     decide,
 )
-from balsam_dask.spec import NodeShape, Resources
+from balsam_dask.spec import NodeShape, Resources, walltime_class
 
 PolicyFn = Callable[[Sequence[BacklogShape], Sequence[AllocationView], SiteLimits, float], Decision]
 NODE = NodeShape(cores=64, gpus=4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from balsam_dask.errors import InvalidSpec
-from balsam_dask.packing.placement import NodeInfo, Placer
+from balsam_dask.packing.placer import NodeInfo, Placer
 from balsam_dask.spec import Resources
 
 WIDE = 1000
@@ -36,9 +36,9 @@ def stream(hold_after: float | None, rounds: int = 200, dt: float = 1.0) -> tupl
                 return step, p, list(a.nodes)
             running.append(a.task_id)
         p.check_invariants()
-        if p._holds:  # a node kept for the wide task takes no new task
-            (held,) = p._holds.values()
-            assert all(t.cores == 1 for t in held.running) and held.free_cores < 4
+        if p.held():  # a node kept for the wide task takes no new task
+            (held,) = (p.node(n) for n in p.held().values())
+            assert WIDE not in held.running and held.free_cores < 4  # only 1-core tasks run there
     return None, p, []
 
 
@@ -52,7 +52,7 @@ def test_a_held_node_drains_and_the_wide_task_starts_there() -> None:
     assert step is not None
     # passed from round 0; held from round 10; the held node's four 1-core tasks end by round ~18
     assert 10 <= step <= 20, step
-    assert p.node(nodes[0]).free_cores == 0 and p._holds == {}
+    assert p.node(nodes[0]).free_cores == 0 and p.held() == {}
 
 
 def test_no_hold_before_hold_after_seconds_of_being_passed() -> None:
@@ -68,7 +68,7 @@ def test_a_cancelled_held_task_gives_its_node_back() -> None:
     p.submit(WIDE, Resources.serial(2))
     p.submit(2, Resources.serial(1))
     assert [a.task_id for a in p.schedule(1.0)] == [2]  # passes the wide head: a hold follows
-    assert set(p._holds) == {WIDE}
+    assert set(p.held()) == {WIDE}
     p.finished(1)
     p.submit(3, Resources.serial(1))
     assert p.schedule(2.0) == []  # the held node takes nothing; 2 still runs there
@@ -88,13 +88,13 @@ def test_a_held_task_that_starts_elsewhere_frees_the_held_node() -> None:
     p.finished(1)
     p.submit(5, Resources.serial(1))
     assert [a.task_id for a in p.schedule(1.0)] == [5]  # passes the wide head: a hold follows
-    (held,) = [node.name for node in p._holds.values()]
+    (held,) = list(p.held().values())
     other = "b" if held == "a" else "a"
     for tid in p.node(other).running:  # the other node empties first
         p.finished(tid)
     got = {a.task_id: a.nodes for a in p.schedule(2.0)}
     assert got == {WIDE: (other,)}
-    assert p._holds == {}
+    assert p.held() == {}
     p.check_invariants()
     assert p.node(held).free_cores == 0
     p.finished(p.node(held).running[0])

@@ -10,15 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from balsam_dask.errors import BalsamDaskError, InvalidSpec, UnknownTask
-from balsam_dask.packing.placement import (
+from balsam_dask.packing.placer import (
     Assignment,
     NodeInfo,
     PlacementError,
     PlacementInvariantError,
     Placer,
-    walltime_class,
 )
-from balsam_dask.spec import Resources
+from balsam_dask.spec import Resources, walltime_class
 
 
 def serial(cores: int = 1, gpus: int = 0, walltime: float | None = None) -> Resources:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from balsam_dask.errors import InvalidSpec
-from balsam_dask.packing.placement import Assignment, NodeInfo, Placer
+from balsam_dask.packing.placer import Assignment, NodeInfo, Placer
 from balsam_dask.spec import Resources
 
 
