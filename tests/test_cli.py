@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from balsam_dask.cli import main
 from balsam_dask.spec import Resources, TaskSpec
+from balsam_dask.store.schema import HEAD
 from balsam_dask.store import AllocationWrite, Store, Transition
 
 BIN = str(Path(sys.executable).parent / "balsam-dask")
@@ -55,7 +56,7 @@ def sqlite_filled(tmp_path: Path) -> tuple[str, list[int]]:
 def test_init_ls_show_summary(filled: tuple[str, list[int]], capsys: pytest.CaptureFixture[str]) -> None:
     url, ids = filled
     assert main(["--store", url, "init"]) == 0
-    assert "is ready (schema revision 0001)" in capsys.readouterr().out
+    assert f"is ready (schema revision {HEAD})" in capsys.readouterr().out
 
     assert main(["--store", url, "ls"]) == 0
     out = capsys.readouterr().out.splitlines()

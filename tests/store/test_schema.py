@@ -109,3 +109,42 @@ def test_many_threads_opening_one_new_sqlite_store(tmp_path: Path) -> None:
         url = f"sqlite:///{tmp_path}/new{i}.db"
         errors = _in_threads(8, lambda url=url: Store(url).close())
         assert errors == [], f"round {i}: {errors[0]}"
+
+
+def test_a_0001_store_is_upgraded_to_walltime_classes(store_url: str) -> None:
+    """0001 counted shapes by fixed walltime buckets; 0002 recounts them by walltime class."""
+    from alembic import command
+    from alembic.config import Config
+
+    from balsam_dask.spec import Resources, TaskSpec
+    from balsam_dask.store.engine import write_tx
+    from balsam_dask.store.schema import MIGRATIONS_DIR
+
+    engine = _raw_engine(store_url)
+    with write_tx(engine) as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        sid = conn.execute(text("INSERT INTO sessions (kind, host, pid, started_at, heartbeat_at, info) "
+                                "VALUES ('old', 'h', 1, 0, 0, '{}') RETURNING id")).scalar()  # fmt: skip
+        for i, wt in enumerate([50.0, 50.0, 3000.0, None]):
+            conn.execute(
+                text("INSERT INTO tasks (id, key, kind, state, priority, nodes, ranks_per_node, threads_per_rank, "
+                     "cores, gpus, walltime, spec, tags, parents, attempt, session_id, kill_requested, "
+                     "created_at, updated_at) VALUES (:i, :k, 'python', 'CREATED', 0, 1, 1, 1, 1, 0, :w, '{}', "
+                     "'{}', '[]', 0, :s, false, 0, 0)"),
+                {"i": i + 1, "k": f"t{i}", "w": wt, "s": sid},
+            )  # fmt: skip
+        conn.execute(text(  # the old buckets: 50 s -> 60, 3000 s -> 3600
+            "INSERT INTO shape_counts (nodes, cores, gpus, walltime, state, count) VALUES "
+            "(1, 1, 0, 60.0, 'CREATED', 2), (1, 1, 0, 3600.0, 'CREATED', 1), (1, 1, 0, 0.0, 'CREATED', 1)"
+        ))  # fmt: skip
+    engine.dispose()
+    with Store(store_url) as store:  # opening upgrades
+        assert store.revision == HEAD
+        shapes = {(b.nodes, b.cores, b.gpus, b.walltime): b.counts for b in store.backlog()}
+        assert shapes == {(1, 1, 0, 50.0): {"CREATED": 2}, (1, 1, 0, 3000.0): {"CREATED": 1},
+                          (1, 1, 0, 0.0): {"CREATED": 1}}  # fmt: skip
+        ids = store.create_tasks([TaskSpec(resources=Resources.serial(1, walltime=50))])
+        assert ids and {(b.walltime): b.counts for b in store.backlog()}[50.0] == {"CREATED": 3}
