@@ -17,8 +17,8 @@ from sqlalchemy.engine import make_url
 
 from balsam_dask.cli import main
 from balsam_dask.spec import Resources, TaskSpec
-from balsam_dask.store.schema import HEAD
 from balsam_dask.store import AllocationWrite, Store, Transition
+from balsam_dask.store.schema import HEAD
 
 BIN = str(Path(sys.executable).parent / "balsam-dask")
 
