@@ -24,20 +24,26 @@
 # are errors, as upstream) are copied into a scratch directory; `import distributed` resolves to the
 # installed package, never to the sources.
 #
-# Environment: PYTHON (default python: the venv with distributed and balsam_dask), DASK_COMPAT_TMP
-# (scratch directory, default a new /tmp/dask_compat.XXXXXX, kept for reading), TEST_TIMEOUT (per
-# test, seconds, default 180), RECHECK (default 3: each regression is run alone RECHECK times in its
-# mode and RECHECK times bare to tell real from flaky; 0 skips), RECHECK_ONLY=1 (no full runs: recheck
-# the regressions of an earlier run in DASK_COMPAT_TMP), DASK_COMPAT_SUBPROCESS=0 (inject in-process
-# only, not into the sync fixtures' spawned scheduler and worker processes), DASK_COMPAT_PLUGIN_KW
-# (JSON keyword arguments for every BalsamPlugin). test_bad_address is deselected: this sandbox accepts connections to any address.
+# Environment:
+#   PYTHON           the venv's python with distributed and balsam_dask (default: python on PATH)
+#   DASK_COMPAT_TMP  scratch directory (default: a new /tmp/dask_compat.XXXXXX, kept for reading)
+#   TEST_TIMEOUT     per test, seconds (default 180; gen_cluster tests have their own 30 s)
+#   TESTS            a file of test ids, one a line, as printed (e.g. a run's regressions.txt): the
+#                    full runs take only these
+#   RECHECK          each regression is run alone RECHECK times in its mode and RECHECK times bare,
+#                    to tell real from flaky (default 3; 0: no recheck)
+#   RECHECK_ONLY=1   no full runs: recheck the regressions of an earlier run in DASK_COMPAT_TMP, or
+#                    the tests listed in TESTS
+#   DASK_COMPAT_SUBPROCESS=0  inject in-process only, not into the sync fixtures' spawned processes
+#   DASK_COMPAT_PLUGIN_KW     JSON keyword arguments for every BalsamPlugin, e.g. '{"writer_process": false}'
+# test_bad_address is deselected: this sandbox accepts connections to any address.
 #
 # Exit status: 0 when no test that passes bare fails in another mode (after RECHECK: a regression
 # that never fails alone with ours, or fails alone bare too, is reported as flaky and not counted);
 # 1 otherwise; 2 on bad usage.
 set -euo pipefail
 
-usage() { echo "usage: $0 SRC_DIR [bare|plugin|nodes|client ...]" >&2; exit 2; }
+usage() { echo "usage: $0 SRC_DIR [bare|plugin|nodes|client ...] [-- PYTEST_ARG...]" >&2; exit 2; }
 [[ $# -ge 1 ]] || usage
 SRC=$(cd "$1" && pwd) || usage
 shift
@@ -119,25 +125,38 @@ run_pytest() {
         --deselect test_client.py::test_bad_address "$@" >"$run/pytest.log" 2>&1) || true
 }
 
+TARGETS=("$SUITE/test_client.py")
+if [[ -n ${TESTS:-} ]]; then
+    TARGETS=()
+    while read -r test; do [[ -n $test ]] && TARGETS+=("$SUITE/$test"); done <"$TESTS"
+    [[ ${#TARGETS[@]} -gt 0 ]] || { echo "$0: TESTS=$TESTS lists no test" >&2; exit 2; }
+fi
 RUNS=$SCRATCH/runs
 for mode in "${MODES[@]}"; do
     [[ ${RECHECK_ONLY:-0} == 1 ]] && break
     start=$(date +%s)
-    run_pytest "$mode" "$RUNS/$mode" "$SUITE/test_client.py" ${EXTRA[@]+"${EXTRA[@]}"}
+    run_pytest "$mode" "$RUNS/$mode" "${TARGETS[@]}" ${EXTRA[@]+"${EXTRA[@]}"}
     echo "mode $mode: $(( $(date +%s) - start )) s wall, log $RUNS/$mode/pytest.log"
     tail -n 1 "$RUNS/$mode/pytest.log"
 done
 
 status=0
-"$PY" "$REPO/scripts/dask_compat_plugin.py" summary "$RUNS" "${MODES[@]}" || status=1
+if [[ ${RECHECK_ONLY:-0} == 1 ]]; then
+    status=1
+else
+    "$PY" "$REPO/scripts/dask_compat_plugin.py" summary "$RUNS" "${MODES[@]}" || status=1
+fi
 
 # ------------------------------------------------------------------ real or flaky
 if [[ $status -ne 0 && $RECHECK -gt 0 ]]; then
     status=0
     echo "== recheck: each regression alone, $RECHECK times in its mode and $RECHECK times bare"
     for mode in "${MODES[@]}"; do
-        [[ $mode != bare && -s $RUNS/$mode/regressions.txt ]] || continue
+        list=$RUNS/$mode/regressions.txt
+        [[ ${RECHECK_ONLY:-0} == 1 && -n ${TESTS:-} ]] && list=$TESTS
+        [[ $mode != bare && -s $list ]] || continue
         while read -r test; do
+            [[ -n $test ]] || continue
             fails_mode=0 fails_bare=0
             for i in $(seq "$RECHECK"); do
                 for m in "$mode" bare; do
@@ -156,7 +175,7 @@ if [[ $status -ne 0 && $RECHECK -gt 0 ]]; then
                 verdict=flaky
             fi
             echo "  $mode $test: fails alone $fails_mode/$RECHECK with ours, $fails_bare/$RECHECK bare: $verdict"
-        done <"$RUNS/$mode/regressions.txt"
+        done <"$list"
     done
 fi
 echo "results in $RUNS (pytest.log, results.jsonl, injected.tsv, regressions.txt per mode)"

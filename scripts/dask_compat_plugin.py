@@ -239,9 +239,11 @@ _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Failed|Interrupt
 
 
 def _gist(text: str) -> str:
-    """The exception line of a traceback (its last one), else its last line."""
+    """The exception line of a traceback (its last one, after its root cause's if chained), else its last line."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     found = [ln for ln in lines if _EXCEPTION.match(ln)]
+    if len(found) > 1 and "direct cause of the following exception" in text and found[0] != found[-1]:
+        return f"{found[-1][:150]} <- {found[0][:150]}"
     return (found or lines or [""])[-1][:300]
 
 
