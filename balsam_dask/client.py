@@ -10,9 +10,11 @@ collections' ``compute``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -22,7 +24,8 @@ import distributed
 from dask.base import tokenize
 from dask.utils import funcname
 
-from balsam_dask.errors import InvalidSpec
+from balsam_dask.daskconfig import register as register_dask_config
+from balsam_dask.errors import InvalidSpec, UnpicklableArgument
 from balsam_dask.execute import SPEC_ANNOTATION, AppCall, Handlers, run_app, run_python
 from balsam_dask.function import pack, pickled
 from balsam_dask.mpi_tasks.template import validate_template
@@ -56,6 +59,7 @@ class Client(distributed.Client):
         return self.scheduler
 
     async def _start(self, *args: Any, **kwargs: Any) -> Any:
+        register_dask_config()
         out = await super()._start(*args, **kwargs)
         await self._refresh_info()
         return out
@@ -65,6 +69,8 @@ class Client(distributed.Client):
         self._balsam_refreshing = True
         try:
             info = await self._balsam_rpc().balsam_info()
+            if not isinstance(info, dict):  # Dask answers an unknown request with None
+                raise RuntimeError("the scheduler does not know balsam_info")
         except Exception as e:  # no plugin (yet), or the scheduler went away
             self._balsam_info_error = e
         else:
@@ -128,12 +134,20 @@ class Client(distributed.Client):
         durable: bool = True, key: Hashable | None = None, pure: bool = True, fifo_timeout: str = "100 ms",
         **kwargs: Any,
     ) -> distributed.Future:  # fmt: skip
-        """Run ``fn(*args, **kwargs)`` as a balsam task; returns a Dask future."""
-        _reject_dask_placement(kwargs)
+        """Run ``fn(*args, **kwargs)`` as a balsam task; returns a Dask future. With Dask's own
+        placement (``workers=``, ``resources=``...) it is a plain Dask task, recorded."""
+        if _dask_placed(kwargs, cores=cores, gpus=gpus, walltime=walltime, timeout=timeout, tags=tags, name=name,
+                        isolate=isolate, on_error=on_error, on_timeout=on_timeout, durable=durable):  # fmt: skip
+            return super().submit(fn, *args, key=key, pure=pure, retries=retries, priority=priority,
+                                  fifo_timeout=fifo_timeout, **kwargs)  # fmt: skip
         spec = self._spec("python", cores=cores, gpus=gpus, walltime=walltime, timeout=timeout, retries=retries,
                           tags=tags, name=name, priority=priority, isolate=isolate, durable=durable)  # fmt: skip
         handlers = _handlers(on_error, on_timeout)
-        task_fn = pack(fn, _check_callable(fn, args, kwargs))
+        if self.status in ("closing", "closed"):  # Dask's own error says so
+            return super().submit(fn, *args, key=key, **kwargs)
+        data = _check_callable(fn, args, kwargs)
+        _warn_if_large(data)
+        task_fn = pack(fn, data)
         with _naming_unpicklable(fn, args, kwargs), dask.annotate(**{SPEC_ANNOTATION: spec}):
             if key is None:
                 key = f"{funcname(fn)}-{tokenize(fn, kwargs, spec, *args) if pure else uuid.uuid4().hex}"
@@ -148,13 +162,18 @@ class Client(distributed.Client):
         durable: bool = True, key: str | list[Hashable] | None = None, pure: bool = True,
         batch_size: int | None = None, **kwargs: Any,
     ) -> list[distributed.Future]:  # fmt: skip
-        """``fn`` over the iterables as balsam tasks (one spec for all)."""
-        _reject_dask_placement(kwargs)
+        """``fn`` over the iterables as balsam tasks (one spec for all); with Dask's own placement
+        (``workers=``, ``resources=``...) as plain Dask tasks, recorded."""
+        if _dask_placed(kwargs, cores=cores, gpus=gpus, walltime=walltime, timeout=timeout, tags=tags, name=name,
+                        isolate=isolate, on_error=on_error, on_timeout=on_timeout, durable=durable):  # fmt: skip
+            return super().map(fn, *iterables, key=key, pure=pure, retries=retries, priority=priority,  # type: ignore[arg-type]
+                               batch_size=batch_size, **kwargs)  # fmt: skip
         spec = self._spec("python", cores=cores, gpus=gpus, walltime=walltime, timeout=timeout, retries=retries,
                           tags=tags, name=name, priority=priority, isolate=isolate, durable=durable)  # fmt: skip
         handlers = _handlers(on_error, on_timeout)
         lists = [list(it) for it in iterables]
-        data = _check_callable(fn, tuple(v[0] for v in lists if v), kwargs) if lists else pickled(fn)
+        data = _check_callable(fn, tuple(v[0] for v in lists), kwargs) if lists and all(lists) else pickled(fn)
+        _warn_if_large(data)
         task_fn = pack(fn, data)
         if key is None:
             key = f"{funcname(fn)}-{tokenize(spec)[:8]}"
@@ -315,12 +334,23 @@ def _naming_unpicklable(
             try:
                 cloudpickle.dumps(value)
             except Exception as why:
-                raise InvalidSpec(
+                raise UnpicklableArgument(
                     f"{where} of {funcname(fn) if callable(fn) else 'the task'} ({type(value).__name__}) cannot be "
-                    f"pickled to travel to the workers ({type(why).__name__}: {why}); pass something that pickles, "
-                    "e.g. a file path or the plain data it holds"
+                    f"serialized (pickled) to travel to the workers ({type(why).__name__}: {why}); pass something "
+                    "that pickles, e.g. a file path or the plain data it holds"
                 ) from None
         raise
+
+
+def _warn_if_large(data: bytes) -> None:
+    """Dask's warning for a large task graph, for the function the client sends pickled."""
+    threshold = dask.utils.parse_bytes(dask.config.get("distributed.admin.large-graph-warning-threshold"))
+    if len(data) > threshold:
+        warnings.warn(
+            f"Sending large graph of size {dask.utils.format_bytes(len(data))}: the function captures large "
+            "data. Load it in the task, or scatter it (client.scatter) and pass the future",
+            UserWarning, stacklevel=3,
+        )  # fmt: skip
 
 
 def _arguments(args: Sequence[Any], kwargs: Mapping[str, Any], mapped: bool) -> Iterator[tuple[str, Any]]:
@@ -351,18 +381,45 @@ def _handlers(on_error: Any, on_timeout: Any) -> Handlers | None:
     return Handlers(on_error, on_timeout) if (on_error or on_timeout) else None
 
 
+#: Balsam keywords and their defaults: none may be given with Dask's own placement.
+_BALSAM_DEFAULTS: dict[str, Any] = {
+    "cores": 1, "gpus": 0, "walltime": None, "timeout": None, "tags": None, "name": None, "isolate": False,
+    "on_error": None, "on_timeout": None, "durable": True,
+}  # fmt: skip
+
+
+def _dask_placed(kwargs: dict[str, Any], **balsam: Any) -> bool:
+    """True when the call asks for Dask's own placement (``workers=``, ``resources=``...): the
+    task is then a plain Dask task. Refused with balsam resources or options."""
+    asked = [k for k in _DASK_PLACEMENT if k in kwargs and kwargs[k] not in (None, False)]
+    if not asked:
+        for k in _DASK_PLACEMENT:  # Dask's defaults (workers=None...) mean nothing was asked
+            kwargs.pop(k, None)
+        return False
+    mixed = [k for k, v in balsam.items() if v != _BALSAM_DEFAULTS[k]]
+    if mixed:
+        raise InvalidSpec(
+            f"{asked[0]}= is Dask's placement and {mixed[0]}= is balsam_dask's: a task takes one or the other. "
+            f"Use cores=..., gpus=... (balsam_dask places it) or {asked[0]}=... alone (Dask places it)"
+        )
+    return True
+
+
 def _reject_dask_placement(kwargs: dict[str, Any]) -> None:
     bad = [k for k in _DASK_PLACEMENT if k in kwargs]
     if bad:
         raise InvalidSpec(
-            f"{bad[0]}= is Dask's placement; balsam tasks are placed by balsam_dask from cores=/gpus=. "
-            "Use cores=..., gpus=..., or a plain distributed.Client for Dask's own placement"
+            f"{bad[0]}= is Dask's placement; apps and MPI tasks are placed by balsam_dask from their resources. "
+            "Use cores=..., gpus=..., nodes=..."
         )
 
 
 def _check_callable(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """``fn`` cloudpickled, once its arguments are known to bind; else InvalidSpec."""
+    """``fn`` cloudpickled, once its arguments are known to bind; else InvalidSpec. Only
+    functions are checked: a callable object's signature may change when it is unpickled."""
     data = pickled(fn)
+    if not (inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, functools.partial)):
+        return data
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -370,6 +427,8 @@ def _check_callable(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> b
     try:
         sig.bind(*args, **kwargs)
     except TypeError as e:
+        if any(isinstance(a, distributed.Future) and a.cancelled() for a in (*args, *kwargs.values())):
+            return data  # Dask says why first: a cancelled dependency
         unknown = [k for k in kwargs if k not in sig.parameters] if not _has_var_kw(sig) else []
         hint = f"; balsam keywords are {', '.join(BALSAM_KEYWORDS)}" if unknown else ""
         raise InvalidSpec(f"{funcname(fn)}{sig}: {e}{hint}") from None

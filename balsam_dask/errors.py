@@ -19,6 +19,10 @@ class InvalidSpec(BalsamDaskError, ValueError):
     """A task or resource specification is malformed or cannot fit any node."""
 
 
+class UnpicklableArgument(InvalidSpec, TypeError):
+    """An argument of a task cannot be serialized to travel to the workers."""
+
+
 class InvalidTags(InvalidSpec):
     """Tags are not a mapping of short strings to scalars."""
 

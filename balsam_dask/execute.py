@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import inspect
 import os
 import pickle
 import re
@@ -343,9 +344,27 @@ def run_python(task_fn: Callable[..., Any] | PickledFunction, handlers: Handlers
 
         # tasks it submits are its children; its BLAS/OpenMP pools get its cores
         with dask.annotate(**{PARENT_ANNOTATION: ctx.key}), get_runtime().pools.limit(ctx.spec.resources.cores):
-            return fn(*args, **kwargs)
+            value = fn(*args, **kwargs)
+            return _awaited(value) if inspect.isawaitable(value) else value
 
     return _run_attempts(body, handlers)
+
+
+def _awaited(value: Any) -> Any:
+    """An ``async def`` task's result: awaited on its worker's event loop, as Dask runs them."""
+    from distributed import get_worker
+    from distributed.utils import sync
+
+    async def wait() -> Any:
+        return await value
+
+    try:
+        loop = get_worker().loop
+    except ValueError:  # called directly, not on a worker
+        import asyncio
+
+        return asyncio.run(wait())
+    return sync(loop, wait)
 
 
 def run_app(app: AppCall, handlers: Handlers | None) -> AppResult:

@@ -16,6 +16,7 @@ import os
 from functools import partial
 from typing import Any
 
+from balsam_dask.daskconfig import register as register_dask_config
 from balsam_dask.mpi_tasks import guard
 from balsam_dask.node import CORES_RESOURCE, ENV_VAR, EXTRA_KEY, NodeConfig
 from balsam_dask.runtime import BalsamWorkerPlugin, install
@@ -30,6 +31,7 @@ async def dask_setup(worker: Any) -> None:
     else:
         config = NodeConfig(name=str(worker.name), alloc_id="unmanaged", cores=worker.state.nthreads)
     runtime = install(config)
+    register_dask_config()
     state = worker.state  # before registration: the scheduler learns the resource with the worker
     if CORES_RESOURCE not in state.total_resources:
         state.total_resources[CORES_RESOURCE] = state.available_resources[CORES_RESOURCE] = config.cores
@@ -45,9 +47,23 @@ async def dask_setup(worker: Any) -> None:
 
 
 def node_client(worker: Any, timeout: Any = None) -> Any:
-    """The worker's client for its tasks (``get_client()``): a ``balsam_dask.Client`` made on
-    first use with the options Dask gives its own worker client."""
+    """The worker's client for its tasks (``get_client()``): the process's own client when it
+    talks to this scheduler (a worker in the client's process), else a ``balsam_dask.Client``
+    made on first use with the options Dask gives its own worker client."""
     if worker._client is None:
+        from distributed.client import default_client
+
+        try:
+            existing = default_client()
+        except ValueError:
+            existing = None
+        if (
+            existing is not None
+            and existing.scheduler is not None
+            and (existing.scheduler.address == worker.scheduler.address)
+        ):
+            worker._client = existing
+            return existing
         import dask
         from dask.utils import parse_timedelta
         from distributed import Worker

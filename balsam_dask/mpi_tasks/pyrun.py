@@ -10,6 +10,8 @@ and 1 on an exception. Used for isolated functions (own process group, killable,
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import sys
 import traceback
@@ -31,6 +33,10 @@ def write_outcome(path: str, outcome: tuple[Any, ...]) -> None:
     os.replace(tmp, path)
 
 
+async def _wait(value: Any) -> Any:
+    return await value
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m balsam_dask.mpi_tasks.pyrun CALL.pkl OUT.pkl", file=sys.stderr)
@@ -44,6 +50,8 @@ def main(argv: list[str]) -> int:
         set_current(ctx[0])
     try:
         value = fn(*args, **kwargs)
+        if inspect.isawaitable(value):  # an async def function
+            value = asyncio.run(_wait(value))
     except BaseException as e:
         tb = traceback.format_exc()
         sys.stderr.write(tb)

@@ -175,3 +175,41 @@ def test_asynchronous_ensemble_cluster(tmp_path: Path) -> None:
                 return list(await client.gather(futures))
 
     assert asyncio.run(main()) == [0, 1, 4, 9]
+
+
+async def add_async(x: int, y: int) -> int:
+    await asyncio.sleep(0.01)
+    return x + y
+
+
+def test_async_def_functions_are_awaited(ens: tuple[LocalEnsembleCluster, Client]) -> None:
+    _, client = ens
+    assert client.submit(add_async, 1, 2, pure=False).result(timeout=30) == 3
+    assert client.gather(client.map(add_async, [1, 2], [10, 20])) == [11, 22]
+    assert client.submit(add_async, 3, 4, isolate=True, pure=False).result(timeout=60) == 7
+
+
+def test_dask_placement_gives_a_plain_recorded_dask_task(ens: tuple[LocalEnsembleCluster, Client]) -> None:
+    """workers=/resources= ask for Dask's own placement: a plain Dask task, as with distributed.Client."""
+    cluster, client = ens
+    worker = next(iter(client.scheduler_info()["workers"]))
+    fut = client.submit(square, 6, workers=[worker], key="dask-placed")
+    assert fut.result(timeout=30) == 36
+    assert client.who_has([fut])[fut.key] == (worker,)
+    futs = client.map(square, [1, 2], workers=[worker], key=["dask-placed-0", "dask-placed-1"])
+    assert client.gather(futs) == [1, 4]
+    assert client.map(square, []) == []  # an empty map binds no argument
+    client.flush()
+    with Store(cluster.store_url) as store:
+        (t,) = store.tasks(key="dask-placed")
+        assert t.kind == "dask" and t.state == "FINISHED"
+
+
+class CallableObject:
+    def __call__(self, *args: object) -> int:
+        return len(args)
+
+
+def test_callable_objects_are_not_signature_checked(ens: tuple[LocalEnsembleCluster, Client]) -> None:
+    _, client = ens
+    assert client.submit(CallableObject(), 1, 2, pure=False).result(timeout=30) == 2

@@ -33,8 +33,8 @@ def f(x: int, scale: int = 1) -> int:
         ({"on_error": 3}, r"on_error=3 is not callable"),
         ({"scael": 2}, r"got an unexpected keyword argument 'scael'; balsam keywords are cores, gpus"),
         ({"core": 2}, r"unexpected keyword argument 'core'"),
-        ({"workers": ["a"]}, r"workers= is Dask's placement; balsam tasks are placed by balsam_dask"),
-        ({"resources": {"GPU": 1}}, r"resources= is Dask's placement"),
+        ({"workers": ["a"], "cores": 2}, r"workers= is Dask's placement and cores= is balsam_dask's"),
+        ({"resources": {"GPU": 1}, "tags": {"a": 1}}, r"resources= is Dask's placement and tags= is balsam_dask's"),
     ],
 )
 def test_submit_rejects(ens: tuple[LocalEnsembleCluster, Client], kwargs: dict[str, object], message: str) -> None:
@@ -74,13 +74,15 @@ def test_an_unpicklable_argument_is_named(ens: tuple[LocalEnsembleCluster, Clien
     lock = threading.Lock()
     with Store(cluster.store_url) as store:
         before = store.count()
-        with pytest.raises(InvalidSpec, match=r"argument 0 of f \(lock\) cannot be pickled to travel to the workers"):
+        with pytest.raises(
+            InvalidSpec, match=r"argument 0 of f \(lock\) cannot be serialized \(pickled\) to travel to the workers"
+        ):
             client.submit(f, lock)
-        with pytest.raises(InvalidSpec, match=r"keyword argument scale= of f \(lock\) cannot be pickled"):
+        with pytest.raises(InvalidSpec, match=r"keyword argument scale= of f \(lock\) cannot be serialized"):
             client.submit(f, 1, scale=lock)
-        with pytest.raises(InvalidSpec, match=r"element 1 of iterable 0 of f \(lock\) cannot be pickled"):
+        with pytest.raises(InvalidSpec, match=r"element 1 of iterable 0 of f \(lock\) cannot be serialized"):
             client.map(f, [1, lock])
-        with pytest.raises(InvalidSpec, match=r"argument 0 of .*lambda.* \(lock\) cannot be pickled"):
+        with pytest.raises(InvalidSpec, match=r"argument 0 of .*lambda.* \(lock\) cannot be serialized"):
             client.submit_mpi(lambda comm, x: 1, lock, nodes=1)
         client.flush()
         assert store.count() == before  # nothing reached the scheduler

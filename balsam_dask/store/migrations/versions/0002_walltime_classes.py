@@ -26,7 +26,8 @@ def _recount(bucket: object) -> None:
     counts: Counter[tuple[int, int, int, float, str]] = Counter()
     for nodes, cores, gpus, walltime, state, n in rows:
         shape: tuple[int, int, int, float] = bucket(nodes, cores, gpus, walltime)  # type: ignore[operator]
-        counts[(*shape, state)] += n
+        key = (*shape, state)
+        counts[key] += n
     conn.execute(sa.text("DELETE FROM shape_counts"))
     if counts:
         conn.execute(
