@@ -72,22 +72,23 @@ class WrongKey(UntrustedData):
 
 
 class IllegalTransition(BalsamDaskError, ValueError):
-    """A task state change that the state machine forbids."""
+    """A task state change that the state machine forbids. ``allowed``: the states the task
+    may go to from ``from_state`` (given by the state machine, store/states.py)."""
 
-    def __init__(self, from_state: str | None, to_state: str, task_id: int | None = None) -> None:
-        super().__init__(from_state, to_state, task_id)
+    def __init__(self, from_state: str | None, to_state: str, task_id: int | None = None,
+                 allowed: tuple[str, ...] = (), unknown: str | None = None) -> None:  # fmt: skip
+        super().__init__(from_state, to_state, task_id, allowed, unknown)
         self.from_state = from_state
         self.to_state = to_state
         self.task_id = task_id
+        self.allowed = allowed  # with ``unknown``: every state there is
+        self.unknown = unknown  # a state that is no state at all
 
     def __str__(self) -> str:
-        from balsam_dask.store.states import ALL_STATES, allowed_from
-
         where = f" for task {self.task_id}" if self.task_id is not None else ""
-        for state in (self.from_state, self.to_state):
-            if state is not None and state not in ALL_STATES:
-                return f"unknown state {state!r}{where}; states are: {', '.join(ALL_STATES)}"
-        allowed = ", ".join(sorted(allowed_from(self.from_state))) or "none (final state)"
+        if self.unknown is not None:
+            return f"unknown state {self.unknown!r}{where}; states are: {', '.join(self.allowed)}"
+        allowed = ", ".join(sorted(self.allowed)) or "none (final state)"
         return (
             f"illegal transition {self.from_state} -> {self.to_state}{where}; "
             f"from {self.from_state} the allowed states are: {allowed}"

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, select, update
 
-from balsam_dask.errors import IllegalTransition, UnknownTask
+from balsam_dask.errors import UnknownTask
 from balsam_dask.store.models import allocations_t, events_t, sessions_t, tasks_t
 from balsam_dask.store.ops import (
     UPDATABLE_TASK_FIELDS,
@@ -33,7 +33,7 @@ from balsam_dask.store.ops import (
 )
 from balsam_dask.store.shapes import Shape, shape_of
 from balsam_dask.store.signing import Signer
-from balsam_dask.store.states import LEGAL, State
+from balsam_dask.store.states import LEGAL, State, illegal
 
 CHUNK = 2000
 _CREATED = State.CREATED.value
@@ -268,7 +268,7 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
         eid, tid, _, to, ts, att, worker, hosts, message = op
         cur = state[tid]
         if to not in legal.get(cur, _NOTHING):
-            raise IllegalTransition(cur, to, tid)
+            raise illegal(cur, to, tid)
         # from_state: the store's state is the truth, whatever the writer believed
         add_row((eid, tid, att, cur, to, ts, worker, hosts, message))
         state[tid] = to

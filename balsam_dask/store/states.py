@@ -91,4 +91,12 @@ def is_legal(from_state: str | None, to_state: str) -> bool:
 def check_transition(from_state: str | None, to_state: str, task_id: int | None = None) -> None:
     """Raise :class:`IllegalTransition` unless ``from_state -> to_state`` is allowed."""
     if not is_legal(from_state, to_state):
-        raise IllegalTransition(from_state, to_state, task_id)
+        raise illegal(from_state, to_state, task_id)
+
+
+def illegal(from_state: str | None, to_state: str, task_id: int | None = None) -> IllegalTransition:
+    """The error for a forbidden change, saying what is allowed (or that a state is unknown)."""
+    for state in (from_state, to_state):
+        if state is not None and state not in ALL_STATES:
+            return IllegalTransition(from_state, to_state, task_id, ALL_STATES, unknown=state)
+    return IllegalTransition(from_state, to_state, task_id, tuple(sorted(allowed_from(from_state))))

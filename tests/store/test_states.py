@@ -11,7 +11,7 @@ import pytest
 from balsam_dask.errors import IllegalTransition
 from balsam_dask.spec import TaskSpec
 from balsam_dask.store import Store, Transition
-from balsam_dask.store.states import ALL_STATES, allowed_from, check_transition, is_legal
+from balsam_dask.store.states import ALL_STATES, allowed_from, check_transition, illegal, is_legal
 
 # Written out independently of the implementation: changing the state machine must
 # change this table too.
@@ -57,9 +57,9 @@ def test_unknown_state_message() -> None:
 def test_illegal_transition_pickles() -> None:
     import pickle
 
-    e = IllegalTransition("KILLED", "RUNNING", 5)
+    e = illegal("KILLED", "RUNNING", 5)
     e2 = pickle.loads(pickle.dumps(e))
-    assert str(e2) == str(e) and e2.task_id == 5
+    assert str(e2) == str(e) and e2.task_id == 5 and "allowed states are: none (final state)" in str(e2)
 
 
 def _path_to(target: str) -> list[str]:
