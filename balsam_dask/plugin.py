@@ -33,6 +33,7 @@ from typing import Any
 from dask._task_spec import Task
 from distributed.diagnostics.plugin import SchedulerPlugin
 
+from balsam_dask.errors import StoreUnavailable
 from balsam_dask.execute import (
     DISPATCH_ANNOTATION,
     PARENT_ANNOTATION,
@@ -52,6 +53,7 @@ from balsam_dask.runtime import KILL_OP
 from balsam_dask.spec import TaskSpec
 from balsam_dask.store.api import Store
 from balsam_dask.store.ops import AllocationWrite
+from balsam_dask.store.procwriter import ProcessWriter
 from balsam_dask.store.states import FINAL_STATES, State
 from balsam_dask.store.writer import check_writer_options
 
@@ -153,6 +155,7 @@ class BalsamPlugin(SchedulerPlugin):
         self._order = 0  # dispatch order: the Dask priority of balsam tasks on their worker
         self.errors: list[str] = []
         self.writer: Any = None
+        self.close_error: str | None = None  # what the writer could not write when the plugin closed
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, scheduler: Any) -> None:
@@ -165,12 +168,10 @@ class BalsamPlugin(SchedulerPlugin):
         store = self.store
         await loop.run_in_executor(None, lambda: store.session_id)
         await loop.run_in_executor(None, store.signer.key)  # a key that cannot be made or trusted fails here
-        if self.writer_process:  # the SQL work off the event loop's GIL (store/procwriter.py)
-            from balsam_dask.store.procwriter import ProcessWriter
-
-            self.writer = await loop.run_in_executor(None, partial(ProcessWriter, store, **self.writer_options))
+        if self.writer_process:  # the SQL work off the event loop's GIL, started at its first shipment
+            self.writer = ProcessWriter(store, **self.writer_options)
         else:
-            options = {k: v for k, v in self.writer_options.items() if k != "nice"}  # a process's, not a thread's
+            options = {k: v for k, v in self.writer_options.items() if k not in ("nice", "close_timeout")}
             self.writer = store.writer(**options)
         self.recorder = Recorder(self.writer.put, store.ids.next, self.writer.put_transition)
         self.recorder.names = self._names
@@ -198,9 +199,16 @@ class BalsamPlugin(SchedulerPlugin):
                     s.stream_handlers["steal-response"] = self._steal_fallback
         loop = asyncio.get_running_loop()
         if self.writer is not None:  # None when start failed before the writer ran
-            await loop.run_in_executor(None, self.writer.close)
+            try:
+                await loop.run_in_executor(None, self.writer.close)
+            except StoreUnavailable as e:  # records lost: the cluster's close raises it (close_error)
+                self.close_error = str(e)
+                log.error("balsam_dask: %s", e)
         if self.store is not None:
-            await loop.run_in_executor(None, self.store.close)
+            if self.close_error:  # the store cannot be written: do not wait on it again
+                self.store.engine.dispose()
+            else:
+                await loop.run_in_executor(None, self.store.close)
 
     async def _poll(self) -> None:
         """Kill requests from the store (``balsam-dask kill``) and time-based placement."""
@@ -659,9 +667,14 @@ class BalsamPlugin(SchedulerPlugin):
             "running": len(p.running()),
             "anomalies": list(self.recorder.anomalies),
             "errors": list(self.errors),
-            "writer": {"pending": self.writer.pending, "rejected": len(self.writer.stats.rejected),
-                       "retries": self.writer.stats.retries},
+            "writer": self._writer_status(),
         }  # fmt: skip
+
+    def _writer_status(self) -> dict[str, Any]:
+        w, stats = self.writer, self.writer.stats
+        return {"pending": w.pending, "in_flight": w.in_flight, "written": stats.written,
+                "rejected": len(stats.rejected), "retries": stats.retries, "restarts": stats.restarts,
+                "last_error": stats.last_error, "alive": w.alive, "pid": w.pid}  # fmt: skip
 
     async def _handle_flush(self, timeout: float = 60.0) -> bool:
         loop = asyncio.get_running_loop()

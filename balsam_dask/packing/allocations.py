@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from distributed import Scheduler, SpecCluster
 from distributed.security import Security
 
-from balsam_dask.errors import AllocationError, InvalidSpec
+from balsam_dask.errors import AllocationError, InvalidSpec, StoreUnavailable
 from balsam_dask.network import protocol
 from balsam_dask.plugin import BalsamPlugin
 from balsam_dask.spec import NodeShape, parse_duration
@@ -233,6 +233,9 @@ class AllocationCluster(SpecCluster):
             if info["state"] in ALLOCATION_LIVE:
                 self.set_state(name, "CANCELLED" if info["state"] != "RUNNING" else "FINISHED", "cluster closed")
         await super()._close()
+        if self.plugin.close_error:  # records that never reached the store: not a clean close
+            error, self.plugin.close_error = self.plugin.close_error, None
+            raise StoreUnavailable(error)
 
     # ------------------------------------------------------------------ policy
     def adapt(  # type: ignore[override]

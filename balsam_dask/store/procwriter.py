@@ -2,12 +2,17 @@
 
 In the scheduler process the SQL work of recording (row building, validation, the
 driver) competes with Dask's event loop for the GIL. :class:`ProcessWriter` keeps the
-:class:`~balsam_dask.store.writer.BatchWriter` interface but runs the writer in a child
-process: ``put`` still only appends to a deque; a feeder thread ships batches through a
-pipe (one ``pickle`` per batch, in C); the child applies them with a BatchWriter of its
-own, under the parent's session, with the same retries and replay. When the parent dies,
-the pipe closes and the child writes what it received and exits. ``nice`` lowers the
-child's CPU priority.
+:class:`~balsam_dask.store.writer.BatchWriter` interface but writes from a child process:
+``put`` still only appends to a deque; a feeder thread ships numbered batches through a
+socket (one ``pickle`` per batch, in C); the child writes each in one transaction, under the
+parent's session, with the same retries, and acknowledges it. A shipment stays in flight
+until acknowledged: when the child dies (killed, out of memory), the feeder starts another
+and sends it every shipment in flight again with ``replay=True`` (what was committed is
+skipped), so nothing is lost and nothing written twice. When the parent dies, the socket
+closes and the child exits after the shipment it is writing. The child is started at the
+first shipment (a scheduler that records nothing never starts one), in a session of its
+own that ignores SIGINT: Ctrl-C in the driver's terminal does not cut recording short.
+``nice`` lowers the child's CPU priority.
 
 Transitions (four of every five ops a task makes) are not kept as objects: their fields go
 flat into one list (``put_transition``, and ``put`` of a Transition). Op objects waiting
@@ -21,18 +26,23 @@ from __future__ import annotations
 
 import atexit
 import logging
-import multiprocessing as mp
 import os
 import pickle
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from functools import partial
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from balsam_dask.errors import StoreUnavailable
 from balsam_dask.store.ops import AllocationWrite, Heartbeat, NewTask, Op, TaskUpdate, Transition
-from balsam_dask.store.writer import OpQueue, WriterStats
+from balsam_dask.store.writer import Applier, OpQueue, WriterStats
 
 if TYPE_CHECKING:
     from balsam_dask.store.api import Store
@@ -71,73 +81,81 @@ def _decode(rows: list[tuple[Any, ...]], flat: list[Any]) -> list[Op]:
     return ops
 
 
-def _child(url: str, session_id: int, conn: Any, options: dict[str, Any], key_file: str) -> None:
+#: Seconds between heartbeats of the scheduler's session (written by the child, like any op).
+HEARTBEAT = 10.0
+#: The command that runs a writer process; the socket's descriptor follows as its argument.
+_COMMAND = "from balsam_dask.store.procwriter import child_main; child_main()"
+
+
+def child_main() -> None:
+    """A writer process: its configuration, then numbered shipments, arrive on the socket
+    whose descriptor is ``sys.argv[1]``; each is written in one transaction and acknowledged
+    with the counts of that write."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when recording ends
+    conn = Connection(int(sys.argv[1]))
+    config = pickle.loads(conn.recv_bytes())
+    if config["nice"]:
+        os.nice(config["nice"])
     from balsam_dask.store.api import Store
 
-    nice = options.pop("nice", 0)
-    if nice:
-        os.nice(nice)
-    store = Store(url, kind="writer", key_file=key_file)  # the parent's key: it signs what it writes
-    store.bind_session(session_id)
-    close_timeout = options.pop("close_timeout", 60.0)
-    writer = store.writer(**options)
+    store = Store(config["url"], kind="writer", key_file=config["key_file"])  # the parent's key signs
+    store.bind_session(config["session_id"])
+    applier = Applier(store, config["backoff_initial"], config["backoff_max"])
     try:
         while True:
             try:
                 kind, data = pickle.loads(conn.recv_bytes())
-            except EOFError:  # the parent is gone: write what we have and leave
+            except (EOFError, OSError):  # the parent is gone
                 break
-            if kind == "ops":
-                writer.put_many(_decode(*data))
-            elif kind == "flush":
-                ok = writer.flush(data)
-                conn.send_bytes(pickle.dumps(("flushed", (ok, writer.stats))))
-            elif kind == "close":
+            if kind == "close":
                 break
+            seq, replay, rows, flat = data
+            applier.write(_decode(rows, flat), replay=replay)
+            conn.send_bytes(pickle.dumps(("ack", (seq, applier.stats)), protocol=pickle.HIGHEST_PROTOCOL))
+            applier.stats = WriterStats()
     finally:
-        error = None
-        try:
-            writer.close(timeout=close_timeout)
-        except Exception as e:  # reported to the parent
-            error = str(e)
-        try:
-            conn.send_bytes(pickle.dumps(("closed", (error, writer.stats))))
-        except (OSError, EOFError):
-            pass
         store.engine.dispose()
+        conn.close()
 
 
 class ProcessWriter(OpQueue):
     def __init__(self, store: Store, *, max_batch: int = 5000, max_delay: float = MAX_DELAY, nice: int = NICE,
-                 **options: Any) -> None:  # fmt: skip
+                 heartbeat: float = HEARTBEAT, backoff_initial: float = 0.05, backoff_max: float = 5.0,
+                 close_timeout: float = 60.0) -> None:  # fmt: skip
         self.session_id = store.session_id
         self.max_batch = max_batch
         self.max_delay = max_delay
+        self.heartbeat = heartbeat
+        self.close_timeout = close_timeout
         self.stats = WriterStats()
+        self._config = {"url": store.url.render_as_string(hide_password=False), "key_file": store.key_file,
+                        "session_id": self.session_id, "nice": nice, "backoff_initial": backoff_initial,
+                        "backoff_max": backoff_max}  # fmt: skip
         self._q: deque[Op] = deque()
         self._flat: list[Any] = []  # transitions' fields, _WIDTH per transition, in put order
-        self._lock = threading.Lock()  # one sender on the pipe at a time
+        self._lock = threading.RLock()  # one sender at a time; guards the child and what is in flight
+        self._acked = threading.Condition(threading.Lock())
+        self._in_flight: deque[tuple[int, list[tuple[Any, ...]], list[Any], int]] = deque()  # seq, rows, flat, ops
+        self._seq = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._dead = False  # the child is gone: the feeder starts another
         self._wake = threading.Event()
         self._closing = False
-        ctx = mp.get_context("spawn")
-        self._conn, child_conn = ctx.Pipe()
-        url = store.url.render_as_string(hide_password=False)
-        # the parent already batched by time: the child writes what arrives almost at once, in
-        # transactions as large as a shipment (up to 4 x max_batch rows and the transitions shipped
-        # with them): a task created and moved within one then goes in once, in its state after them
-        # (store/apply.py), not inserted and updated
-        opts = {"max_batch": 8 * max_batch, "max_delay": min(max_delay, 0.02), "nice": nice, **options}
-        self._proc = ctx.Process(target=_child, args=(url, self.session_id, child_conn, opts, store.key_file),
-                                 name="balsam-dask-writer", daemon=True)  # fmt: skip
-        self._proc.start()
-        child_conn.close()
+        self._closed = False
+        self._next_beat = time.monotonic() + heartbeat
         self._thread = threading.Thread(target=self._feed, name="balsam-dask-feeder", daemon=True)
         self._thread.start()
         atexit.register(self._atexit)
 
     @property
     def alive(self) -> bool:
-        return self._proc.is_alive()
+        """A writer process runs (or none is needed yet: nothing was shipped)."""
+        return not self._closed and (self._proc is None or self._proc.poll() is None)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
 
     # --- producer side (any thread; never blocks) ---
     def put(self, op: Op) -> None:
@@ -158,9 +176,88 @@ class ProcessWriter(OpQueue):
 
     @property
     def pending(self) -> int:
+        """Ops queued and not yet shipped."""
         return len(self._q) + len(self._flat) // _WIDTH
 
+    @property
+    def in_flight(self) -> int:
+        """Ops shipped to the writer process and not yet acknowledged as written."""
+        return sum(n for *_, n in list(self._in_flight))
+
+    # --- the writer process ---
+    def _spawn(self) -> None:
+        parent, child = socket.socketpair()
+        try:
+            self._proc = subprocess.Popen([sys.executable, "-c", _COMMAND, str(child.fileno())],
+                                          pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+                                          start_new_session=True)  # fmt: skip
+        finally:
+            child.close()
+        self._conn = Connection(parent.detach())
+        self._dead = False
+        self._send(self._config)
+        threading.Thread(target=self._read_acks, args=(self._conn,), name="balsam-dask-acks", daemon=True).start()
+
+    def _restart(self) -> None:
+        """Replace a dead writer process and send it every shipment in flight again."""
+        proc = self._proc
+        assert proc is not None
+        if proc.poll() is None:
+            proc.kill()
+        code = proc.wait()
+        if self._conn is not None:
+            self._conn.close()
+        self.stats.restarts += 1
+        n = self.in_flight
+        self.stats.last_error = (f"the writer process (pid {proc.pid}) died (exit code {code}); "
+                                 f"restarted, replaying {n} operations it had not confirmed")  # fmt: skip
+        log.error("balsam_dask: %s", self.stats.last_error)
+        time.sleep(min(0.1 * 2 ** min(self.stats.restarts, 8), 10.0))  # a child that keeps dying is not spun
+        self._spawn()
+        for seq, rows, flat, _ in list(self._in_flight):
+            self._send(("ops", (seq, True, rows, flat)))
+
+    def _read_acks(self, conn: Connection) -> None:
+        while True:
+            try:
+                _, (seq, stats) = pickle.loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                break
+            with self._acked:
+                while self._in_flight and self._in_flight[0][0] <= seq:
+                    self._in_flight.popleft()
+                self.stats.add(stats)
+                self._acked.notify_all()
+        if conn is self._conn and not self._closed:  # not a replaced child's socket, not a normal close
+            with self._acked:
+                self._dead = True
+                self._acked.notify_all()
+            self._wake.set()
+
+    def _send(self, message: Any) -> None:
+        assert self._conn is not None
+        try:
+            self._conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:  # the child died: the reader notices, the feeder restarts it and resends
+            self._dead = True
+
     # --- feeder ---
+    def _feed(self) -> None:
+        while not self._closing:
+            self._wake.wait(self.max_delay)
+            self._wake.clear()
+            if self._closing:
+                break
+            with self._lock:
+                if self._dead:
+                    self._restart()
+                now = time.monotonic()
+                if now >= self._next_beat:
+                    self._next_beat = now + self.heartbeat
+                    OpQueue.put(self, Heartbeat(self.session_id, time.time()))
+                if not self._held:
+                    self._ship()
+
     def _take(self, limit: int) -> list[Op]:
         q = self._q
         batch: list[Op] = []
@@ -171,19 +268,11 @@ class ProcessWriter(OpQueue):
             batch.append(op)
         return batch
 
-    def _send(self, kind: str, data: Any) -> None:
-        self._conn.send_bytes(pickle.dumps((kind, data), protocol=pickle.HIGHEST_PROTOCOL))
-
-    def _feed(self) -> None:
-        while not self._closing:
-            self._wake.wait(self.max_delay)
-            self._wake.clear()
-            if not self._held:
-                self._ship()
-
     def _ship(self) -> None:
         with self._lock:
             while self._q or self._flat:
+                if self._proc is None:
+                    self._spawn()
                 # the transitions waiting now, then every other op queued so far (among them
                 # the rows of those transitions' tasks), shipped before the transitions
                 flat = self._flat
@@ -195,60 +284,64 @@ class ProcessWriter(OpQueue):
                     batch = self._take(min(left, self.max_batch * 4))
                     left -= len(batch)
                     last = left <= 0
-                    if not self._send_ops(_encode(batch), trans if last else []):
-                        self._q.extendleft(reversed(batch))
-                        flat[0:0] = trans
-                        return
+                    self._seq += 1
+                    shipped = (self._seq, _encode(batch), trans if last else [])
+                    self._in_flight.append((*shipped, len(batch) + (len(trans) // _WIDTH if last else 0)))
+                    self._send(("ops", (shipped[0], False, shipped[1], shipped[2])))
                     if last:
                         break
 
-    def _send_ops(self, rows: list[tuple[Any, ...]], flat: list[Any]) -> bool:
-        try:
-            self._send("ops", (rows, flat))
-        except (OSError, EOFError):
-            self.stats.last_error = "the writer process is gone"
-            return False
-        return True
+    def _wait_written(self, seq: int, deadline: float | None) -> bool:
+        """Wait until shipment ``seq`` is acknowledged, restarting a dead child meanwhile."""
+        while True:
+            with self._acked:
+                if not self._in_flight or self._in_flight[0][0] > seq:
+                    return True
+                if not self._dead:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._acked.wait(1.0 if left is None else min(left, 1.0))
+                    continue
+            with self._lock:
+                if self._dead:
+                    self._restart()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until everything queued before this call is written; False on timeout."""
-        self._ship()
         with self._lock:
-            try:
-                self._send("flush", timeout)
-                if not self._conn.poll(None if timeout is None else timeout + 5):
-                    return False
-                _, (ok, stats) = pickle.loads(self._conn.recv_bytes())
-            except (OSError, EOFError):
-                return False
-        self.stats = stats  # the child's: what was written, retried, rejected
-        return bool(ok)
+            self._ship()
+            seq = self._seq
+        return self._wait_written(seq, None if timeout is None else time.monotonic() + timeout)
 
-    def close(self, timeout: float | None = 60.0) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Write everything queued, then stop the writer process. Raises StoreUnavailable,
+        with the number of operations not written, if that took longer than ``timeout``
+        seconds (default: the ``close_timeout`` option)."""
         if self._closing:
             return
-        self._ship()
         self._closing = True
         self._wake.set()
-        self._thread.join(5)
+        self._thread.join(30)
         atexit.unregister(self._atexit)
-        error = None
+        timeout = self.close_timeout if timeout is None else timeout
+        ok = self.flush(timeout)
         with self._lock:
-            try:
-                self._send("close", None)
-                if self._conn.poll(None if timeout is None else timeout + 10):
-                    _, (error, stats) = pickle.loads(self._conn.recv_bytes())
-                    self.stats = stats
-                else:
-                    error = f"the writer process did not finish within {timeout}s"
-            except (OSError, EOFError):
-                error = "the writer process is gone"
-        self._proc.join(10)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join(5)
-        if error or self._q or self._flat:
-            raise StoreUnavailable(f"the store writer could not write everything before closing: {error}")
+            self._closed = True
+            if self._proc is not None:
+                self._send(("close", None))
+                try:
+                    self._proc.wait(10 if ok else 0.5)  # a child still retrying a write is stopped
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
+                assert self._conn is not None
+                self._conn.close()
+        left = self.in_flight + self.pending
+        if not ok or left:
+            why = self.stats.last_error if ok else (f"the writer process confirmed nothing for {timeout}s: "
+                                                    "the database may be unreachable or locked")  # fmt: skip
+            raise StoreUnavailable(f"the store writer could not write {left} operations before closing ({why})")
 
     def _atexit(self) -> None:
         try:

@@ -41,6 +41,7 @@ _OPTIONS: dict[str, tuple[type, str, float, float | None, bool]] = {
     "backoff_initial": (float, "backoff_initial=0.05", 0, None, False),
     "backoff_max": (float, "backoff_max=5.0", 0, None, False),
     "nice": (int, "nice=10", 0, MAX_NICE, True),  # the writer process's CPU priority (store/procwriter.py)
+    "close_timeout": (float, "close_timeout=60.0", 0, None, False),  # how long close waits for the store
 }
 
 
@@ -83,6 +84,17 @@ class WriterStats:
     skipped_on_replay: int = 0
     last_error: str | None = None
     rejected: list[tuple[Op, str]] = field(default_factory=list)
+    restarts: int = 0  # writer processes that died and were replaced (store/procwriter.py)
+
+    def add(self, other: WriterStats) -> None:
+        """Fold in the counts of another writer (a writer process's, per acknowledged shipment)."""
+        self.written += other.written
+        self.batches += other.batches
+        self.retries += other.retries
+        self.replays += other.replays
+        self.skipped_on_replay += other.skipped_on_replay
+        self.rejected += other.rejected
+        self.last_error = other.last_error or self.last_error
 
 
 class OpQueue:
@@ -126,6 +138,16 @@ class OpQueue:
     def pending(self) -> int:
         return len(self._q)
 
+    @property
+    def in_flight(self) -> int:
+        """Ops handed to a writer process and not yet confirmed (none for the thread writer)."""
+        return 0
+
+    @property
+    def pid(self) -> int | None:
+        """The writer process (None: none, or not started yet)."""
+        return None
+
 
 class BatchWriter(OpQueue):
     def __init__(
@@ -144,9 +166,8 @@ class BatchWriter(OpQueue):
         self.max_batch = max_batch
         self.max_delay = max_delay
         self.heartbeat = heartbeat
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
-        self.stats = WriterStats()
+        self.applier = Applier(store, backoff_initial, backoff_max)
+        self.stats = self.applier.stats
         self._q: deque[Op | _Marker] = deque()
         self._wake = threading.Event()
         self._closing = False
@@ -223,7 +244,7 @@ class BatchWriter(OpQueue):
             if now >= next_beat:
                 batch.append(Heartbeat(self.session_id, time.time()))
                 next_beat = now + self.heartbeat
-            if batch and not self._write(batch):
+            if batch and not self.applier.write(batch, give_up_at=self._give_up_at):
                 # gave up while closing: put the batch back so close() can count it
                 q.extendleft(reversed(batch))
                 return
@@ -234,10 +255,21 @@ class BatchWriter(OpQueue):
             if self._closing and not q:
                 return
 
-    def _write(self, batch: list[Op]) -> bool:
-        """Write one batch, retrying transient failures. False if it gave up (closing)."""
+
+class Applier:
+    """Writes batches through a store: retries transient failures with exponential backoff,
+    replays (``replay=True``) a batch whose commit became uncertain, and splits a rejected batch
+    until the offending ops are isolated in ``stats.rejected``; the rest is written."""
+
+    def __init__(self, store: Store, backoff_initial: float = 0.05, backoff_max: float = 5.0) -> None:
+        self.store = store
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.stats = WriterStats()
+
+    def write(self, batch: list[Op], *, replay: bool = False, give_up_at: float | None = None) -> bool:
+        """Write one batch; False if the store stayed unavailable past ``give_up_at``."""
         delay = self.backoff_initial
-        replay = False
         while True:
             try:
                 stats = self.store.apply(batch, replay=replay)
@@ -247,7 +279,7 @@ class BatchWriter(OpQueue):
                     self.stats.last_error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
                     log.warning("store write failed (%s); retrying in %.2fs", self.stats.last_error, delay)
                     replay = True
-                    if self._give_up_at is not None and time.monotonic() > self._give_up_at:
+                    if give_up_at is not None and time.monotonic() > give_up_at:
                         return False
                     time.sleep(delay)
                     delay = min(delay * 2, self.backoff_max)
@@ -262,7 +294,6 @@ class BatchWriter(OpQueue):
             return True
 
     def _isolate(self, batch: list[Op], replay: bool, error: Exception) -> None:
-        """Split a rejected batch until the offending ops are found; write the rest."""
         if len(batch) == 1:
             self.stats.rejected.append((batch[0], f"{type(error).__name__}: {error}"))
             log.error("store rejected %r: %s", batch[0], error)
@@ -273,7 +304,7 @@ class BatchWriter(OpQueue):
                 stats = self.store.apply(part, replay=replay)
             except Exception as e:
                 if is_transient(e):
-                    self._write(part)
+                    self.write(part, replay=replay)
                 else:
                     self._isolate(part, replay, e)
             else:

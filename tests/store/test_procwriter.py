@@ -8,8 +8,11 @@ import sys
 import time
 from functools import partial
 
+import pytest
+
 from balsam_dask.spec import TaskSpec
 from balsam_dask.store import NewTask, Store, Transition
+from balsam_dask.store.ops import Heartbeat
 from balsam_dask.store.procwriter import NICE, ProcessWriter
 from tests.store.test_writer import LIFECYCLE, _lifecycle_ops
 
@@ -36,8 +39,9 @@ def test_the_writer_process_cpu_priority(store: Store) -> None:
     for nice, expected in ((None, min(19, base + NICE)), (0, base), (5, min(19, base + 5)), (19, 19)):
         w = ProcessWriter(store, max_delay=0.05) if nice is None else ProcessWriter(store, max_delay=0.05, nice=nice)
         try:
+            w.put(Heartbeat(store.session_id, time.time()))  # the child starts at the first shipment
             assert w.flush(timeout=60)  # the child answers: it has set its priority
-            assert psutil.Process(w._proc.pid).nice() == expected
+            assert w.pid is not None and psutil.Process(w.pid).nice() == expected
         finally:
             w.close()
 
@@ -63,7 +67,7 @@ s = Store(sys.argv[1])
 w = ProcessWriter(s, max_batch=50, max_delay=0.02)
 w.put_many(_lifecycle_ops(s, 100, "orphan"))
 time.sleep(1.0)  # the feeder ships everything
-print(w._proc.pid, flush=True)
+print(w.pid, flush=True)
 os._exit(0)  # the scheduler process dies without closing anything
 """
 
@@ -150,3 +154,91 @@ def test_a_task_row_is_shipped_before_its_transitions(store: Store) -> None:
         w.close()
     assert w.stats.rejected == [] and w.stats.written == 400 * (1 + len(LIFECYCLE))
     assert store.count(state="FINISHED") == 400
+
+
+def test_no_writer_process_until_something_is_shipped(store: Store) -> None:
+    """A scheduler that records nothing starts no process: start and close take no time."""
+    t0 = time.perf_counter()
+    w = ProcessWriter(store, max_delay=0.01)
+    time.sleep(0.1)  # several feeder rounds with nothing queued
+    assert w.pid is None and w.flush(timeout=5)
+    w.close()
+    assert w.pid is None and time.perf_counter() - t0 < 0.5
+
+
+def test_a_killed_writer_process_is_replaced_and_nothing_is_lost_or_doubled(store: Store) -> None:
+    """SIGKILL of the writer process mid-stream: the next one replays the shipments the dead
+    one had not confirmed; every task ends with its own five records, none twice."""
+    import signal
+
+    w = ProcessWriter(store, max_batch=100, max_delay=0.01)
+    try:
+        ops = _lifecycle_ops(store, 2000, "k")
+        w.put_many(ops[:5000])  # type: ignore[arg-type]
+        deadline = time.time() + 30
+        while w.pid is None and time.time() < deadline:
+            time.sleep(0.01)
+        first = w.pid
+        assert first is not None
+        time.sleep(0.05)  # some shipments written, some not
+        os.kill(first, signal.SIGKILL)
+        w.put_many(ops[5000:])  # type: ignore[arg-type]
+        assert w.flush(timeout=60)
+        assert w.pid != first and w.stats.restarts == 1
+        assert f"pid {first}" in (w.stats.last_error or "")
+    finally:
+        w.close()
+    assert store.count(tags={"proc": "k"}, state="FINISHED") == 2000
+    assert w.stats.rejected == []
+    from sqlalchemy import text
+
+    with store.engine.connect() as conn:
+        events = conn.execute(text("SELECT COUNT(*), COUNT(DISTINCT id) FROM events")).one()
+    assert events[0] == events[1] == 2000 * len(LIFECYCLE)
+
+
+def test_ctrl_c_in_the_terminal_does_not_stop_the_writer(store: Store) -> None:
+    """The writer process runs in a session of its own and ignores SIGINT: a Ctrl-C meant
+    for the driver does not cut recording short."""
+    import signal
+
+    w = ProcessWriter(store, max_delay=0.01)
+    try:
+        w.put_many(_lifecycle_ops(store, 10, "int"))  # type: ignore[arg-type]
+        assert w.flush(timeout=60) and w.pid is not None
+        assert os.getsid(w.pid) == w.pid != os.getsid(0)
+        os.kill(w.pid, signal.SIGINT)
+        time.sleep(0.3)
+        w.put_many(_lifecycle_ops(store, 10, "int"))  # type: ignore[arg-type]
+        assert w.flush(timeout=60) and w.stats.restarts == 0
+    finally:
+        w.close()
+    assert store.count(tags={"proc": "int"}, state="FINISHED") == 20
+
+
+def test_close_reports_what_it_could_not_write(store_url: str) -> None:
+    """A store that stays unreachable: close gives up after its timeout and says how many
+    operations were not written, instead of reporting success."""
+    import sqlite3
+
+    from balsam_dask.errors import StoreUnavailable
+
+    if not store_url.startswith("sqlite"):
+        pytest.skip("locks the SQLite file to make it unavailable")
+    store = Store(store_url)
+    w = ProcessWriter(store, max_delay=0.01, backoff_max=0.05)
+    try:
+        w.put_many(_lifecycle_ops(store, 5, "ok"))  # type: ignore[arg-type]
+        assert w.flush(timeout=60)
+        path = store_url.split("///", 1)[1]
+        lock = sqlite3.connect(path, timeout=0, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # every write now fails (transient: the database is locked)
+        try:
+            w.put_many(_lifecycle_ops(store, 5, "late"))  # type: ignore[arg-type]
+            with pytest.raises(StoreUnavailable, match=r"could not write 25 operations before closing .*unreachable"):
+                w.close(timeout=2.0)
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+    finally:
+        store.close()
