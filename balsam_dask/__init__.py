@@ -37,14 +37,14 @@ __version__ = "0.1.0"
 _LAZY = {
     "Store": "balsam_dask.store.api",
     "State": "balsam_dask.store.states",
-    "Client": "balsam_dask.client",
-    "LocalEnsembleCluster": "balsam_dask.cluster",
-    "BalsamPlugin": "balsam_dask.plugin",
+    "Client": "balsam_dask.client.client",
+    "LocalEnsembleCluster": "balsam_dask.deploy.local",
+    "BalsamPlugin": "balsam_dask.scheduler.plugin",
     "AppResult": "balsam_dask.apps",
-    "current_task": "balsam_dask.context",
-    "SlurmEnsembleCluster": "balsam_dask.packing.clusters",
-    "PBSEnsembleCluster": "balsam_dask.packing.clusters",
-    "LSFEnsembleCluster": "balsam_dask.packing.clusters",
+    "current_task": "balsam_dask.worker.context",
+    "SlurmEnsembleCluster": "balsam_dask.deploy.clusters",
+    "PBSEnsembleCluster": "balsam_dask.deploy.clusters",
+    "LSFEnsembleCluster": "balsam_dask.deploy.clusters",
 }
 
 __all__ = [

@@ -18,6 +18,7 @@ from datetime import timedelta
 from functools import lru_cache
 from typing import Any, Literal
 
+from balsam_dask import validate
 from balsam_dask.errors import InvalidSpec, InvalidTags
 
 TaskKind = Literal["python", "app", "mpi"]
@@ -59,12 +60,6 @@ def walltime_class(walltime: float | None) -> float | None:
             if m * scale * (1 + 1e-12) >= walltime:
                 return max(round(m * scale, 9), walltime)
     return walltime
-
-
-def _positive_int(name: str, value: Any, example: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidSpec(f"{name}={value!r} is invalid: it must be an integer >= {minimum} (for example {example})")
-    return value
 
 
 def parse_duration(name: str, value: Any) -> float | None:
@@ -160,16 +155,16 @@ class Resources:
     walltime: float | None = None
 
     def __post_init__(self) -> None:
-        _positive_int("nodes", self.nodes, "nodes=2")
-        _positive_int("ranks_per_node", self.ranks_per_node, "ranks_per_node=4")
-        _positive_int("threads_per_rank", self.threads_per_rank, "threads_per_rank=2")
-        _positive_int("gpus_per_rank", self.gpus_per_rank, "gpus_per_rank=1", minimum=0)
+        validate.integer("nodes", self.nodes, "nodes=2", 1)
+        validate.integer("ranks_per_node", self.ranks_per_node, "ranks_per_node=4", 1)
+        validate.integer("threads_per_rank", self.threads_per_rank, "threads_per_rank=2", 1)
+        validate.integer("gpus_per_rank", self.gpus_per_rank, "gpus_per_rank=1", 0)
         object.__setattr__(self, "walltime", parse_duration("walltime", self.walltime))
 
     @classmethod
     def serial(cls, cores: Any = 1, gpus: Any = 0, walltime: Any = None) -> Resources:
-        _positive_int("cores", cores, "cores=2")
-        _positive_int("gpus", gpus, "gpus=1", minimum=0)
+        validate.integer("cores", cores, "cores=2", 1)
+        validate.integer("gpus", gpus, "gpus=1", 0)
         return cls(1, 1, cores, gpus, walltime)
 
     @property
@@ -212,10 +207,10 @@ class NodeShape:
     memory: int | None = None
 
     def __post_init__(self) -> None:
-        _positive_int("cores_per_node", self.cores, "cores_per_node=4")
-        _positive_int("gpus_per_node", self.gpus, "gpus_per_node=0", minimum=0)
+        validate.integer("cores_per_node", self.cores, "cores_per_node=4", 1)
+        validate.integer("gpus_per_node", self.gpus, "gpus_per_node=0", 0)
         if self.memory is not None:
-            _positive_int("memory_per_node", self.memory, "memory_per_node=8_000_000_000")
+            validate.integer("memory_per_node", self.memory, "memory_per_node=8_000_000_000", 1)
 
 
 @dataclass(frozen=True)
@@ -249,8 +244,7 @@ class TaskSpec:
             raise InvalidSpec(f"resources={self.resources!r} is invalid: pass a Resources(...)")
         if self.name is not None:
             check_name(self.name)
-        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
-            raise InvalidSpec(f"priority={self.priority!r} is invalid: use an integer, e.g. priority=10")
+        validate.integer("priority", self.priority, "priority=10")
         object.__setattr__(self, "timeout", parse_duration("timeout", self.timeout))
         tags = dict(self.tags) if isinstance(self.tags, tuple) else self.tags
         object.__setattr__(self, "tags", validate_tags(tags))
@@ -259,8 +253,8 @@ class TaskSpec:
             if not isinstance(value, tuple):
                 object.__setattr__(self, name, freeze_pairs(name, value))
         check_bind(self.bind)
-        _positive_int("retries", self.retries, "retries=2", minimum=0)
-        _positive_int("timeout_retries", self.timeout_retries, "timeout_retries=3", minimum=0)
+        validate.integer("retries", self.retries, "retries=2", 0)
+        validate.integer("timeout_retries", self.timeout_retries, "timeout_retries=3", 0)
         if self.kind == "python" and self.command is not None:
             raise InvalidSpec("a Python task takes a function, not command=...")
         if self.kind in ("app", "mpi") and self.command is not None:

@@ -68,7 +68,8 @@ from typing import cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from balsam_dask.packing import baselines
+import baselines
+
 from balsam_dask.packing.placer import NodeInfo, Placer
 from balsam_dask.packing.policy import (
     AllocationView,

@@ -112,7 +112,7 @@ def _with_node_preload(kwargs: dict[str, Any]) -> dict[str, Any]:
     """A Worker's or Nanny's arguments with balsam_dask's node-worker preload added."""
     import dask
 
-    from balsam_dask.node import PRELOAD
+    from balsam_dask.protocol import PRELOAD
 
     preload = kwargs.get("preload") or dask.config.get("distributed.worker.preload") or []
     preload = [preload] if isinstance(preload, str) else list(preload)

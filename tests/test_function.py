@@ -15,10 +15,10 @@ import pytest
 from dask._task_spec import Task
 
 from balsam_dask.errors import FunctionLoadError, InvalidSpec
-from balsam_dask.execute import run_python
 from balsam_dask.function import PickledFunction, by_reference, loads, pack, pickled, unpack
 from balsam_dask.payload import dump_payload, load_payload
 from balsam_dask.spec import Resources, TaskSpec
+from balsam_dask.worker.execute import run_python
 
 
 def double(x: int) -> int:

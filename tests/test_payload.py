@@ -7,9 +7,10 @@ import pickle
 import cloudpickle
 from dask._task_spec import Task
 
-from balsam_dask.execute import run_python, task_spec, wire_spec
 from balsam_dask.payload import _FUNCTIONS, dump_payload, load_payload
+from balsam_dask.protocol import task_spec, wire_spec
 from balsam_dask.spec import Resources, TaskSpec
+from balsam_dask.worker.execute import run_python
 
 SPEC = TaskSpec(resources=Resources.serial(2, 0, 60.0), name="fit", tags=(("exp", "a"),), retries=3)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from balsam_dask.recorder import Recorder, path_to
+from balsam_dask.scheduler.recorder import Recorder, path_to
 from balsam_dask.store.ops import Op, Transition
 from balsam_dask.store.states import LEGAL
 

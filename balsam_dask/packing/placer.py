@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from balsam_dask import validate
 from balsam_dask.errors import InvalidSpec, UnknownTask
 from balsam_dask.packing.core import PlacerCore
 from balsam_dask.packing.gangs import Gangs
@@ -111,8 +112,7 @@ class Placer:
         """Queue a task; a task that fits no present node waits (allocations may come)."""
         if not isinstance(resources, Resources):
             raise InvalidSpec(f"resources={resources!r} is invalid: pass balsam_dask.spec.Resources(...)")
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise InvalidSpec(f"priority={priority!r} is invalid: use an integer, e.g. priority=10")
+        validate.integer("priority", priority, "priority=10")
         core = self.core
         if task_id in core.tasks:
             raise PlacementError(f"task {task_id!r} is already submitted; finished() or cancel() it first")

@@ -45,6 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from balsam_dask import validate
 from balsam_dask.errors import InvalidSpec
 from balsam_dask.spec import NodeShape
 
@@ -66,15 +67,6 @@ SPLIT_SLOTS = 2
 UNUSED_AFTER = 2.0
 
 
-def _check(name: str, value: object, minimum: float, example: str, integer: bool = False) -> None:
-    if (type(value) is int or (type(value) is float and not integer)) and value >= minimum:
-        return  # the common case, fast: these are built in the scheduler's hot loop
-    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
-    if not ok or value < minimum or (isinstance(value, float) and math.isnan(value)):  # type: ignore[operator]
-        kind = "an integer" if integer else "a number"
-        raise InvalidSpec(f"{name}={value!r} is invalid: use {kind} >= {minimum:g}, e.g. {example}")
-
-
 @dataclass(frozen=True)
 class BacklogShape:
     """Tasks of one resource shape: ``count`` waiting, ``running`` running."""
@@ -87,13 +79,13 @@ class BacklogShape:
     running: int = 0
 
     def __post_init__(self) -> None:
-        _check("nodes", self.nodes, 1, "nodes=1", integer=True)
-        _check("cores", self.cores, 1, "cores=4", integer=True)
-        _check("gpus", self.gpus, 0, "gpus=0", integer=True)
+        validate.integer("nodes", self.nodes, "nodes=1", 1)
+        validate.integer("cores", self.cores, "cores=4", 1)
+        validate.integer("gpus", self.gpus, "gpus=0", 0)
         if self.walltime is not None:
-            _check("walltime", self.walltime, 1e-9, "walltime=600.0")
-        _check("count", self.count, 0, "count=100", integer=True)
-        _check("running", self.running, 0, "running=0", integer=True)
+            validate.number("walltime", self.walltime, "walltime=600.0", above=0)
+        validate.integer("count", self.count, "count=100", 0)
+        validate.integer("running", self.running, "running=0", 0)
 
 
 @dataclass(frozen=True)
@@ -118,7 +110,7 @@ class AllocationView:
     def __post_init__(self) -> None:
         if self.state not in ("queued", "running"):
             raise InvalidSpec(f"state={self.state!r} is invalid: use 'queued' or 'running'")
-        _check("nodes", self.nodes, 1, "nodes=128", integer=True)
+        validate.integer("nodes", self.nodes, "nodes=128", 1)
         if not isinstance(self.idle_nodes, int) or not 0 <= self.idle_nodes <= self.nodes:
             raise InvalidSpec(f"idle_nodes={self.idle_nodes!r} is invalid: use 0 <= idle_nodes <= nodes={self.nodes}")
         if self.releasable and (
@@ -131,7 +123,7 @@ class AllocationView:
                 "node(s): give at most idle_nodes (node name, idle since) pairs of a running job, "
                 "e.g. (('job7-3', 1700000000.0),)"
             )
-        _check("queued_for", self.queued_for, 0, "queued_for=0.0")
+        validate.number("queued_for", self.queued_for, "queued_for=0.0", 0)
 
     def remaining(self, now: float) -> float:
         """Seconds of usable time: the walltime while queued, time to the end once running."""
@@ -156,15 +148,15 @@ class SiteLimits:
     default_task_walltime: float = 3600.0
 
     def __post_init__(self) -> None:
-        _check("min_nodes", self.min_nodes, 1, "min_nodes=1", integer=True)
-        _check("max_nodes_per_job", self.max_nodes_per_job, self.min_nodes, "max_nodes_per_job=1024", True)
-        _check("max_total_nodes", self.max_total_nodes, self.min_nodes, "max_total_nodes=4096", True)
-        _check("max_queued_jobs", self.max_queued_jobs, 1, "max_queued_jobs=20", integer=True)
-        _check("min_walltime", self.min_walltime, 1e-9, "min_walltime=600.0")
-        _check("max_walltime", self.max_walltime, self.min_walltime, "max_walltime=21600.0")
-        _check("queued_timeout", self.queued_timeout, 0, "queued_timeout=14400.0")
-        _check("idle_timeout", self.idle_timeout, 0, "idle_timeout=60.0")
-        _check("default_task_walltime", self.default_task_walltime, 1e-9, "default_task_walltime=3600.0")
+        validate.integer("min_nodes", self.min_nodes, "min_nodes=1", 1)
+        validate.integer("max_nodes_per_job", self.max_nodes_per_job, "max_nodes_per_job=1024", self.min_nodes)
+        validate.integer("max_total_nodes", self.max_total_nodes, "max_total_nodes=4096", self.min_nodes)
+        validate.integer("max_queued_jobs", self.max_queued_jobs, "max_queued_jobs=20", 1)
+        validate.number("min_walltime", self.min_walltime, "min_walltime=600.0", above=0)
+        validate.number("max_walltime", self.max_walltime, "max_walltime=21600.0", self.min_walltime)
+        validate.number("queued_timeout", self.queued_timeout, "queued_timeout=14400.0", 0)
+        validate.number("idle_timeout", self.idle_timeout, "idle_timeout=60.0", 0)
+        validate.number("default_task_walltime", self.default_task_walltime, "default_task_walltime=3600.0", above=0)
         if not isinstance(self.node, NodeShape):
             raise InvalidSpec(f"node={self.node!r} is invalid: pass NodeShape(cores=64, gpus=4)")
 

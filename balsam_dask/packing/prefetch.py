@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from balsam_dask.errors import InvalidSpec
+from balsam_dask import validate
 from balsam_dask.packing.core import PlacerCore
 from balsam_dask.packing.gangs import Gangs
 from balsam_dask.packing.holds import Holds
@@ -25,8 +25,7 @@ class Prefetch:
     """Queued tasks on full nodes: choosing them, promoting them, taking them back."""
 
     def __init__(self, core: PlacerCore, gangs: Gangs, holds: Holds, depth: int) -> None:
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
-            raise InvalidSpec(f"prefetch={depth!r} is invalid: use an integer >= 0 (tasks queued per node), e.g. 2")
+        validate.integer("prefetch", depth, "prefetch=2 (tasks queued per full node)", 0)
         self.core, self.gangs, self.holds = core, gangs, holds
         self.depth = depth  # queued tasks per full node (0: none)
         self.n_queued = 0

@@ -9,6 +9,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from balsam_dask import validate
 from balsam_dask.errors import BalsamDaskError, InvalidSpec
 from balsam_dask.spec import Resources
 
@@ -41,17 +42,14 @@ class NodeInfo:
     queues: bool = True
 
     def __post_init__(self) -> None:
-        for field, text in (("name", self.name), ("alloc_id", self.alloc_id)):
-            if not isinstance(text, str) or not text:
-                raise InvalidSpec(f"{field}={text!r} is invalid: give a non-empty string, e.g. 'job7-n3'")
+        validate.text("name", self.name, "name='job7-n3'")
+        validate.text("alloc_id", self.alloc_id, "alloc_id='job7'")
         for field, value, low in (("cores", self.cores, 1), ("gpus", self.gpus, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise InvalidSpec(f"{field}={value!r} is invalid: use an integer >= {low}, e.g. {field}=4")
+            validate.integer(field, value, f"{field}=4", low)
         end = self.end_time
         if end is not None and (isinstance(end, bool) or not isinstance(end, (int, float)) or end != end):
             raise InvalidSpec(f"end_time={end!r} is invalid: give epoch seconds, or None for no end")
-        if not isinstance(self.queues, bool):
-            raise InvalidSpec(f"queues={self.queues!r} is invalid: give True or False")
+        validate.flag("queues", self.queues)
 
 
 class Assignment(NamedTuple):

@@ -128,7 +128,7 @@ def test_a_function_the_workers_cannot_load_fails_its_task_by_name(ens: tuple[Lo
 def _restriction_objects(dask_scheduler: Any, keys: list[str]) -> dict[str, Any]:
     import gc
 
-    from balsam_dask.execute import DISPATCH_ANNOTATION
+    from balsam_dask.protocol import DISPATCH_ANNOTATION
 
     gc.collect()
     tasks = [dask_scheduler.tasks[k] for k in keys]

@@ -17,7 +17,7 @@ def f(x: int, scale: int = 1) -> int:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"cores": 0}, r"cores=0 is invalid: it must be an integer >= 1 \(for example cores=2\)"),
+        ({"cores": 0}, r"cores=0 is invalid: give an integer >= 1, e.g. cores=2"),
         ({"cores": -3}, r"cores=-3 is invalid"),
         ({"cores": 5}, r"cores=5, gpus=0 cannot run on any node: the largest node has 4 cores and 0 GPUs"),
         ({"gpus": 1}, r"gpus=1 cannot run on any node: the largest node has 4 cores and 0 GPUs"),

@@ -16,9 +16,9 @@ from distributed.security import Security
 from distributed.utils import get_ip
 
 from balsam_dask import Client, LocalEnsembleCluster
+from balsam_dask.deploy.clusters import LSFEnsembleCluster, PBSEnsembleCluster, SlurmEnsembleCluster
 from balsam_dask.errors import InvalidSpec
-from balsam_dask.node_worker import build_command, parse_args
-from balsam_dask.packing.clusters import LSFEnsembleCluster, PBSEnsembleCluster, SlurmEnsembleCluster
+from balsam_dask.worker.node_worker import build_command, parse_args
 
 LOOPBACK = {"127.0.0.1", "::1"}
 EVERYWHERE = {"0.0.0.0", "::"}

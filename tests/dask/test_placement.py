@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from balsam_dask import current_task
-from balsam_dask.node import ENV_VAR, PRELOAD, NodeConfig
+from balsam_dask.protocol import ENV_VAR, PRELOAD, NodeConfig
 from tests.dask.conftest import ensemble
 from tests.dask.history import idle_while_waiting, max_overlap_cores, runs
 

@@ -34,7 +34,7 @@ def slurm_available() -> None:
 @pytest.fixture(scope="module")
 def slurm4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, Client]]:
     slurm_available()
-    from balsam_dask.packing.clusters import SlurmEnsembleCluster
+    from balsam_dask.deploy.clusters import SlurmEnsembleCluster
 
     d = tmp_path_factory.mktemp("slurm4")
     with SlurmEnsembleCluster(cores_per_node=4, walltime="00:10:00", log_directory=str(d), workdir=str(d),
@@ -78,8 +78,8 @@ def test_mpi_function_on_slurm(slurm4: tuple[object, Client]) -> None:
 
 
 def test_job_script_text(tmp_path: Path) -> None:
-    from balsam_dask.packing.jobs import EnsembleJobSpec
-    from balsam_dask.packing.slurm import job_script
+    from balsam_dask.deploy.jobs import EnsembleJobSpec
+    from balsam_dask.deploy.systems.slurm import job_script
 
     spec = EnsembleJobSpec(name="ens-1", scheduler="tcp://10.0.0.1:8786", nodes=4, walltime="01:30:00",
                            cores_per_node=64, gpus_per_node=4, queue="debug", account="proj",

@@ -44,7 +44,7 @@ def wait_until(pred, timeout: float, what: str) -> None:  # type: ignore[no-unty
 @pytest.mark.timeout(600)
 def test_backlog_scales_from_zero_to_jobs_and_back(tmp_path: Path) -> None:
     slurm_available()
-    from balsam_dask.packing.clusters import SlurmEnsembleCluster
+    from balsam_dask.deploy.clusters import SlurmEnsembleCluster
 
     cmd = [sys.executable, "-c", "import time; time.sleep(1)"]
     with SlurmEnsembleCluster(cores_per_node=4, walltime="00:05:00", log_directory=str(tmp_path),
@@ -90,7 +90,7 @@ def test_backlog_scales_from_zero_to_jobs_and_back(tmp_path: Path) -> None:
 @pytest.mark.parametrize("how", ["time-limit", "scancel"])
 def test_running_tasks_survive_the_end_of_their_job(tmp_path: Path, how: str) -> None:
     slurm_available()
-    from balsam_dask.packing.clusters import SlurmEnsembleCluster
+    from balsam_dask.deploy.clusters import SlurmEnsembleCluster
 
     # drain_margin=None: the workers stay until Slurm stops them, so the job really hits --time
     with SlurmEnsembleCluster(cores_per_node=4, walltime="00:01:00", log_directory=str(tmp_path),
@@ -144,7 +144,7 @@ def test_idle_nodes_of_a_running_job_are_given_back_to_slurm(tmp_path: Path) -> 
     """The policy releases the idle nodes of a 3-node job nothing waiting can use: Slurm's
     job shrinks (scontrol update NodeList=...) while a task runs on, undisturbed, elsewhere."""
     slurm_available()
-    from balsam_dask.packing.clusters import SlurmEnsembleCluster
+    from balsam_dask.deploy.clusters import SlurmEnsembleCluster
 
     with SlurmEnsembleCluster(cores_per_node=4, walltime="00:05:00", log_directory=str(tmp_path),
                               workdir=str(tmp_path), poll_interval=1.0, max_nodes_per_job=3) as cluster, \

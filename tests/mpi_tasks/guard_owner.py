@@ -26,8 +26,8 @@ import threading
 import time
 from pathlib import Path
 
-from balsam_dask.mpi_tasks import guard
-from balsam_dask.mpi_tasks.runner import run_process
+from balsam_dask.worker import guard
+from balsam_dask.worker.process import run_process
 
 RECORD = "echo $$ > {0}.pid.tmp && mv {0}.pid.tmp {0}.pid && exec sleep 300"
 APP = f"""

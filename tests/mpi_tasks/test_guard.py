@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from balsam_dask.mpi_tasks import proctree
+from balsam_dask.worker import proctree
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the guard reads /proc")
 

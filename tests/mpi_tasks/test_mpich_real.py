@@ -20,8 +20,8 @@ import pytest
 
 from balsam_dask.mpi_tasks.detect import default_launcher, mpiexec_flavour
 from balsam_dask.mpi_tasks.launchers import LaunchSpec, MpichLauncher
-from balsam_dask.mpi_tasks.runner import run_process
 from balsam_dask.spec import Resources
+from balsam_dask.worker.process import run_process
 
 pytestmark = pytest.mark.mpi
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from balsam_dask.errors import InvalidSpec
-from balsam_dask.mpi_tasks.runner import (
+from balsam_dask.worker.process import (
     ProcessResult,
     kill_process_group,
     read_tail,

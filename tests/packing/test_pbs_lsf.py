@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from balsam_dask import Client, Store
+from balsam_dask.deploy.jobs import EnsembleJobSpec
+from balsam_dask.deploy.systems import lsf, pbs, slurm
 from balsam_dask.errors import AllocationError
-from balsam_dask.node import ENV_VAR, NodeConfig
-from balsam_dask.packing import lsf, pbs, slurm
-from balsam_dask.packing.jobs import EnsembleJobSpec
+from balsam_dask.protocol import ENV_VAR, NodeConfig
 from tests.fakes import fakebatch
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
@@ -340,7 +340,7 @@ def where() -> tuple[str, str | None, str, int]:
                          ids=["pbs", "lsf", "lsf-not-resizable"])  # fmt: skip
 def test_ensemble_job_end_to_end(system: str, resizable: bool, fake_batch: Callable[[str], Path], tmp_path: Path,
                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    from balsam_dask.packing.clusters import LSFEnsembleCluster, PBSEnsembleCluster
+    from balsam_dask.deploy.clusters import LSFEnsembleCluster, PBSEnsembleCluster
 
     state = fake_batch(system)
     monkeypatch.setenv(fakebatch.QUEUE_DELAY_ENV, "1")
@@ -418,7 +418,7 @@ def test_ensemble_job_end_to_end(system: str, resizable: bool, fake_batch: Calla
 @pytest.mark.parametrize("system", ["pbs", "lsf"])
 def test_failed_submission_is_recorded_and_backs_off(system: str, fake_batch: Callable[[str], Path], tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    from balsam_dask.packing.clusters import LSFEnsembleCluster, PBSEnsembleCluster
+    from balsam_dask.deploy.clusters import LSFEnsembleCluster, PBSEnsembleCluster
 
     fake_batch(system)
     monkeypatch.setenv(fakebatch.FAIL_ENV, "Unknown queue nosuch")

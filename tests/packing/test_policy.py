@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from balsam_dask.errors import InvalidSpec
-from balsam_dask.packing import baselines
 from balsam_dask.packing.policy import (
     EFFICIENCY,
     UNUSED_AFTER,
@@ -21,6 +22,11 @@ from balsam_dask.packing.policy import (
     decide,
     per_node,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import baselines
+
 from balsam_dask.spec import NodeShape
 
 NODE = NodeShape(cores=64, gpus=4)

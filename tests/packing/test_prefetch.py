@@ -53,7 +53,7 @@ def test_prefetch_is_off_by_default_and_bad_values_are_refused() -> None:
     submit(p, range(10))
     assert split(p.schedule(0.0))[1] == {}
     for bad in (-1, 1.5, True, "2"):
-        with pytest.raises(InvalidSpec, match=r"prefetch=.* is invalid: use an integer >= 0"):
+        with pytest.raises(InvalidSpec, match=r"prefetch=.* is invalid: give an integer >= 0"):
             Placer(prefetch=bad)  # type: ignore[arg-type]
 
 
@@ -272,7 +272,7 @@ def test_the_placer_always_agrees_with_the_workers_on_what_runs(ops: list[tuple]
 def test_the_plugin_refuses_a_bad_prefetch_before_it_starts(tmp_path: object) -> None:
     from balsam_dask import BalsamPlugin
 
-    with pytest.raises(InvalidSpec, match=r"prefetch=-1 is invalid: use an integer >= 0 \(tasks queued per node\)"):
+    with pytest.raises(InvalidSpec, match=r"prefetch=-1 is invalid: give an integer >= 0, e.g. prefetch=2 \(tasks queued per full node\)"):
         BalsamPlugin("sqlite:///never-opened.db", prefetch=-1)
 
 

@@ -15,14 +15,13 @@ signal (a /proc scan on every exit cost more than a short MPI launch). Descendan
 matched by pid and start time, so a reused pid is never signalled.
 Finding descendants and telling zombies apart uses Linux's /proc; without it only
 the group is signalled. While it runs, the process is watched by this process's guard
-(:mod:`balsam_dask.mpi_tasks.guard`), which stops it, its group and its descendants if
+(:mod:`balsam_dask.worker.guard`), which stops it, its group and its descendants if
 this process dies.
 """
 
 from __future__ import annotations
 
 import errno
-import math
 import os
 import select
 import shutil
@@ -35,9 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from balsam_dask import validate
 from balsam_dask.errors import InvalidSpec
-from balsam_dask.mpi_tasks import guard, proctree
 from balsam_dask.private import private_dir
+from balsam_dask.worker import guard, proctree
 
 TAIL_BYTES = 4096
 TAIL_LINES = 40
@@ -93,8 +93,8 @@ def run_process(
     :class:`~balsam_dask.errors.InvalidSpec` before anything is created or started.
     """
     args = _check_argv(argv)
-    timeout = _check_seconds("timeout", timeout, "timeout=60")
-    grace_s = _check_seconds("grace", grace, "grace=0.5", allow_zero=True) or 0.0
+    timeout = validate.seconds("timeout", timeout, "timeout=60")
+    grace_s = validate.seconds("grace", grace, "grace=0.5", allow_zero=True) or 0.0
     for name, value in (("stdout_name", stdout_name), ("stderr_name", stderr_name)):
         if not isinstance(value, str) or not value or os.sep in value or value in (".", ".."):
             raise InvalidSpec(f"{name}={value!r} is invalid: give a file name such as 'stdout.txt'")
@@ -236,7 +236,7 @@ def _check_argv(argv: Any) -> list[str]:
     if isinstance(argv, (str, bytes)) or not isinstance(argv, Sequence):
         raise InvalidSpec(
             f"argv={argv!r} is invalid: give a list of strings such as ['./sim', '--n', '4'] "
-            "(render a template string with balsam_dask.mpi_tasks.template.render)"
+            "(render a template string with balsam_dask.template.render)"
         )
     args = [os.fspath(a) if isinstance(a, os.PathLike) else a for a in argv]
     if not args or not all(isinstance(a, str) for a in args) or not args[0]:
@@ -244,16 +244,6 @@ def _check_argv(argv: Any) -> list[str]:
             f"argv={list(argv)!r} is invalid: give a non-empty list of strings such as ['./sim', '--n', '4']"
         )
     return args
-
-
-def _check_seconds(name: str, value: Any, example: str, allow_zero: bool = False) -> float | None:
-    if value is None:
-        return None
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok and math.isfinite(value) and (value > 0 or (allow_zero and value == 0)):
-        return float(value)
-    bound = ">= 0" if allow_zero else "> 0"
-    raise InvalidSpec(f"{name}={value!r} is invalid: give a number of seconds {bound}, e.g. {example}")
 
 
 def _merged_env(env: Mapping[str, str] | None) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Entry point run by every rank of an MPI Python task.
 
-    mpiexec ... python -m balsam_dask.mpi_tasks.mpi_call CALL.pkl OUTDIR
+    mpiexec ... python -m balsam_dask.worker.mpi_call CALL.pkl OUTDIR
 
 ``CALL.pkl`` holds ``(fn, args, kwargs)`` (cloudpickle); each rank calls
 ``fn(MPI.COMM_WORLD, *args, **kwargs)``. Rank 0 writes its return value to
@@ -17,12 +17,12 @@ import traceback
 
 import cloudpickle
 
-from balsam_dask.mpi_tasks.pyrun import write_outcome
+from balsam_dask.worker.pyrun import write_outcome
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m balsam_dask.mpi_tasks.mpi_call CALL.pkl OUTDIR", file=sys.stderr)
+        print("usage: python -m balsam_dask.worker.mpi_call CALL.pkl OUTDIR", file=sys.stderr)
         return 2
     call_path, outdir = argv
     from mpi4py import MPI
@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
     with open(call_path, "rb") as f:
         fn, args, kwargs, *ctx = cloudpickle.load(f)
     if ctx:  # balsam_dask.current_task() on every rank
-        from balsam_dask.context import set_current
+        from balsam_dask.worker.context import set_current
 
         set_current(ctx[0])
     try:

@@ -3,7 +3,7 @@
 dask-jobqueue's ``Job`` submits and cancels one batch job per SpecCluster "worker"; here
 one job holds ``nodes`` nodes and starts one node-worker per node (``<job>-<node index>``,
 the SpecCluster *group* of the job), so jobs of different sizes coexist in one cluster. The
-scheduler runs :class:`~balsam_dask.plugin.BalsamPlugin`; each job is an allocation in the
+scheduler runs :class:`~balsam_dask.scheduler.plugin.BalsamPlugin`; each job is an allocation in the
 store, from submission (QUEUED, with the batch system's job id) through RUNNING to its end
 (FINISHED, CANCELLED, TIMEOUT or FAILED), watched with the batch system's status command.
 A failed submission is recorded (SUBMIT_FAILED, with the command's output), logged, and
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import types
 import weakref
 from typing import Any, ClassVar
 
@@ -24,10 +23,12 @@ from distributed.deploy.spec import ProcessInterface
 from distributed.security import Security
 from distributed.utils import get_ip
 
-from balsam_dask.errors import InvalidSpec
+from balsam_dask.deploy.allocations import AllocationCluster
+from balsam_dask.deploy.commands import run_command
+from balsam_dask.deploy.jobs import EnsembleJobSpec
+from balsam_dask.deploy.systems import BatchSystem
+from balsam_dask.errors import AllocationError, InvalidSpec
 from balsam_dask.network import check_host, check_security, remove_files, write_worker_tls_files
-from balsam_dask.packing.allocations import AllocationCluster
-from balsam_dask.packing.jobs import EnsembleJobSpec
 from balsam_dask.spec import NodeShape, parse_duration
 from balsam_dask.store.engine import resolve_url
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 class BatchJob(Job):
     """One ensemble job. ``system`` is the batch system's module (``slurm``, ``pbs``, ``lsf``)."""
 
-    system: ClassVar[types.ModuleType]
+    system: ClassVar[BatchSystem]
     config_name = "balsam-ensemble"
 
     def __init__(self, scheduler: str | None = None, name: str | None = None, *, job: dict[str, Any],
@@ -47,9 +48,6 @@ class BatchJob(Job):
         self.name = name
         self.job_id: str | None = None
         self.spec = EnsembleJobSpec(name=name, scheduler=scheduler, **job)
-        self.submit_command = self.system.SUBMIT
-        self.cancel_command = self.system.CANCEL
-        self.job_id_regexp = self.system.JOB_ID_REGEXP
         self.on_event = on_event
         self.submit_error: str | None = None
 
@@ -59,9 +57,8 @@ class BatchJob(Job):
     async def start(self) -> None:
         try:
             with self.job_file() as fn:
-                out = await self._submit_job(fn)
-            self.job_id = self._job_id_from_submit_output(out)
-        except Exception as e:  # report, never break the cluster's state loop
+                self.job_id = await self._submit(fn)
+        except AllocationError as e:  # report, never break the cluster's state loop
             self.submit_error = str(e).strip()
             log.error("balsam_dask: submitting %s failed: %s", self.name, self.submit_error)
             if self.on_event:
@@ -71,9 +68,26 @@ class BatchJob(Job):
                 self.on_event(self, "QUEUED", None)
         await ProcessInterface.start(self)
 
+    async def _submit(self, script: str) -> str:
+        """Submit the job script; its batch job id."""
+        system = self.system
+        if system.SUBMIT_READS_STDIN:  # bsub < script: the options are read from the script
+            done = await run_command([system.SUBMIT], stdin_file=script)
+        else:
+            done = await run_command([system.SUBMIT, script])
+        problem = done.problem()
+        if problem:
+            raise AllocationError(problem)
+        job_id = system.parse_job_id(done.out)
+        if job_id is None:
+            raise AllocationError(f"{system.SUBMIT} printed no job id: {(done.out + done.err).strip()[:500]!r}")
+        return job_id
+
     async def close(self) -> None:
         if self.job_id:
-            await self._close_job(self.job_id, self.cancel_command)
+            done = await run_command([self.system.CANCEL, self.job_id])
+            if done.returncode:  # usually: the job has ended already
+                log.debug("balsam_dask: %s", done.problem())
         await ProcessInterface.close(self)
 
 
@@ -147,7 +161,7 @@ class EnsembleCluster(AllocationCluster):
 
     @property
     def system_name(self) -> str:  # type: ignore[override]
-        return str(self.job_cls.system.__name__.rsplit(".", 1)[-1])
+        return self.job_cls.system.NAME
 
     def job_options(self, nodes: int, walltime: float | None) -> dict[str, Any]:
         return {**self.batch_options, "nodes": nodes, "walltime": walltime}
@@ -169,17 +183,8 @@ class EnsembleCluster(AllocationCluster):
         job_id = self._jobs[name]["job_id"]
         if not job_id:
             return "the job has no batch id"
-        argv = self.job_cls.system.release_command(job_id, hosts, keep_hosts)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-            )
-            out, _ = await proc.communicate()
-        except OSError as e:
-            return f"{argv[0]}: {e}"
-        if proc.returncode:
-            return f"{' '.join(argv)} exited {proc.returncode}: {out.decode(errors='replace').strip()[:500]}"
-        return None
+        done = await run_command(self.job_cls.system.release_command(job_id, hosts, keep_hosts))
+        return done.problem()
 
     # ------------------------------------------------------------------ watching the batch system
     async def _start(self) -> None:
@@ -200,19 +205,11 @@ class EnsembleCluster(AllocationCluster):
                     if i["job_id"] and i["state"] in ("QUEUED", "RUNNING")}  # fmt: skip
             if not live:
                 continue
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *system.status_command(list(live)), stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                )  # fmt: skip
-                out_b, err_b = await proc.communicate()
-            except OSError as e:  # the status command failing is logged, not fatal
-                log.warning("balsam_dask: %s failed: %s", system.STATUS, e)
-                continue
-            out, err = out_b.decode(errors="replace"), err_b.decode(errors="replace")
-            if proc.returncode and not out.strip() and not any(w in err.lower() for w in ("unknown", "not found")):
+            done = await run_command(system.status_command(list(live)))
+            out, err = done.out, done.err
+            if done.returncode and not out.strip() and not any(w in err.lower() for w in ("unknown", "not found")):
                 # nothing listed and no "unknown job" complaint: the command itself failed
-                log.warning("balsam_dask: %s exited %s: %s", system.STATUS, proc.returncode, err.strip()[:500])
+                log.warning("balsam_dask: %s", done.problem())
                 continue
             # (qstat/bjobs exit non-zero when some id is unknown, long gone: unlisted jobs have ended)
             states = system.parse_status(out)

@@ -8,7 +8,7 @@ import shlex
 import pytest
 
 from balsam_dask.errors import InvalidSpec
-from balsam_dask.mpi_tasks.template import (
+from balsam_dask.template import (
     render,
     render_shell,
     template_fields,

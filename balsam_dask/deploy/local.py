@@ -1,8 +1,8 @@
 """``LocalEnsembleCluster``: the embedded default. One Dask worker process per emulated node.
 
-The scheduler runs in this process with :class:`~balsam_dask.plugin.BalsamPlugin`; the store
+The scheduler runs in this process with :class:`~balsam_dask.scheduler.plugin.BalsamPlugin`; the store
 defaults to a SQLite file in the working directory. Each node-worker is a Nanny with
-``cores_per_node`` threads and a :class:`~balsam_dask.node.NodeConfig` (its cores, GPU ids,
+``cores_per_node`` threads and a :class:`~balsam_dask.protocol.NodeConfig` (its cores, GPU ids,
 allocation id and end time), so tasks are packed with exact accounting as on a real machine.
 """
 
@@ -23,11 +23,11 @@ from distributed import Nanny
 from distributed.deploy.spec import ProcessInterface
 from distributed.security import Security
 
-from balsam_dask.errors import InvalidSpec
+from balsam_dask import validate as check
+from balsam_dask.deploy.allocations import AllocationCluster
 from balsam_dask.network import LOOPBACK, check_host, check_security
 from balsam_dask.network import dashboard_address as dashboard_address_for
-from balsam_dask.node import ENV_VAR, PRELOAD, NodeConfig
-from balsam_dask.packing.allocations import AllocationCluster
+from balsam_dask.protocol import ENV_VAR, PRELOAD, NodeConfig
 from balsam_dask.spec import NodeShape, check_bind, parse_duration
 from balsam_dask.store.engine import DEFAULT_SQLITE_FILE, resolve_url
 
@@ -133,8 +133,7 @@ class LocalEnsembleCluster(AllocationCluster):
         max_nodes_per_job: int | None = None, drain_margin: float = 5.0, host: str | None = None,
         security: Security | bool | None = None,
     ) -> None:  # fmt: skip
-        if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 0:
-            raise InvalidSpec(f"nodes={nodes!r} is invalid: use an integer >= 0, e.g. nodes=4")
+        check.integer("nodes", nodes, "nodes=4", 0)
         if cores_per_node is None:
             cores_per_node = max(1, (os.cpu_count() or 1) // max(nodes, 1))
         shape = NodeShape(cores_per_node, gpus_per_node, memory_per_node)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import re
 
-from balsam_dask.packing.jobs import EnsembleJobSpec, end_time_line, node_worker_argv, shell_join
+from balsam_dask.deploy.jobs import EnsembleJobSpec, end_time_line, node_worker_argv, shell_join
 
+NAME = "slurm"
 SUBMIT = "sbatch"
 CANCEL = "scancel"
 STATUS = "squeue"
+SUBMIT_READS_STDIN = False
 JOB_ID_REGEXP = r"(?P<job_id>\d+)"
 #: squeue's %T states, as the allocation states of the store.
 STATES = {

@@ -36,11 +36,13 @@ from __future__ import annotations
 
 import re
 
-from balsam_dask.packing.jobs import EnsembleJobSpec, end_time_line, node_worker_argv, shell_join
+from balsam_dask.deploy.jobs import EnsembleJobSpec, end_time_line, node_worker_argv, shell_join
 
+NAME = "pbs"
 SUBMIT = "qsub"
 CANCEL = "qdel"
 STATUS = "qstat"
+SUBMIT_READS_STDIN = False
 #: ``qsub`` prints ``<sequence number>.<server name>`` alone on a line (``1234.pbs01``).
 JOB_ID_REGEXP = r"(?m)^\s*(?P<job_id>\d+(?:\[\d*\])?(?:\.[\w.-]+)?)\s*$"
 #: ``job_state`` letters, as the allocation states of the store (F is refined by Exit_status).

@@ -11,11 +11,9 @@ holds every attempt and the result even if the client dies.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import inspect
 import os
-import pickle
 import re
 import shlex
 import sys
@@ -30,21 +28,24 @@ from typing import Any
 import cloudpickle
 
 from balsam_dask.apps import AppResult
-from balsam_dask.context import TaskContext, set_current
 from balsam_dask.errors import AppError, TaskKilled, TaskTimeout
 from balsam_dask.function import PickledFunction, unpack
-from balsam_dask.mpi_tasks.runner import ProcessResult, run_process
-from balsam_dask.mpi_tasks.template import render
 from balsam_dask.private import private_dir, write_private
-from balsam_dask.runtime import NodeRuntime, RunHandle, get_runtime
+from balsam_dask.protocol import (
+    DISPATCH_ANNOTATION,
+    PARENT_ANNOTATION,
+    RESCHEDULE_REASON,
+    SPEC_ANNOTATION,
+    TOPIC,
+    task_spec,
+)
 from balsam_dask.spec import TaskSpec
-from balsam_dask.threads import POOL_VARIABLES
+from balsam_dask.template import render
+from balsam_dask.worker.context import TaskContext, set_current
+from balsam_dask.worker.process import ProcessResult, run_process
+from balsam_dask.worker.runtime import NodeRuntime, RunHandle, get_runtime
+from balsam_dask.worker.threads import POOL_VARIABLES
 
-#: Topic of the worker -> scheduler plugin messages.
-TOPIC = "balsam-task"
-SPEC_ANNOTATION = "balsam"
-DISPATCH_ANNOTATION = "balsam_dispatch"
-PARENT_ANNOTATION = "balsam_parent"
 #: Results up to this size (pickled) are stored in the database; larger ones in a file.
 INLINE_RESULT_LIMIT = 64 * 1024
 ERROR_TAIL = 4000
@@ -74,11 +75,6 @@ class _TimedOut(Exception):
 
 class _Killed(Exception):
     pass
-
-
-#: Kill reason that sends the task back to the scheduler for placement again (a gang
-#: node was lost): the worker releases it cleanly through Dask's ``Reschedule``.
-RESCHEDULE_REASON = "reschedule"
 
 
 def _report(msg: dict[str, Any]) -> None:
@@ -124,26 +120,6 @@ def _task_env(spec: TaskSpec, gpus: tuple[str, ...]) -> dict[str, str]:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     env.update(dict(spec.env))
     return env
-
-
-def wire_spec(spec: TaskSpec) -> bytes:
-    """The spec as it travels to workers in a task's annotations: bytes, which msgpack sends as
-    they are (a TaskSpec object would make Dask try msgpack, fail, log and pickle it per task)."""
-    return pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-@functools.lru_cache(maxsize=256)
-def _unwire_spec(data: bytes) -> TaskSpec:
-    spec = pickle.loads(data)
-    assert isinstance(spec, TaskSpec)
-    return spec
-
-
-def task_spec(value: Any) -> TaskSpec:
-    """The spec of a task's annotation, in either form (bytes on workers, an object in graphs)."""
-    if isinstance(value, bytes):
-        return _unwire_spec(value)
-    return value if isinstance(value, TaskSpec) else TaskSpec()
 
 
 def _annotations(key: str) -> dict[str, Any]:
@@ -309,7 +285,7 @@ def _python_isolated(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
     env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p and os.path.isdir(p)])
     try:
         res = run_process(
-            [sys.executable, "-m", "balsam_dask.mpi_tasks.pyrun", str(call), str(out)],
+            [sys.executable, "-m", "balsam_dask.worker.pyrun", str(call), str(out)],
             workdir=workdir, env=env, timeout=ctx.spec.timeout,
             kill_event=handle.kill_event, stdout_name=f"stdout.{ctx.attempt}.txt",
             stderr_name=f"stderr.{ctx.attempt}.txt",

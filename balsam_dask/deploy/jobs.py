@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from balsam_dask import validate
 from balsam_dask.errors import InvalidSpec
 from balsam_dask.spec import check_bind, parse_duration
 
@@ -21,12 +22,6 @@ def format_hms(seconds: float) -> str:
     """``HH:MM:SS`` (hours may exceed 24), rounded up to the minute's second."""
     s = int(-(-seconds // 1))
     return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def _strings(name: str, value: Sequence[str], example: str) -> tuple[str, ...]:
-    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-        raise InvalidSpec(f"{name}={value!r} is invalid: give a list of strings, e.g. {name}={example}")
-    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -60,8 +55,7 @@ class EnsembleJobSpec:
             raise InvalidSpec(f"job name {self.name!r} is invalid: use letters, digits, '-' and '_'")
         for label, value, lo in (("nodes", self.nodes, 1), ("cores_per_node", self.cores_per_node, 1),
                                  ("gpus_per_node", self.gpus_per_node, 0)):  # fmt: skip
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise InvalidSpec(f"{label}={value!r} is invalid: use an integer >= {lo}, e.g. {label}={max(lo, 4)}")
+            validate.integer(label, value, f"{label}={max(lo, 4)}", lo)
         object.__setattr__(self, "walltime", parse_duration("walltime", self.walltime))
         if self.drain_margin is not None and not 0 <= self.drain_margin < self.walltime:
             raise InvalidSpec(
@@ -70,12 +64,16 @@ class EnsembleJobSpec:
             )
         object.__setattr__(
             self, "job_extra_directives",
-            _strings("job_extra_directives", self.job_extra_directives, "['--constraint=knl']"),
+            validate.strings("job_extra_directives", self.job_extra_directives, "['--constraint=knl']"),
         )  # fmt: skip
         object.__setattr__(
-            self, "job_script_prologue", _strings("job_script_prologue", self.job_script_prologue, "['module load x']")
+            self,
+            "job_script_prologue",
+            validate.strings("job_script_prologue", self.job_script_prologue, "['module load x']"),
         )
-        object.__setattr__(self, "worker_extra_args", _strings("worker_extra_args", self.worker_extra_args, "[]"))
+        object.__setattr__(
+            self, "worker_extra_args", validate.strings("worker_extra_args", self.worker_extra_args, "[]")
+        )
         check_bind(self.bind)
 
     @property

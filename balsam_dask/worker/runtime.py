@@ -18,12 +18,11 @@ from typing import Any
 
 from distributed import WorkerPlugin
 
-from balsam_dask.node import ENV_VAR, NodeConfig
-from balsam_dask.threads import PoolLimits
+from balsam_dask.protocol import ENV_VAR, KILL_OP, NodeConfig
+from balsam_dask.worker.threads import PoolLimits
 
 log = logging.getLogger(__name__)
 
-KILL_OP = "balsam_kill"
 #: Worker task states that mean "this run is no longer wanted here".
 _ABANDONED = frozenset({"cancelled", "released", "forgotten"})
 

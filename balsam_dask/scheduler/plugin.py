@@ -34,22 +34,25 @@ from dask._task_spec import Task
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from balsam_dask.errors import StoreUnavailable
-from balsam_dask.execute import (
+from balsam_dask.function import restored
+from balsam_dask.packing.holds import HOLD_AFTER
+from balsam_dask.packing.placer import NodeInfo, Placer
+from balsam_dask.payload import dump_payload
+from balsam_dask.protocol import (
+    CORES_RESOURCE,
     DISPATCH_ANNOTATION,
+    EXTRA_KEY,
+    KILL_OP,
     PARENT_ANNOTATION,
     RESCHEDULE_REASON,
     SPEC_ANNOTATION,
+    STREAM_INTERVAL,
     TOPIC,
+    NodeConfig,
     wire_spec,
 )
-from balsam_dask.function import restored
-from balsam_dask.node import CORES_RESOURCE, EXTRA_KEY, NodeConfig
-from balsam_dask.packing.holds import HOLD_AFTER
-from balsam_dask.packing.placer import NodeInfo, Placer
-from balsam_dask.pausing import Pauser, is_ours
-from balsam_dask.payload import dump_payload
-from balsam_dask.recorder import FINISHED, Recorder, Track
-from balsam_dask.runtime import KILL_OP
+from balsam_dask.scheduler.pausing import Pauser, is_ours
+from balsam_dask.scheduler.recorder import FINISHED, Recorder, Track
 from balsam_dask.spec import TaskSpec
 from balsam_dask.store.api import Store
 from balsam_dask.store.ops import AllocationWrite
@@ -68,10 +71,6 @@ HOLD = "balsam-hold://placement"
 #: scheduler to walk, and the scheduler keeps a finished task as long as its future lives).
 HELD: frozenset[str] = frozenset({HOLD})
 PLUGIN_NAME = "balsam-dask"
-#: Batching interval (s) of the scheduler's and node-workers' streams. Balsam tasks are
-#: dispatched exactly (no task waits on a worker), so each completion -> dispatch round trip
-#: idles a core: Dask's default 2-5 ms of batching was most of that trip for short tasks.
-STREAM_INTERVAL = 0.0005
 _CANCEL_STIMULI = ("cancel-key", "client-releases-keys")
 #: The scheduler's RPC handlers the plugin adds, each as ``balsam_<name>`` (``_handle_<name>``).
 _HANDLERS = ("info", "kill", "resume", "status", "flush", "declare_nodes")
@@ -681,7 +680,7 @@ class BalsamPlugin(SchedulerPlugin):
         return bool(await loop.run_in_executor(None, self.writer.flush, timeout))
 
     async def _handle_resume(self, limit: int | None = None) -> list[dict[str, Any]]:
-        from balsam_dask.resume import claim_for_resume
+        from balsam_dask.scheduler.resume import claim_for_resume
 
         assert self.store is not None
         loop = asyncio.get_running_loop()

@@ -27,7 +27,7 @@ workers.) Not covered: a process that left its task's group and tree before the 
 recorded it, and one started in the microseconds between a task's ``fork`` and ``watch``
 if the worker dies right then.
 
-    python -m balsam_dask.mpi_tasks.guard OWNER_PID    (started by :func:`start`; reads stdin)
+    python -m balsam_dask.worker.guard OWNER_PID    (started by :func:`start`; reads stdin)
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from balsam_dask.mpi_tasks import proctree
+from balsam_dask.worker import proctree
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ def serve(owner: int, fd: int = 0) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or not argv[0].isdigit():
-        print("usage: python -m balsam_dask.mpi_tasks.guard OWNER_PID  (messages on stdin)", file=sys.stderr)
+        print("usage: python -m balsam_dask.worker.guard OWNER_PID  (messages on stdin)", file=sys.stderr)
         return 2
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # it ends with its owner, and stops what the owner started

@@ -10,8 +10,8 @@ import dask
 import distributed
 from dask._task_spec import DataNode
 
-from balsam_dask.execute import SPEC_ANNOTATION
 from balsam_dask.payload import load_payload
+from balsam_dask.protocol import SPEC_ANNOTATION
 
 
 def resubmit(client: distributed.Client, plan: list[dict[str, Any]]) -> dict[Hashable, distributed.Future]:

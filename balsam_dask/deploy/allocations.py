@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 from distributed import Scheduler, SpecCluster
 from distributed.security import Security
 
+from balsam_dask import validate
 from balsam_dask.errors import AllocationError, InvalidSpec, StoreUnavailable
 from balsam_dask.network import protocol
-from balsam_dask.plugin import BalsamPlugin
+from balsam_dask.scheduler.plugin import BalsamPlugin
 from balsam_dask.spec import NodeShape, parse_duration
 from balsam_dask.store.states import ALLOCATION_ENDED, ALLOCATION_LIVE
 
@@ -35,8 +36,7 @@ class AllocationCluster(SpecCluster):
         submit_backoff: float = 10.0, asynchronous: bool = False, loop: Any = None,
         silence_logs: int | bool = logging.WARNING, name: str | None = None, security: Security | None = None,
     ) -> None:  # fmt: skip
-        if isinstance(max_nodes_per_job, bool) or not isinstance(max_nodes_per_job, int) or max_nodes_per_job < 1:
-            raise InvalidSpec(f"max_nodes_per_job={max_nodes_per_job!r} is invalid: use an integer >= 1")
+        validate.integer("max_nodes_per_job", max_nodes_per_job, "max_nodes_per_job=8", 1)
         self.node_shape = node_shape
         self.store_url = store_url
         self.max_nodes_per_job = max_nodes_per_job
@@ -72,8 +72,7 @@ class AllocationCluster(SpecCluster):
         return str(self.sync(self._request, nodes, walltime))
 
     async def _request(self, nodes: int, walltime: Any = None) -> str:
-        if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
-            raise InvalidSpec(f"nodes={nodes!r} is invalid: use an integer >= 1, e.g. nodes=2")
+        validate.integer("nodes", nodes, "nodes=2", 1)
         if nodes > self.max_nodes_per_job:
             raise InvalidSpec(f"nodes={nodes} is more than max_nodes_per_job={self.max_nodes_per_job}")
         seconds = parse_duration("walltime", walltime) or self.default_walltime
@@ -245,7 +244,7 @@ class AllocationCluster(SpecCluster):
         interval: Any = "2s", **kwargs: Any,
     ) -> Any:  # fmt: skip
         """Scale with the packing policy (see ``packing/policy.py``) instead of Dask's Adaptive."""
-        from balsam_dask.packing.adaptive import PolicyAdaptive
+        from balsam_dask.deploy.adaptive import PolicyAdaptive
         from balsam_dask.packing.policy import SiteLimits
 
         limits = SiteLimits(

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import shlex
-from types import ModuleType
 from typing import ClassVar
 
-from balsam_dask.packing import lsf, pbs, slurm
-from balsam_dask.packing.cluster import BatchJob, EnsembleCluster
+from balsam_dask.deploy.ensemble import BatchJob, EnsembleCluster
+from balsam_dask.deploy.systems import BatchSystem, lsf, pbs, slurm
 
 
 class SlurmJob(BatchJob):
-    system: ClassVar[ModuleType] = slurm
+    system: ClassVar[BatchSystem] = slurm
 
 
 class SlurmEnsembleCluster(EnsembleCluster):
@@ -21,7 +19,7 @@ class SlurmEnsembleCluster(EnsembleCluster):
 
 
 class PBSJob(BatchJob):
-    system: ClassVar[ModuleType] = pbs
+    system: ClassVar[BatchSystem] = pbs
 
 
 class PBSEnsembleCluster(EnsembleCluster):
@@ -32,16 +30,7 @@ class PBSEnsembleCluster(EnsembleCluster):
 
 
 class LSFJob(BatchJob):
-    """``bsub`` reads the job script on standard input (``bsub < script``), where it reads
-    the script's ``#BSUB`` options; the script is passed as stdin, without a shell, so
-    ``bsub``'s error output reaches the allocation's record when submission fails."""
-
-    system: ClassVar[ModuleType] = lsf
-
-    async def _submit_job(self, script_filename: str) -> str:
-        with open(script_filename, "rb") as script:
-            out = await self._call(shlex.split(self.submit_command), stdin=script)
-        return str(out)
+    system: ClassVar[BatchSystem] = lsf
 
 
 class LSFEnsembleCluster(EnsembleCluster):

@@ -1,6 +1,6 @@
 """Entry point that runs a pickled Python call in a process of its own.
 
-    python -m balsam_dask.mpi_tasks.pyrun CALL.pkl OUT.pkl
+    python -m balsam_dask.worker.pyrun CALL.pkl OUT.pkl
 
 ``CALL.pkl`` holds ``(fn, args, kwargs)`` or ``(fn, args, kwargs, task context)`` (cloudpickle;
 the context makes ``balsam_dask.current_task()`` work in the function). The outcome goes to ``OUT.pkl`` as
@@ -39,13 +39,13 @@ async def _wait(value: Any) -> Any:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m balsam_dask.mpi_tasks.pyrun CALL.pkl OUT.pkl", file=sys.stderr)
+        print("usage: python -m balsam_dask.worker.pyrun CALL.pkl OUT.pkl", file=sys.stderr)
         return 2
     call_path, out_path = argv
     with open(call_path, "rb") as f:
         fn, args, kwargs, *ctx = cloudpickle.load(f)
     if ctx:
-        from balsam_dask.context import set_current
+        from balsam_dask.worker.context import set_current
 
         set_current(ctx[0])
     try:

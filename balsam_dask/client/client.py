@@ -26,10 +26,11 @@ from dask.utils import funcname
 
 from balsam_dask.daskconfig import register as register_dask_config
 from balsam_dask.errors import InvalidSpec, UnpicklableArgument
-from balsam_dask.execute import SPEC_ANNOTATION, AppCall, Handlers, run_app, run_python
 from balsam_dask.function import pack, pickled
-from balsam_dask.mpi_tasks.template import validate_template
+from balsam_dask.protocol import SPEC_ANNOTATION
 from balsam_dask.spec import NodeShape, Resources, TaskSpec, freeze_pairs
+from balsam_dask.template import validate_template
+from balsam_dask.worker.execute import AppCall, Handlers, run_app, run_python
 
 BALSAM_KEYWORDS = (
     "cores", "gpus", "walltime", "timeout", "retries", "tags", "name", "priority", "isolate",
@@ -226,8 +227,8 @@ class Client(distributed.Client):
         """An MPI program (a command template or argv list, run unmodified) or a Python
         function ``fn(comm, *args, **kwargs)`` run on every rank (rank 0's value is the
         result) on ``nodes`` nodes of one allocation."""
-        from balsam_dask.execute_mpi import MPICall, run_mpi
         from balsam_dask.mpi_tasks.launchers import get_launcher
+        from balsam_dask.worker.execute_mpi import MPICall, run_mpi
 
         if launcher is not None:
             get_launcher(launcher)  # an unknown name fails here, not on the node
@@ -308,7 +309,7 @@ class Client(distributed.Client):
         return self.sync(self._resume, limit)
 
     async def _resume(self, limit: int | None) -> dict[Hashable, distributed.Future]:
-        from balsam_dask.resubmit import resubmit
+        from balsam_dask.client.resubmit import resubmit
 
         plan = await self._balsam_rpc().balsam_resume(limit=limit)
         return resubmit(self, plan)

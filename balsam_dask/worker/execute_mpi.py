@@ -21,9 +21,12 @@ from typing import Any
 import cloudpickle
 
 from balsam_dask.apps import AppResult
-from balsam_dask.context import TaskContext
 from balsam_dask.errors import AppError, InvalidSpec, MPITaskError
-from balsam_dask.execute import (
+from balsam_dask.mpi_tasks.detect import default_launcher, mismatch_note
+from balsam_dask.mpi_tasks.launchers.base import LaunchSpec
+from balsam_dask.private import private_dir
+from balsam_dask.worker.context import TaskContext
+from balsam_dask.worker.execute import (
     Handlers,
     _check_process,
     _run_attempts,
@@ -31,11 +34,8 @@ from balsam_dask.execute import (
     _workdir,
     command_argv,
 )
-from balsam_dask.mpi_tasks.detect import default_launcher, mismatch_note
-from balsam_dask.mpi_tasks.launchers.base import LaunchSpec
-from balsam_dask.mpi_tasks.runner import run_process
-from balsam_dask.private import private_dir
-from balsam_dask.runtime import RunHandle, get_runtime
+from balsam_dask.worker.process import run_process
+from balsam_dask.worker.runtime import RunHandle, get_runtime
 
 #: Seconds between SIGTERM and SIGKILL when stopping a launcher (it forwards the
 #: signal to its ranks on every node).
@@ -74,7 +74,7 @@ def run_mpi(call: MPICall, handlers: Handlers | None, *args: Any, **kwargs: Any)
                 old.unlink()
             call_path = outdir / "call.pkl"
             call_path.write_bytes(cloudpickle.dumps((call.fn, args, kwargs, ctx)))
-            argv = [sys.executable, "-m", "balsam_dask.mpi_tasks.mpi_call", str(call_path), str(outdir)]
+            argv = [sys.executable, "-m", "balsam_dask.worker.mpi_call", str(call_path), str(outdir)]
             env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p and os.path.isdir(p)])
         else:
             assert call.command is not None

@@ -5,7 +5,7 @@ the hosts whole (``-x``: MPI tasks need every CPU). The walltime is ``-W HH:MM``
 limit is in minutes: rounded up); workers leave ``drain_margin`` seconds before the job
 ends. ``bsub`` reads the script on standard input (``bsub < script``): embedded ``#BSUB``
 options are read from a script given that way (see ``LSFJob`` in
-:mod:`balsam_dask.packing.clusters`). Output and error go to ``<name>-%J.out``/``.err``
+:mod:`balsam_dask.deploy.clusters`). Output and error go to ``<name>-%J.out``/``.err``
 in the log directory (``%J``: the job id).
 
 One node-worker per host is started with ``blaunch <host>``, LSF's own remote launcher,
@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import re
 
-from balsam_dask.packing.jobs import EnsembleJobSpec, end_time_line, node_worker_argv, shell_join
+from balsam_dask.deploy.jobs import EnsembleJobSpec, end_time_line, node_worker_argv, shell_join
 
+NAME = "lsf"
 SUBMIT = "bsub"
 CANCEL = "bkill"
 STATUS = "bjobs"
+SUBMIT_READS_STDIN = True
 #: ``bsub`` prints ``Job <1234> is submitted to queue <normal>.`` (or ``default queue``).
 JOB_ID_REGEXP = r"Job <(?P<job_id>\d+(?:\[\d+\])?)> is submitted"
 #: ``bjobs`` STAT values, as the allocation states of the store.

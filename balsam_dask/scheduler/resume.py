@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from balsam_dask.errors import UntrustedData, WrongKey
-from balsam_dask.recorder import path_to
+from balsam_dask.scheduler.recorder import path_to
 from balsam_dask.store.api import Store
 from balsam_dask.store.ops import Transition
 from balsam_dask.store.states import State

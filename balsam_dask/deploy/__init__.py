@@ -1,0 +1,1 @@
+"""Getting nodes: allocations, the local cluster, batch jobs and the ensemble clusters."""

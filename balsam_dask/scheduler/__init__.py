@@ -1,0 +1,1 @@
+"""The scheduler side: the Dask scheduler plugin that records, places and dispatches balsam tasks."""
