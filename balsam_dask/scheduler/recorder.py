@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from balsam_dask.protocol import LostReason
 from balsam_dask.spec import TaskSpec
 from balsam_dask.store.ops import NewTask, Op, TaskUpdate, Transition
 from balsam_dask.store.states import ACTIVE_STATES, LEGAL, UNFINISHED_STATES, State
@@ -180,11 +181,12 @@ class Recorder:
 
     # --- Dask transitions ---
     def on_transition(
-        self, track: Track, start: str, finish: str, lost: bool, cancelled: bool, deps_pending: bool,
+        self, track: Track, start: str, finish: str, lost: LostReason | None, cancelled: bool, deps_pending: bool,
         worker: str | None, kwargs: dict[str, Any], hosts: str | None = None, note: str | None = None,
     ) -> None:  # fmt: skip
         """A Dask transition of a tracked task (positional: the hook runs for every transition).
-        ``cancelled`` matters only when ``finish`` is "released"."""
+        ``lost``: why its running attempt was lost, if it was; ``cancelled`` matters only when
+        ``finish`` is "released"."""
         st = track.state
         if finish == "processing":
             self.move(track, RUNNING, worker=worker, hosts=hosts, message=note)
@@ -214,9 +216,14 @@ class Recorder:
                 self.move(track, AWAITING_PARENTS)
         elif finish == "released":
             if start == "processing" and (lost or not cancelled):
-                why = note or (f"attempt lost: worker {track.worker} left" if lost else "attempt rescheduled")
-                if why.startswith("walltime: ") and track.state == RUNNING:
-                    self.move(track, RUN_TIMEOUT, message=why)  # ended with its allocation
+                if lost is None:
+                    why = note or "attempt rescheduled"
+                elif lost.walltime:  # ended with its allocation
+                    why = f"walltime: {lost.text}"
+                    if track.state == RUNNING:
+                        self.move(track, RUN_TIMEOUT, message=why)
+                else:
+                    why = lost.text
                 self.move(track, RESTART_READY, message=why)
             elif cancelled and st in UNFINISHED_STATES:
                 self.move(track, KILLED, message="cancelled")

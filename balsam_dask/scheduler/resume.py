@@ -13,13 +13,14 @@ import time
 from typing import Any
 
 from balsam_dask.errors import UntrustedData, WrongKey
+from balsam_dask.protocol import ResumeItem
 from balsam_dask.scheduler.recorder import path_to
 from balsam_dask.store.api import Store
 from balsam_dask.store.ops import Transition
 from balsam_dask.store.states import State
 
 
-def claim_for_resume(store: Store, limit: int | None = None) -> list[dict[str, Any]]:
+def claim_for_resume(store: Store, limit: int | None = None) -> list[ResumeItem]:
     """Claim resumable tasks; returns one plan entry per task, parents first.
 
     Each entry: key, task_id, state, attempt, payload (bytes) and ``data``: the stored
@@ -33,7 +34,7 @@ def claim_for_resume(store: Store, limit: int | None = None) -> list[dict[str, A
     parent_ids = {p for t in claimed.values() for p in t.parents} - set(claimed)
     parents = {t.id: t for t in store.tasks(ids=sorted(parent_ids), limit=None)} if parent_ids else {}
     results: dict[int, bytes | Exception | None] = {}
-    plan: dict[int, dict[str, Any]] = {}
+    plan: dict[int, ResumeItem] = {}
     failed: list[tuple[int, str, str]] = []
     for t in claimed.values():
         data: dict[str, dict[str, Any]] = {}
@@ -85,7 +86,7 @@ def claim_for_resume(store: Store, limit: int | None = None) -> list[dict[str, A
     return _parents_first(plan)
 
 
-def _fail_dependents(plan: dict[int, dict[str, Any]], failed: list[tuple[int, str, str]]) -> None:
+def _fail_dependents(plan: dict[int, ResumeItem], failed: list[tuple[int, str, str]]) -> None:
     """Take out of ``plan`` the tasks whose claimed parent could not be resumed (their graph
     would miss it), as failed, and theirs in turn."""
     gone = {tid for tid, _, _ in failed}
@@ -108,8 +109,8 @@ def _not_resumed(e: WrongKey) -> WrongKey:
                                "stops, then a scheduler with that key can resume them)")  # fmt: skip
 
 
-def _parents_first(plan: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+def _parents_first(plan: dict[int, ResumeItem]) -> list[ResumeItem]:
+    out: list[ResumeItem] = []
     done: set[int] = set()
 
     def visit(tid: int, stack: set[int]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from balsam_dask.scheduler.plugin import QUEUED_AT
+from balsam_dask.scheduler.dispatch import QUEUED_AT
 from balsam_dask.store import Store
 from balsam_dask.store.ops import TaskRecord
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from balsam_dask.scheduler.plugin import parents_first
+from balsam_dask.scheduler.graph import parents_first
 
 
 @dataclass(eq=False)

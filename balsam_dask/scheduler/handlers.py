@@ -1,0 +1,81 @@
+"""The scheduler's RPC handlers the plugin adds, each as ``balsam_<name>``: what the
+``balsam_dask.Client`` (and the CLI, the clusters) ask of a running scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+from balsam_dask.protocol import ResumeItem
+from balsam_dask.scheduler.resume import claim_for_resume
+
+if TYPE_CHECKING:
+    from balsam_dask.scheduler.plugin import BalsamPlugin
+
+NAMES = ("info", "kill", "resume", "status", "flush", "declare_nodes")
+
+
+class Handlers:
+    def __init__(self, plugin: BalsamPlugin) -> None:
+        self.plugin = plugin
+
+    def install(self, scheduler: Any) -> None:
+        for name in NAMES:
+            scheduler.handlers[f"balsam_{name}"] = getattr(self, name)
+
+    def remove(self, scheduler: Any) -> None:
+        """Take out the handlers this object installed (a later plugin's stay)."""
+        for name in NAMES:
+            if getattr(scheduler.handlers.get(f"balsam_{name}"), "__self__", None) is self:
+                del scheduler.handlers[f"balsam_{name}"]
+
+    def info(self) -> dict[str, Any]:
+        p = self.plugin
+        assert p.store is not None
+        shapes = [{"cores": c.cores, "gpus": c.gpus} for c in p.nodes.values()] + p.declared_shapes
+        widest = max(p.placer.max_gang_width(), p.max_nodes_per_allocation or 0)
+        return {"store": p.store.where, "session": p.store.session_id, "node_shapes": shapes,
+                "max_nodes": widest or None}  # fmt: skip
+
+    def declare_nodes(self, shapes: list[dict[str, int]]) -> None:
+        self.plugin.declared_shapes = list(shapes)
+
+    def kill(self, keys: list[Hashable] | None = None, tags: dict[str, str] | None = None,
+             reason: str = "killed on request", client: str | None = None) -> list[str]:  # fmt: skip
+        chosen = list(keys or [])
+        if tags:
+            want = set(tags.items())
+            tracks = self.plugin.recorder.tracks
+            chosen += [k for k, t in tracks.items() if t.spec is not None and want <= set(t.spec.tags)]
+        return self.plugin.kill(chosen, reason=reason, client=client)
+
+    def status(self) -> dict[str, Any]:
+        p = self.plugin
+        placer, w = p.placer, p.writer
+        stats = w.stats
+        return {
+            "nodes": {n: dataclasses.asdict(placer.node(n)) for n in placer.nodes()},
+            "waiting": len(placer.waiting()),
+            "running": len(placer.running()),
+            "anomalies": list(p.recorder.anomalies),
+            "errors": list(p.errors),
+            "writer": {"pending": w.pending, "in_flight": w.in_flight, "written": stats.written,
+                       "rejected": len(stats.rejected), "retries": stats.retries, "restarts": stats.restarts,
+                       "last_error": stats.last_error, "alive": w.alive, "pid": w.pid},
+        }  # fmt: skip
+
+    async def flush(self, timeout: float = 60.0) -> bool:
+        loop = asyncio.get_running_loop()
+        return bool(await loop.run_in_executor(None, self.plugin.writer.flush, timeout))
+
+    async def resume(self, limit: int | None = None) -> list[ResumeItem]:
+        p = self.plugin
+        assert p.store is not None
+        loop = asyncio.get_running_loop()
+        plan = await loop.run_in_executor(None, claim_for_resume, p.store, limit)
+        for item in plan:
+            p.resumed[item["key"]] = (item["task_id"], item["state"], item["attempt"])
+            p.resumed_data.update(item["data"])
+        return plan
