@@ -9,34 +9,33 @@ collections' ``compute``.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import inspect
 import time
 import uuid
-import warnings
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
-import cloudpickle
 import dask
 import distributed
 from dask.base import tokenize
 from dask.utils import funcname
 
+from balsam_dask import validate
+from balsam_dask.client.checks import (
+    check_callable,
+    check_template,
+    dask_placed,
+    handlers_of,
+    naming_unpicklable,
+    reject_dask_placement,
+    warn_if_large,
+)
 from balsam_dask.daskconfig import register as register_dask_config
-from balsam_dask.errors import InvalidSpec, UnpicklableArgument
+from balsam_dask.errors import InvalidSpec
 from balsam_dask.function import pack, pickled
 from balsam_dask.protocol import SPEC_ANNOTATION
 from balsam_dask.spec import NodeShape, Resources, TaskSpec, freeze_pairs
-from balsam_dask.template import validate_template
-from balsam_dask.worker.execute import AppCall, Handlers, run_app, run_python
+from balsam_dask.worker.execute import AppCall, run_app, run_python
 
-BALSAM_KEYWORDS = (
-    "cores", "gpus", "walltime", "timeout", "retries", "tags", "name", "priority", "isolate",
-    "on_error", "on_timeout", "durable",
-)  # fmt: skip
-_DASK_PLACEMENT = ("workers", "resources", "allow_other_workers", "actor", "actors")
 _INFO_TTL = 2.0
 
 
@@ -109,7 +108,7 @@ class Client(distributed.Client):
         spec = TaskSpec(
             kind=kind, resources=Resources.serial(cores, gpus, walltime), name=name, tags=tags,  # type: ignore[arg-type]
             priority=priority, timeout=timeout, retries=0 if retries is None else retries, isolate=isolate,
-            durable=_flag("durable", durable), **extra,
+            durable=validate.flag("durable", durable), **extra,
         )  # fmt: skip
         self._check_fits(spec.resources)
         return spec
@@ -137,19 +136,19 @@ class Client(distributed.Client):
     ) -> distributed.Future:  # fmt: skip
         """Run ``fn(*args, **kwargs)`` as a balsam task; returns a Dask future. With Dask's own
         placement (``workers=``, ``resources=``...) it is a plain Dask task, recorded."""
-        if _dask_placed(kwargs, cores=cores, gpus=gpus, walltime=walltime, timeout=timeout, tags=tags, name=name,
+        if dask_placed(kwargs, cores=cores, gpus=gpus, walltime=walltime, timeout=timeout, tags=tags, name=name,
                         isolate=isolate, on_error=on_error, on_timeout=on_timeout, durable=durable):  # fmt: skip
             return super().submit(fn, *args, key=key, pure=pure, retries=retries, priority=priority,
                                   fifo_timeout=fifo_timeout, **kwargs)  # fmt: skip
         spec = self._spec("python", cores=cores, gpus=gpus, walltime=walltime, timeout=timeout, retries=retries,
                           tags=tags, name=name, priority=priority, isolate=isolate, durable=durable)  # fmt: skip
-        handlers = _handlers(on_error, on_timeout)
+        handlers = handlers_of(on_error, on_timeout)
         if self.status in ("closing", "closed"):  # Dask's own error says so
             return super().submit(fn, *args, key=key, **kwargs)
-        data = _check_callable(fn, args, kwargs)
-        _warn_if_large(data)
+        data = check_callable(fn, args, kwargs)
+        warn_if_large(data)
         task_fn = pack(fn, data)
-        with _naming_unpicklable(fn, args, kwargs), dask.annotate(**{SPEC_ANNOTATION: spec}):
+        with naming_unpicklable(fn, args, kwargs), dask.annotate(**{SPEC_ANNOTATION: spec}):
             if key is None:
                 key = f"{funcname(fn)}-{tokenize(fn, kwargs, spec, *args) if pure else uuid.uuid4().hex}"
             return super().submit(run_python, task_fn, handlers, *args, key=key, pure=False, priority=priority,
@@ -165,22 +164,22 @@ class Client(distributed.Client):
     ) -> list[distributed.Future]:  # fmt: skip
         """``fn`` over the iterables as balsam tasks (one spec for all); with Dask's own placement
         (``workers=``, ``resources=``...) as plain Dask tasks, recorded."""
-        if _dask_placed(kwargs, cores=cores, gpus=gpus, walltime=walltime, timeout=timeout, tags=tags, name=name,
+        if dask_placed(kwargs, cores=cores, gpus=gpus, walltime=walltime, timeout=timeout, tags=tags, name=name,
                         isolate=isolate, on_error=on_error, on_timeout=on_timeout, durable=durable):  # fmt: skip
             return super().map(fn, *iterables, key=key, pure=pure, retries=retries, priority=priority,  # type: ignore[arg-type]
                                batch_size=batch_size, **kwargs)  # fmt: skip
         spec = self._spec("python", cores=cores, gpus=gpus, walltime=walltime, timeout=timeout, retries=retries,
                           tags=tags, name=name, priority=priority, isolate=isolate, durable=durable)  # fmt: skip
-        handlers = _handlers(on_error, on_timeout)
+        handlers = handlers_of(on_error, on_timeout)
         lists = [list(it) for it in iterables]
-        data = _check_callable(fn, tuple(v[0] for v in lists), kwargs) if lists and all(lists) else pickled(fn)
-        _warn_if_large(data)
+        data = check_callable(fn, tuple(v[0] for v in lists), kwargs) if lists and all(lists) else pickled(fn)
+        warn_if_large(data)
         task_fn = pack(fn, data)
         if key is None:
             key = f"{funcname(fn)}-{tokenize(spec)[:8]}"
         with dask.annotate(**{SPEC_ANNOTATION: spec}):
             n = min((len(v) for v in lists), default=0)
-            with _naming_unpicklable(fn, lists, kwargs, mapped=True):
+            with naming_unpicklable(fn, lists, kwargs, mapped=True):
                 return super().map(run_python, [task_fn] * n, [handlers] * n, *lists, key=key, pure=pure,
                                    priority=priority, batch_size=batch_size, **kwargs)  # fmt: skip
 
@@ -205,11 +204,11 @@ class Client(distributed.Client):
             name=name, priority=priority, isolate=False, durable=durable, command=cmd,
             params=freeze_pairs("params", params_d), env=freeze_pairs("env", env), workdir=workdir, check=check,
         )  # fmt: skip
-        _check_template(cmd, params_d)
+        check_template(cmd, params_d)
         if key is None:
             key = f"app-{name or 'task'}-{uuid.uuid4().hex}"
         with dask.annotate(**{SPEC_ANNOTATION: spec}):
-            return super().submit(run_app, AppCall(cmd, params_d, check), _handlers(on_error, on_timeout),
+            return super().submit(run_app, AppCall(cmd, params_d, check), handlers_of(on_error, on_timeout),
                                   key=key, pure=False, priority=priority)  # fmt: skip
 
     # ------------------------------------------------------------------ MPI
@@ -238,8 +237,8 @@ class Client(distributed.Client):
             raise InvalidSpec(f"check={check!r} is invalid: use check=True or check=False")
         params_d = dict(params or {})
         if callable(command_or_fn):
-            _reject_dask_placement(kwargs)
-            _check_callable(command_or_fn, (None, *args), kwargs)
+            reject_dask_placement(kwargs)
+            check_callable(command_or_fn, (None, *args), kwargs)
             call, cmd = MPICall(fn=command_or_fn), None
         else:
             if args or kwargs:
@@ -249,12 +248,12 @@ class Client(distributed.Client):
         resources = Resources(nodes, ranks_per_node, threads_per_rank, gpus_per_rank, walltime)
         spec = TaskSpec(
             kind="mpi", resources=resources, name=name, tags=tags, priority=priority, timeout=timeout,  # type: ignore[arg-type]
-            retries=0 if retries is None else retries, durable=_flag("durable", durable), command=cmd,
+            retries=0 if retries is None else retries, durable=validate.flag("durable", durable), command=cmd,
             params=freeze_pairs("params", params_d), env=freeze_pairs("env", env), workdir=workdir,
             launcher=launcher, mpi_args=tuple(mpi_args), check=check, bind=bind,
         )  # fmt: skip
         if cmd is not None:
-            _check_template(cmd, params_d)
+            check_template(cmd, params_d)
         self._check_fits(resources)
         widest = self.balsam_info().get("max_nodes")
         if widest and nodes > widest:
@@ -266,8 +265,8 @@ class Client(distributed.Client):
             label = name or (funcname(command_or_fn) if callable(command_or_fn) else "mpi")
             key = f"mpi-{label}-{uuid.uuid4().hex}"
         with dask.annotate(**{SPEC_ANNOTATION: spec}):
-            with _naming_unpicklable(command_or_fn, args, kwargs):
-                return super().submit(run_mpi, call, _handlers(on_error, on_timeout), *args, key=key, pure=False,
+            with naming_unpicklable(command_or_fn, args, kwargs):
+                return super().submit(run_mpi, call, handlers_of(on_error, on_timeout), *args, key=key, pure=False,
                                   priority=priority, **kwargs)  # fmt: skip
 
     # ------------------------------------------------------------------ control
@@ -313,128 +312,3 @@ class Client(distributed.Client):
 
         plan = await self._balsam_rpc().balsam_resume(limit=limit)
         return resubmit(self, plan)
-
-
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidSpec(f"{name}={value!r} is invalid: use {name}=True or {name}=False")
-    return value
-
-
-@contextlib.contextmanager
-def _naming_unpicklable(
-    fn: Any, args: Sequence[Any], kwargs: Mapping[str, Any], mapped: bool = False
-) -> Iterator[None]:
-    """Dask's "Could not serialize" TypeError, as an InvalidSpec naming the argument."""
-    try:
-        yield
-    except (TypeError, RuntimeError) as e:  # Dask's serialization or tokenization failed
-        if "serializ" not in str(e) and "tokeniz" not in str(e).lower():
-            raise
-        for where, value in _arguments(args, kwargs, mapped):
-            try:
-                cloudpickle.dumps(value)
-            except Exception as why:
-                raise UnpicklableArgument(
-                    f"{where} of {funcname(fn) if callable(fn) else 'the task'} ({type(value).__name__}) cannot be "
-                    f"serialized (pickled) to travel to the workers ({type(why).__name__}: {why}); pass something "
-                    "that pickles, e.g. a file path or the plain data it holds"
-                ) from None
-        raise
-
-
-def _warn_if_large(data: bytes) -> None:
-    """Dask's warning for a large task graph, for the function the client sends pickled."""
-    threshold = dask.utils.parse_bytes(dask.config.get("distributed.admin.large-graph-warning-threshold"))
-    if len(data) > threshold:
-        warnings.warn(
-            f"Sending large graph of size {dask.utils.format_bytes(len(data))}: the function captures large "
-            "data. Load it in the task, or scatter it (client.scatter) and pass the future",
-            UserWarning, stacklevel=3,
-        )  # fmt: skip
-
-
-def _arguments(args: Sequence[Any], kwargs: Mapping[str, Any], mapped: bool) -> Iterator[tuple[str, Any]]:
-    """Each argument with how to name it (a mapped call's iterables element by element)."""
-    for i, value in enumerate(args):
-        if mapped:
-            for j, item in enumerate(value):
-                yield f"element {j} of iterable {i}", item
-        else:
-            yield f"argument {i}", value
-    for k, value in kwargs.items():
-        yield f"keyword argument {k}=", value
-
-
-def _check_template(command: str | tuple[str, ...], params: dict[str, Any]) -> None:
-    if isinstance(command, str):
-        validate_template(command, params)
-    elif params:
-        raise InvalidSpec(
-            "params= fill a template string such as './sim --n {n}'; a command given as a list runs unmodified"
-        )
-
-
-def _handlers(on_error: Any, on_timeout: Any) -> Handlers | None:
-    for label, h in (("on_error", on_error), ("on_timeout", on_timeout)):
-        if h is not None and not callable(h):
-            raise InvalidSpec(f"{label}={h!r} is not callable: pass a function, e.g. {label}=lambda *a: True")
-    return Handlers(on_error, on_timeout) if (on_error or on_timeout) else None
-
-
-#: Balsam keywords and their defaults: none may be given with Dask's own placement.
-_BALSAM_DEFAULTS: dict[str, Any] = {
-    "cores": 1, "gpus": 0, "walltime": None, "timeout": None, "tags": None, "name": None, "isolate": False,
-    "on_error": None, "on_timeout": None, "durable": True,
-}  # fmt: skip
-
-
-def _dask_placed(kwargs: dict[str, Any], **balsam: Any) -> bool:
-    """True when the call asks for Dask's own placement (``workers=``, ``resources=``...): the
-    task is then a plain Dask task. Refused with balsam resources or options."""
-    asked = [k for k in _DASK_PLACEMENT if k in kwargs and kwargs[k] not in (None, False)]
-    if not asked:
-        for k in _DASK_PLACEMENT:  # Dask's defaults (workers=None...) mean nothing was asked
-            kwargs.pop(k, None)
-        return False
-    mixed = [k for k, v in balsam.items() if v != _BALSAM_DEFAULTS[k]]
-    if mixed:
-        raise InvalidSpec(
-            f"{asked[0]}= is Dask's placement and {mixed[0]}= is balsam_dask's: a task takes one or the other. "
-            f"Use cores=..., gpus=... (balsam_dask places it) or {asked[0]}=... alone (Dask places it)"
-        )
-    return True
-
-
-def _reject_dask_placement(kwargs: dict[str, Any]) -> None:
-    bad = [k for k in _DASK_PLACEMENT if k in kwargs]
-    if bad:
-        raise InvalidSpec(
-            f"{bad[0]}= is Dask's placement; apps and MPI tasks are placed by balsam_dask from their resources. "
-            "Use cores=..., gpus=..., nodes=..."
-        )
-
-
-def _check_callable(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """``fn`` cloudpickled, once its arguments are known to bind; else InvalidSpec. Only
-    functions are checked: a callable object's signature may change when it is unpickled."""
-    data = pickled(fn)
-    if not (inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, functools.partial)):
-        return data
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return data  # builtins without a signature: nothing to check
-    try:
-        sig.bind(*args, **kwargs)
-    except TypeError as e:
-        if any(isinstance(a, distributed.Future) and a.cancelled() for a in (*args, *kwargs.values())):
-            return data  # Dask says why first: a cancelled dependency
-        unknown = [k for k in kwargs if k not in sig.parameters] if not _has_var_kw(sig) else []
-        hint = f"; balsam keywords are {', '.join(BALSAM_KEYWORDS)}" if unknown else ""
-        raise InvalidSpec(f"{funcname(fn)}{sig}: {e}{hint}") from None
-    return data
-
-
-def _has_var_kw(sig: inspect.Signature) -> bool:
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())

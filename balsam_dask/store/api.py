@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections import Counter
@@ -14,17 +13,15 @@ from typing import Any
 from sqlalchemy import Connection, func, or_, select, text, update
 from sqlalchemy.engine import URL
 
-from balsam_dask.errors import InvalidSpec, SchemaMissing, StoreReadOnly, StoreUnavailable, UnknownTask, UntrustedData
+from balsam_dask.errors import InvalidSpec, StoreReadOnly, UnknownTask, UntrustedData
 from balsam_dask.spec import TaskSpec
 from balsam_dask.store import queries as Q
 from balsam_dask.store.apply import ApplyStats, add_shape_counts, apply_ops, chunks
 from balsam_dask.store.engine import (
     display,
-    make_engine,
+    open_engine,
     read_tx,
     resolve_url,
-    sqlite_read_mode,
-    sqlite_write_problem,
     write_tx,
 )
 from balsam_dask.store.ids import IdAllocator
@@ -41,13 +38,11 @@ from balsam_dask.store.ops import (
     Transition,
 )
 from balsam_dask.store.schema import ensure_schema
+from balsam_dask.store.sessions import SESSION_STALE_AFTER, is_dead, open_session
 from balsam_dask.store.shapes import Shape, shape_of
 from balsam_dask.store.signing import FORMAT_DATA, FORMAT_FILE, signer_for
 from balsam_dask.store.states import ALL_STATES, BACKLOG_STATES, UNFINISHED_STATES
 from balsam_dask.store.writer import BatchWriter
-
-#: A session that has not written a heartbeat for this long is presumed dead.
-SESSION_STALE_AFTER = 120.0
 
 
 class Store:
@@ -64,28 +59,9 @@ class Store:
         self.read_only = read_only
         #: True when a read-only SQLite store is opened as an immutable snapshot (its directory
         #: is not writable here): what may still be in its -wal file is not seen.
-        self.snapshot = False
-        sqlite = self.url.get_backend_name() == "sqlite"
-        db = self.url.database or ""
-        if sqlite and (not create or read_only) and not os.path.exists(db):
-            raise SchemaMissing(f"there is no store at {db}; create it with `balsam-dask init --store {self.where}`")
+        self.snapshot: bool
+        self.engine, self.snapshot = open_engine(self.url, self.where, create=create, read_only=read_only)
         self.signer = signer_for(self.url, key_file, guard=self._signed_by_some_key)
-        if sqlite and not read_only:
-            problem = sqlite_write_problem(db)
-            if problem:
-                raise StoreReadOnly(
-                    f"cannot write the store {self.where}: {problem}; commands that only read it (balsam-dask ls, "
-                    "show, summary) open it read-only"
-                )
-        mode = "rw" if not read_only else sqlite_read_mode(db) if sqlite else "ro"
-        try:
-            self.engine = make_engine(self.url, mode)
-        except StoreUnavailable:
-            if mode != "ro" or not sqlite:
-                raise
-            mode = "immutable"  # a directory where the -shm file cannot be made: a snapshot
-            self.engine = make_engine(self.url, mode)
-        self.snapshot = mode == "immutable"
         try:
             self.revision = ensure_schema(self.engine, self.where, create=create and not read_only)
         except BaseException:
@@ -136,22 +112,10 @@ class Store:
         return self._session_id
 
     def _open_session(self) -> None:
-        now = time.time()
         with self._write_tx() as conn:
-            res = conn.execute(
-                sessions_t.insert().values(
-                    kind=self._kind,
-                    host=socket.gethostname(),
-                    pid=os.getpid(),
-                    started_at=now,
-                    heartbeat_at=now,
-                    info={},
-                )
-            )
-            pk = res.inserted_primary_key
-            assert pk is not None
-        self._ids = IdAllocator(int(pk[0]))
-        self._session_id = int(pk[0])  # last: other threads read it without the lock
+            sid = open_session(conn, self._kind)
+        self._ids = IdAllocator(sid)
+        self._session_id = sid  # last: other threads read it without the lock
 
     def bind_session(self, session_id: int) -> None:
         """Write on behalf of an existing session (the writer process of a scheduler). A
@@ -181,18 +145,7 @@ class Store:
 
     def dead_sessions(self, stale_after: float = SESSION_STALE_AFTER) -> set[int]:
         """Sessions that ended, stopped heart-beating, or whose process is gone."""
-        now, host = time.time(), socket.gethostname()
-        dead = set()
-        for s in self.sessions():
-            if s.id == self._session_id:
-                continue
-            if (
-                s.ended_at is not None
-                or now - s.heartbeat_at > stale_after
-                or (s.host == host and not _pid_alive(s.pid))
-            ):
-                dead.add(s.id)
-        return dead
+        return {s.id for s in self.sessions() if s.id != self._session_id and is_dead(s, stale_after)}
 
     def close(self) -> None:
         """End this session and release connections."""
@@ -233,31 +186,13 @@ class Store:
             self.apply(part)
         return [op.id for op in ops]
 
-    def transition(
-        self,
-        task_id: int,
-        to_state: str,
-        *,
-        message: str | None = None,
-        worker: str | None = None,
-        attempt: int | None = None,
-    ) -> None:
+    def transition(self, task_id: int, to_state: str, *, message: str | None = None, worker: str | None = None,
+                   attempt: int | None = None) -> None:  # fmt: skip
         """Move one task to ``to_state`` now (checked against the state machine)."""
         cur = self.task(task_id)
+        attempt = cur.attempt if attempt is None else attempt
         self.apply(
-            [
-                Transition(
-                    self.new_id(),
-                    task_id,
-                    cur.state,
-                    to_state,
-                    time.time(),
-                    cur.attempt if attempt is None else attempt,
-                    worker,
-                    None,
-                    message,
-                )
-            ]
+            [Transition(self.new_id(), task_id, cur.state, to_state, time.time(), attempt, worker, None, message)]
         )
 
     def request_kill(self, ids: Iterable[int] | None = None, tags: Mapping[str, Any] | None = None) -> int:
@@ -316,39 +251,14 @@ class Store:
         return self.tasks(ids=ids, limit=None) if ids else []
 
     # --- allocations ---
-    def add_allocation(
-        self,
-        *,
-        system: str,
-        nodes: int,
-        walltime: float,
-        state: str = "PENDING",
-        scheduler_id: str | None = None,
-        queue: str | None = None,
-        account: str | None = None,
-        message: str | None = None,
-        info: dict[str, Any] | None = None,
-    ) -> int:
+    def add_allocation(self, *, system: str, nodes: int, walltime: float, state: str = "PENDING",
+                       scheduler_id: str | None = None, queue: str | None = None, account: str | None = None,
+                       message: str | None = None, info: dict[str, Any] | None = None) -> int:  # fmt: skip
         aid = self.new_id()
-        self.apply(
-            [
-                AllocationWrite(
-                    aid,
-                    {
-                        "system": system,
-                        "nodes": nodes,
-                        "walltime": walltime,
-                        "state": state,
-                        "scheduler_id": scheduler_id,
-                        "queue": queue,
-                        "account": account,
-                        "message": message,
-                        "info": info or {},
-                        "submitted_at": time.time(),
-                    },
-                )
-            ]
-        )
+        fields = {"system": system, "nodes": nodes, "walltime": walltime, "state": state, "scheduler_id": scheduler_id,
+                  "queue": queue, "account": account, "message": message, "info": info or {},
+                  "submitted_at": time.time()}  # fmt: skip
+        self.apply([AllocationWrite(aid, fields)])
         return aid
 
     def update_allocation(self, alloc_id: int, **fields: Any) -> None:
@@ -377,22 +287,10 @@ class Store:
             raise UnknownTask(f"no task with id {task_id} in {self.where}")
         return Q.task_record(row)
 
-    def tasks(
-        self,
-        *,
-        state: str | Iterable[str] | None = None,
-        tags: Mapping[str, Any] | None = None,
-        name: str | None = None,
-        key: str | None = None,
-        kind: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        ids: Iterable[int] | None = None,
-        limit: int | None = 100,
-        offset: int = 0,
-        after: int | None = None,
-        newest_first: bool = False,
-    ) -> list[TaskRecord]:
+    def tasks(self, *, state: str | Iterable[str] | None = None, tags: Mapping[str, Any] | None = None,
+              name: str | None = None, key: str | None = None, kind: str | None = None, since: float | None = None,
+              until: float | None = None, ids: Iterable[int] | None = None, limit: int | None = 100,
+              offset: int = 0, after: int | None = None, newest_first: bool = False) -> list[TaskRecord]:  # fmt: skip
         """Tasks matching every filter, ordered by id. Page with ``limit`` and ``after``
         (the last id of the previous page; fast on any store size) or ``offset``."""
         conds = Q.task_filter(state=state, tags=tags, name=name, key=key, kind=kind, since=since, until=until, ids=ids)
@@ -473,34 +371,11 @@ class Store:
 
     def rebuild_counts(self) -> None:
         """Recompute the shape counters from the tasks table (repair tool)."""
-        q = select(
-            tasks_t.c.nodes,
-            tasks_t.c.cores,
-            tasks_t.c.gpus,
-            tasks_t.c.walltime,
-            tasks_t.c.state,
-            func.count(),
-        ).group_by(tasks_t.c.nodes, tasks_t.c.cores, tasks_t.c.gpus, tasks_t.c.walltime, tasks_t.c.state)
+        cols = (tasks_t.c.nodes, tasks_t.c.cores, tasks_t.c.gpus, tasks_t.c.walltime, tasks_t.c.state)
+        q = select(*cols, func.count()).group_by(*cols)
         with self._write_tx() as conn:
             deltas: Counter[tuple[Shape, str]] = Counter()
             for nodes, cores, gpus, walltime, state, n in conn.execute(q):
                 deltas[(shape_of(nodes, cores, gpus, walltime), state)] += n
             conn.execute(shape_counts_t.delete())
             add_shape_counts(conn, deltas)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie still answers signal 0: look at its state
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
-from balsam_dask.errors import InvalidStoreURL, StoreUnavailable
+from balsam_dask.errors import InvalidStoreURL, SchemaMissing, StoreReadOnly, StoreUnavailable
 from balsam_dask.private import open_private
 
 DEFAULT_SQLITE_FILE = "balsam.db"
@@ -262,3 +262,28 @@ def is_transient(exc: BaseException) -> bool:
         text = str(exc).lower()
         return any(s in text for s in ("database is locked", "connection", "terminat", "server closed", "deadlock"))
     return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def open_engine(url: URL, where: str, *, create: bool, read_only: bool) -> tuple[Engine, bool]:
+    """The store's engine, and whether it is an immutable snapshot (a read-only SQLite store in
+    a directory where its -shm file cannot be made: what may be in its -wal file is not seen)."""
+    sqlite = url.get_backend_name() == "sqlite"
+    db = url.database or ""
+    if sqlite and (not create or read_only) and not os.path.exists(db):
+        raise SchemaMissing(f"there is no store at {db}; create it with `balsam-dask init --store {where}`")
+    if sqlite and not read_only:
+        problem = sqlite_write_problem(db)
+        if problem:
+            raise StoreReadOnly(
+                f"cannot write the store {where}: {problem}; commands that only read it (balsam-dask ls, "
+                "show, summary) open it read-only"
+            )
+    mode = "rw" if not read_only else sqlite_read_mode(db) if sqlite else "ro"
+    try:
+        engine = make_engine(url, mode)
+    except StoreUnavailable:
+        if mode != "ro" or not sqlite:
+            raise
+        mode = "immutable"  # a directory where the -shm file cannot be made: a snapshot
+        engine = make_engine(url, mode)
+    return engine, mode == "immutable"

@@ -104,7 +104,7 @@ def task_label(ctx: TaskContext) -> str:
     return f"{name}-{hashlib.sha1(ctx.key.encode()).hexdigest()[:12]}"
 
 
-def _workdir(rt: NodeRuntime, ctx: TaskContext) -> Path:
+def task_workdir(rt: NodeRuntime, ctx: TaskContext) -> Path:
     """The task's own work directory (``workdir=`` if the user chose one); whoever creates it
     uses ``private.private_dir`` (readable by its owner only)."""
     if ctx.spec.workdir:
@@ -112,7 +112,7 @@ def _workdir(rt: NodeRuntime, ctx: TaskContext) -> Path:
     return Path(rt.config.workdir_root) / task_label(ctx)
 
 
-def _task_env(spec: TaskSpec, gpus: tuple[str, ...]) -> dict[str, str]:
+def task_env(spec: TaskSpec, gpus: tuple[str, ...]) -> dict[str, str]:
     """A task process's environment over the worker's: thread pools sized to its threads per
     rank (Dask's nanny left them at 1), its GPUs, the user's variables."""
     env = dict.fromkeys(POOL_VARIABLES, str(spec.resources.threads_per_rank))
@@ -132,7 +132,7 @@ def _annotations(key: str) -> dict[str, Any]:
     return (ts.annotations or {}) if ts is not None else {}
 
 
-def _run_attempts(body: Callable[[TaskContext, RunHandle], Any], handlers: Handlers | None) -> Any:
+def run_attempts(body: Callable[[TaskContext, RunHandle], Any], handlers: Handlers | None) -> Any:
     from distributed.worker import thread_state
 
     key = str(getattr(thread_state, "key", "direct-call"))
@@ -265,7 +265,7 @@ def command_argv(command: str | tuple[str, ...], params: dict[str, Any]) -> list
     return render(command, params) if isinstance(command, str) else list(command)
 
 
-def _check_process(res: ProcessResult, spec: TaskSpec, handle: RunHandle) -> None:
+def check_process(res: ProcessResult, spec: TaskSpec, handle: RunHandle) -> None:
     if res.killed:
         raise _Killed(handle.reason or "killed")
     if res.timed_out:
@@ -275,12 +275,12 @@ def _check_process(res: ProcessResult, spec: TaskSpec, handle: RunHandle) -> Non
 def _python_isolated(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                      ctx: TaskContext, handle: RunHandle) -> Any:  # fmt: skip
     rt = get_runtime()
-    workdir = private_dir(_workdir(rt, ctx))
+    workdir = private_dir(task_workdir(rt, ctx))
     ctx.launch["workdir"] = str(workdir.absolute())
     call, out = workdir / f"call.{ctx.attempt}.pkl", workdir / f"out.{ctx.attempt}.pkl"
     call.write_bytes(cloudpickle.dumps((fn, args, kwargs, ctx)))
     out.unlink(missing_ok=True)
-    env = _task_env(ctx.spec, ctx.gpu_ids)
+    env = task_env(ctx.spec, ctx.gpu_ids)
     # the function may live in a module only the worker's sys.path finds
     env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p and os.path.isdir(p)])
     try:
@@ -290,7 +290,7 @@ def _python_isolated(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
             kill_event=handle.kill_event, stdout_name=f"stdout.{ctx.attempt}.txt",
             stderr_name=f"stderr.{ctx.attempt}.txt",
         )  # fmt: skip
-        _check_process(res, ctx.spec, handle)
+        check_process(res, ctx.spec, handle)
         if not out.exists():
             raise RuntimeError(
                 f"isolated function exited with code {res.returncode} without a result; stderr tail:\n{res.stderr_tail}"
@@ -323,7 +323,7 @@ def run_python(task_fn: Callable[..., Any] | PickledFunction, handlers: Handlers
             value = fn(*args, **kwargs)
             return _awaited(value) if inspect.isawaitable(value) else value
 
-    return _run_attempts(body, handlers)
+    return run_attempts(body, handlers)
 
 
 def _awaited(value: Any) -> Any:
@@ -348,15 +348,15 @@ def run_app(app: AppCall, handlers: Handlers | None) -> AppResult:
 
     def body(ctx: TaskContext, handle: RunHandle) -> AppResult:
         argv = command_argv(app.command, app.params)
-        workdir = _workdir(get_runtime(), ctx)
+        workdir = task_workdir(get_runtime(), ctx)
         ctx.launch.update(command=shlex.join(argv), workdir=str(workdir.absolute()))
         suffix = "" if ctx.attempt <= 1 else f".{ctx.attempt}"
         res = run_process(
-            argv, workdir=workdir, env=_task_env(ctx.spec, ctx.gpu_ids), timeout=ctx.spec.timeout,
+            argv, workdir=workdir, env=task_env(ctx.spec, ctx.gpu_ids), timeout=ctx.spec.timeout,
             kill_event=handle.kill_event, stdout_name=f"stdout{suffix}.txt", stderr_name=f"stderr{suffix}.txt",
         )  # fmt: skip
         ctx.launch["return_code"] = res.returncode
-        _check_process(res, ctx.spec, handle)
+        check_process(res, ctx.spec, handle)
         result = AppResult(
             tuple(argv), res.returncode, res.duration, res.started_at, res.ended_at, workdir.absolute(),
             res.stdout_path, res.stderr_path, res.stdout_tail, res.stderr_tail, ctx.gpu_ids,
@@ -365,4 +365,4 @@ def run_app(app: AppCall, handlers: Handlers | None) -> AppResult:
             raise AppError(shlex.join(argv), res.returncode, res.stderr_tail, str(workdir))
         return result
 
-    return _run_attempts(body, handlers)
+    return run_attempts(body, handlers)

@@ -28,11 +28,11 @@ from balsam_dask.private import private_dir
 from balsam_dask.worker.context import TaskContext
 from balsam_dask.worker.execute import (
     Handlers,
-    _check_process,
-    _run_attempts,
-    _task_env,
-    _workdir,
+    check_process,
     command_argv,
+    run_attempts,
+    task_env,
+    task_workdir,
 )
 from balsam_dask.worker.process import run_process
 from balsam_dask.worker.runtime import RunHandle, get_runtime
@@ -65,8 +65,8 @@ def run_mpi(call: MPICall, handlers: Handlers | None, *args: Any, **kwargs: Any)
         spec = ctx.spec
         launcher = default_launcher(spec.launcher or rt.config.launcher)
         hosts = ctx.hosts or (rt.host,)
-        workdir = private_dir(_workdir(rt, ctx).absolute())
-        env = _task_env(spec, ctx.gpu_ids)
+        workdir = private_dir(task_workdir(rt, ctx).absolute())
+        env = task_env(spec, ctx.gpu_ids)
         outdir = workdir / f"mpi.{ctx.attempt}"
         if call.fn is not None:
             private_dir(outdir)
@@ -101,7 +101,7 @@ def run_mpi(call: MPICall, handlers: Handlers | None, *args: Any, **kwargs: Any)
             unset=[k for k in launcher.clear_env(os.environ) if k not in env],
         )  # fmt: skip
         ctx.launch["return_code"] = res.returncode
-        _check_process(res, spec, handle)
+        check_process(res, spec, handle)
         if call.fn is not None:
             errors = sorted(outdir.glob("error.*.pkl"), key=lambda p: int(p.stem.split(".")[1]))
             if errors:
@@ -123,4 +123,4 @@ def run_mpi(call: MPICall, handlers: Handlers | None, *args: Any, **kwargs: Any)
             raise AppError(shlex.join(command), res.returncode, res.stderr_tail, str(workdir), hint)
         return out
 
-    return _run_attempts(body, handlers)
+    return run_attempts(body, handlers)

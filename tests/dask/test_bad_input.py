@@ -29,7 +29,7 @@ def f(x: int, scale: int = 1) -> int:
         ({"tags": ["x"]}, r"tags=\['x'\] is invalid"),
         ({"priority": "high"}, r"priority='high' is invalid"),
         ({"isolate": "yes"}, r"isolate='yes' is invalid"),
-        ({"durable": "no"}, r"durable='no' is invalid: use durable=True or durable=False"),
+        ({"durable": "no"}, r"durable='no' is invalid: give True or False, e.g. durable=True"),
         ({"on_error": 3}, r"on_error=3 is not callable"),
         ({"scael": 2}, r"got an unexpected keyword argument 'scael'; balsam keywords are cores, gpus"),
         ({"core": 2}, r"unexpected keyword argument 'core'"),
