@@ -14,7 +14,7 @@ the one before, so none always runs first or right after PostgreSQL's busiest ru
 (a) and (b) run on the same cluster (``--b-cluster same``, the default), as the target
 says: in each repetition one bare LocalCluster runs (a), then has a ``BalsamPlugin``
 registered (``client.register_plugin``), runs (b) and has it removed and closed (which leaves
-the scheduler bare Dask: tests/dask/test_api.py), once per backend, in rotated order.
+the scheduler bare Dask: tests/integration/test_api.py), once per backend, in rotated order.
 ``--b-cluster own`` starts a cluster with the plugin for each (b) instead, as (c) does. Pairs
 on one cluster turned out no steadier here than pairs across clusters: on one cluster,
 consecutive 2,000-task runs of bare Dask vary by 8% (standard deviation) with almost no

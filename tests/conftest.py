@@ -87,3 +87,7 @@ def store(store_url: str) -> Iterator[object]:
         yield s
     finally:
         s.close()
+
+
+# the shared LocalEnsembleCluster of the integration tests, for every test directory
+from tests.clusters import ens, module_dir  # noqa: E402,F401

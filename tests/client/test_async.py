@@ -16,7 +16,7 @@ from balsam_dask import Client, InvalidSpec, LocalEnsembleCluster, Store, TaskSp
 from balsam_dask.payload import dump_payload
 from balsam_dask.spec import Resources
 from balsam_dask.store.ops import NewTask
-from tests.dask.conftest import ensemble
+from tests.clusters import ensemble
 
 
 def square(x: int) -> int:

@@ -21,7 +21,7 @@ from balsam_dask.errors import UntrustedData
 from balsam_dask.payload import dump_payload
 from balsam_dask.spec import Resources
 from balsam_dask.store import NewTask, TaskUpdate, Transition
-from tests.dask.conftest import ensemble
+from tests.clusters import ensemble
 from tests.untrusted import forged, planted_pickle, raw, set_raw
 
 SPEC = TaskSpec(resources=Resources.serial(1), name="orphan")

@@ -1,6 +1,6 @@
-"""An owner process for tests/mpi_tasks/test_guard.py, as a worker process would be.
+"""An owner process for tests/worker/test_guard.py, as a worker process would be.
 
-    python -m tests.mpi_tasks.guard_owner WORKDIR
+    python -m tests.worker.guard_owner WORKDIR
 
 Starts its guard with a process group of its own, then processes whose pids it records in
 WORKDIR (``<name>.pid``, each written whole):

@@ -12,8 +12,8 @@ import pytest
 
 from balsam_dask import Store
 from balsam_dask.errors import InvalidSpec, LauncherError, MPITaskError
-from tests.dask.conftest import ensemble
-from tests.dask.history import Run, max_overlap_cores, runs
+from tests.clusters import ensemble
+from tests.history import Run, max_overlap_cores, runs
 
 pytestmark = pytest.mark.mpi
 

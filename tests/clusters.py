@@ -1,4 +1,5 @@
-"""Real Dask clusters for the integration tests: LocalEnsembleCluster on a real store."""
+"""Real Dask clusters for tests: LocalEnsembleCluster on a real store (the fixtures `ens` and
+`module_dir` are registered by tests/conftest.py)."""
 
 from __future__ import annotations
 

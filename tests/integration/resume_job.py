@@ -1,7 +1,7 @@
-"""A workload that is killed mid-run and resumed (tests/dask/test_resume.py).
+"""A workload that is killed mid-run and resumed (tests/integration/test_resume.py).
 
 Every execution of a task appends its name to ``runs.log``, so the test can tell which
-tasks ran twice. Run as ``python -m tests.dask.resume_job STORE_URL WORKDIR``.
+tasks ran twice. Run as ``python -m tests.integration.resume_job STORE_URL WORKDIR``.
 """
 
 from __future__ import annotations

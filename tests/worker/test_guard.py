@@ -1,6 +1,6 @@
 """The guard process against real processes: what a process started dies with it.
 
-The owner (tests/mpi_tasks/guard_owner.py) stands in for a worker process; the test kills
+The owner (tests/worker/guard_owner.py) stands in for a worker process; the test kills
 it, its guard or both, and checks by pid (zombies count as gone) what is left.
 """
 
@@ -56,7 +56,7 @@ class Owner:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.mpi_tasks.guard_owner", str(workdir)], cwd=ROOT,
+            [sys.executable, "-m", "tests.worker.guard_owner", str(workdir)], cwd=ROOT,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.seen: list[int] = [self.proc.pid]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from balsam_dask import AppError, Client, InvalidSpec, LocalEnsembleCluster, Store
+from tests.clusters import ensemble
 from tests.conftest import require_or_skip
-from tests.dask.conftest import ensemble
 
 pytestmark = pytest.mark.mpi
 

@@ -1,6 +1,6 @@
 """No process a task started outlives its owner: its worker process (SIGKILLed) or the user's
 driver script (SIGTERM, SIGINT, Ctrl-C). Checked by pid: each task's processes record their
-pids (tests/dask/orphan_driver.py); a zombie awaiting its parent counts as gone.
+pids (tests/worker/orphan_driver.py); a zombie awaiting its parent counts as gone.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from balsam_dask import Client, Store
-from tests.dask.conftest import ensemble
-from tests.dask.orphan_driver import recorded, submit, wait_for
+from tests.clusters import ensemble
+from tests.worker.orphan_driver import recorded, submit, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -98,7 +98,7 @@ def driver_processes() -> Iterator[set[int]]:
 
 def run_driver(tmp_path: Path, kinds: str, how: str, seen: set[int]) -> None:
     driver = subprocess.Popen(
-        [sys.executable, "-m", "tests.dask.orphan_driver", str(tmp_path), kinds], cwd=ROOT,
+        [sys.executable, "-m", "tests.worker.orphan_driver", str(tmp_path), kinds], cwd=ROOT,
         stdout=subprocess.PIPE, text=True, start_new_session=True,  # a terminal's foreground group
     )  # fmt: skip
     seen.add(driver.pid)

@@ -169,7 +169,7 @@ def test_node_worker_listens_on_its_route_to_the_scheduler() -> None:
 def test_slurm_ensemble_over_tls(tmp_path: Path) -> None:
     """Node-workers started by a real Slurm job read the certificate files, join over TLS, run
     tasks, and listen (worker and nanny) only on their address on the route to the scheduler."""
-    from tests.dask.test_slurm import slurm_available
+    from tests.deploy.test_slurm import slurm_available
 
     slurm_available()
     cluster = SlurmEnsembleCluster(cores_per_node=2, walltime="00:05:00", workdir=str(tmp_path), security=True,

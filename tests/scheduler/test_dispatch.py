@@ -14,8 +14,8 @@ import pytest
 
 from balsam_dask import current_task
 from balsam_dask.protocol import ENV_VAR, PRELOAD, NodeConfig
-from tests.dask.conftest import ensemble
-from tests.dask.history import idle_while_waiting, max_overlap_cores, runs
+from tests.clusters import ensemble
+from tests.history import idle_while_waiting, max_overlap_cores, runs
 
 
 def nap(seconds: float) -> float:

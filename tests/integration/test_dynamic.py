@@ -10,7 +10,7 @@ import pytest
 from distributed import CancelledError, get_client, rejoin, secede
 
 from balsam_dask import Store
-from tests.dask.conftest import ensemble
+from tests.clusters import ensemble
 
 
 def square(x: int) -> int:

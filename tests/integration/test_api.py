@@ -13,7 +13,7 @@ from distributed import as_completed, wait
 from balsam_dask import AppResult, Client, LocalEnsembleCluster, Store, current_task
 from balsam_dask.errors import AppError
 from balsam_dask.function import loads
-from tests.dask.conftest import history_by_key, store_of
+from tests.clusters import history_by_key, store_of
 from tests.store.test_api import _count_task_updates, _task_updates
 
 LIFECYCLE = [("CREATED", "READY"), ("READY", "RUNNING"), ("RUNNING", "RUN_DONE"), ("RUN_DONE", "FINISHED")]

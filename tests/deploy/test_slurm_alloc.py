@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from balsam_dask import Client, Store
-from tests.dask.test_slurm import slurm_available
+from tests.deploy.test_slurm import slurm_available
 
 pytestmark = [pytest.mark.slurm, pytest.mark.mpi, pytest.mark.slow]
 

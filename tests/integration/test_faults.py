@@ -11,7 +11,7 @@ import pytest
 
 from balsam_dask import Store, TaskTimeout
 from balsam_dask.errors import AppError
-from tests.dask.conftest import ensemble
+from tests.clusters import ensemble
 
 
 def flaky(path: str, fail_times: int) -> str:

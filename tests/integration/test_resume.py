@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 
 from balsam_dask import Store
-from tests.dask import resume_job
-from tests.dask.conftest import ensemble
+from tests.clusters import ensemble
+from tests.integration import resume_job
 
 
 @pytest.mark.slow
 def test_resume_after_sigkill(store_url: str, tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.dask.resume_job", store_url, str(tmp_path)], cwd=root,
+        [sys.executable, "-m", "tests.integration.resume_job", store_url, str(tmp_path)], cwd=root,
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     store = Store(store_url)

@@ -1,6 +1,6 @@
 """Idle nodes of a running allocation given back while its other nodes work (Decision.releases),
 on a real LocalEnsembleCluster and store; the batch systems' commands are tested with the
-fakes (tests/packing/test_pbs_lsf.py) and on the real Slurm cluster (test_slurm_alloc.py)."""
+fakes (tests/deploy/test_pbs_lsf.py) and on the real Slurm cluster (test_slurm_alloc.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from balsam_dask import Client, Store
 from balsam_dask.errors import InvalidSpec
-from tests.dask.conftest import ensemble
+from tests.clusters import ensemble
 
 
 def nap(seconds: float) -> float:

@@ -23,9 +23,9 @@ import pytest
 from balsam_dask import Store
 from balsam_dask.errors import MPITaskError, TaskTimeout
 from balsam_dask.mpi_tasks.detect import default_launcher, mpiexec_flavour
-from tests.dask.conftest import ensemble
-from tests.dask.test_mpi import ALLREDUCE, fails_on_rank_1, rank_lines
+from tests.clusters import ensemble
 from tests.mpi_tasks.test_mpich_real import kill_leftovers, require_or_skip, still_running
+from tests.worker.test_mpi import ALLREDUCE, fails_on_rank_1, rank_lines
 
 pytestmark = pytest.mark.mpi
 

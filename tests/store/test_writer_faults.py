@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from balsam_dask import Client, LocalEnsembleCluster, Store
 from balsam_dask.errors import StoreUnavailable
-from tests.dask.conftest import ensemble
+from tests.clusters import ensemble
 
 
 def slow(i: int) -> int:

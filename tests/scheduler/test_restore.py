@@ -11,7 +11,7 @@ from pathlib import Path
 from distributed import wait
 
 from balsam_dask import Store
-from tests.dask.conftest import ensemble
+from tests.clusters import ensemble
 
 
 def record(i: int, log: str) -> int:

@@ -1,7 +1,7 @@
-"""A user's driver script for tests/dask/test_orphans.py, run as a process of its own, and the
+"""A user's driver script for tests/worker/test_orphans.py, run as a process of its own, and the
 tasks those tests run.
 
-    python -m tests.dask.orphan_driver WORKDIR KIND[,KIND...]
+    python -m tests.worker.orphan_driver WORKDIR KIND[,KIND...]
 
 Starts a LocalEnsembleCluster and a Client, submits one task of each KIND (``app``,
 ``isolated``, ``timeout``, ``popen``, ``mpi``: see :func:`submit`); each task's processes
