@@ -1,19 +1,5 @@
 """A balsam task's Python function on its way from the client to the worker.
-
-Dask sends a task's function inside every task's message. A function that pickles by
-reference (defined in an importable module) costs little there. One that pickles *by
-value* (defined in the user's script, a lambda, a closure) is ``cloudpickle``'d again for
-every task: Dask's pickler first tries the C pickler, fails or finds ``__main__`` in the
-result and starts over with cloudpickle, a pure-Python pickler, on the scheduler's event
-loop (~100 us per task when 4 workers keep it busy); each worker unpickles it again per task.
-
-The balsam client already cloudpickles the function once per ``submit``/``map`` call, to
-reject one that cannot be pickled. A by-value function travels as those bytes instead,
-compressed (:class:`PickledFunction`): the task's message is then plain data the C pickler
-takes in a few microseconds, the scheduler never unpickles user code, and each worker
-process unpickles each distinct function once (:func:`unpack`). The bytes are made per
-call, never cached across calls: a by-value function captures its globals' values when it
-is pickled, as with Dask.
+(Design notes: docs/ARCHITECTURE.md, function.py.)
 """
 
 from __future__ import annotations

@@ -1,16 +1,5 @@
 """Command templates: ``"./sim --n {n} --out {out}"`` plus parameters -> argv.
-
-A string template is split into words with shell rules (:func:`shlex.split`) *before*
-any parameter is substituted, and each word is then formatted with
-:meth:`str.format` syntax. That is exactly "every parameter shell-quoted": a value can
-never add, split or join arguments nor inject shell syntax (``"a; rm -rf /"`` stays one
-argument), and it also behaves when the template itself quotes a field
-(``"echo '{greeting} world'"`` gives one argument). A list template is formatted
-element by element (there is no shell to quote for).
-
-Format specs and conversions work as in :meth:`str.format` (``{n:04d}``, ``{x!r}``,
-``{cfg.name}``, ``{files[0]}``); a literal brace is written ``{{`` or ``}}``. Parameters
-the template does not use are allowed.
+(Design notes: docs/ARCHITECTURE.md, template.py.)
 """
 
 from __future__ import annotations

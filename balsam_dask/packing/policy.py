@@ -1,41 +1,5 @@
 """Allocation sizing: a pure function from the backlog and the allocations to decisions.
-
-``decide(backlog, allocations, limits, now)`` returns which batch jobs to request (nodes and
-walltime) and which to cancel. No Dask, no I/O; the cluster glue turns a
-:class:`Decision` into ``sbatch``/``qsub``/``scancel`` calls and the simulator replays it.
-
-How it sizes (DESIGN.md §6):
-
-1. Every backlog shape is checked against the site: a task needing more cores or GPUs than a
-   node has, more nodes than ``max_nodes_per_job`` or more time than ``max_walltime`` can
-   never run; it is named in ``Decision.reason`` and left out of the sizing.
-2. Work: a waiting serial task costs ``walltime / per_node`` node-seconds, where ``per_node``
-   is how many of it pack on one node (cores and GPUs); a gang costs ``nodes * walltime``.
-   Unknown walltimes use ``limits.default_task_walltime``. Running tasks are assumed half done.
-3. Capacity: each allocation that can run some waiting shape (wide enough, enough time left)
-   offers ``nodes * remaining_time`` (queued ones: their walltime), of which
-   ``EFFICIENCY`` is assumed usable (packing and tails); the running tasks' remaining
-   work is taken from the running allocations' share.
-4. The deficit (work - usable capacity) is covered by new jobs. Their walltime is
-   ``run_factor`` (default ``RUN_FACTOR``) times the longest waiting task plus
-   ``WALLTIME_PAD``, within [``min_walltime``, ``max_walltime``], made longer only when the
-   node room left under ``max_total_nodes`` is too small; the nodes follow from the deficit.
-   The nodes are spread over several jobs (up to half the free queue slots, at most
-   ``max_nodes_per_job`` each) so each job is released as soon as its own nodes are idle;
-   every job is at least ``min_nodes`` and at least as wide as the widest waiting gang. A
-   gang no allocation can host gets a job even when the deficit is covered.
-5. Cancels: a queued job older than ``queued_timeout``, and a running job idle for
-   ``idle_timeout``, are cancelled only when no waiting task could use them.
-6. Releases: a running job no waiting task can use (too narrow, too little time left, or
-   nothing waits at all) gives back each of its nodes that has been idle, and not kept for a
-   gang, for ``idle_timeout`` (``Decision.releases``), while its other nodes finish their
-   tasks: the end-of-work tail and the last stretch before the walltime, when nothing fits
-   any more, no longer cost whole jobs. In a job waiting tasks could use, a node the placer
-   has left idle for ``UNUSED_AFTER`` x ``idle_timeout`` goes too, when the job stays as wide
-   as the gangs it hosts and the remaining capacity still covers the backlog.
-
-Requests are counted as capacity at once, so deciding again on the resulting state requests
-nothing more (no oscillation).
+(Design notes: docs/ARCHITECTURE.md, packing/policy.py.)
 """
 
 from __future__ import annotations

@@ -1,28 +1,5 @@
 """Dask task transitions -> Balsam state changes, as store operations. No Dask import.
-
-The scheduler plugin feeds every Dask transition (and the workers' reports) to a
-:class:`Recorder`, which keeps each task's Balsam state and queues the legal path of state
-changes to the batching writer. The mapping:
-
-=========================================  ==============================================
-Dask                                       Balsam
-=========================================  ==============================================
-new task (update_graph)                    CREATED (a task row)
-released -> waiting, dependencies pending  AWAITING_PARENTS
--> no-worker / queued (runnable, held)     READY
--> processing                              RUNNING (attempt + 1, on that worker)
-processing -> memory                       RUN_DONE (worker's compute end), FINISHED
-processing -> erred                        RUN_ERROR (error tail), FAILED
-waiting / no-worker -> erred               FAILED (the parent that failed)
-processing -> released, worker lost        RESTART_READY (attempt lost)
-processing -> waiting (Dask retries)       RUN_ERROR, RESTART_READY
-unfinished -> released (cancelled)         KILLED
-memory/erred -> released -> waiting        RESTART_READY (recomputed / retried)
-=========================================  ==============================================
-
-When the target is not one step away (a task computed elsewhere, a worker report racing a
-cancel) the shortest legal path is recorded; a target that cannot be reached is counted in
-``anomalies`` (tests assert it stays empty) and nothing illegal is written.
+(Design notes: docs/ARCHITECTURE.md, scheduler/recorder.py.)
 """
 
 from __future__ import annotations

@@ -1,25 +1,5 @@
 """The batching writer in a process of its own.
-
-In the scheduler process the SQL work of recording (row building, validation, the
-driver) competes with Dask's event loop for the GIL. :class:`ProcessWriter` keeps the
-:class:`~balsam_dask.store.writer.BatchWriter` interface but writes from a child process:
-``put`` still only appends to a deque; a feeder thread ships numbered batches through a
-socket (one ``pickle`` per batch, in C); the child writes each in one transaction, under the
-parent's session, with the same retries, and acknowledges it. A shipment stays in flight
-until acknowledged: when the child dies (killed, out of memory), the feeder starts another
-and sends it every shipment in flight again with ``replay=True`` (what was committed is
-skipped), so nothing is lost and nothing written twice. When the parent dies, the socket
-closes and the child exits after the shipment it is writing. The child is started at the
-first shipment (a scheduler that records nothing never starts one), in a session of its
-own that ignores SIGINT: Ctrl-C in the driver's terminal does not cut recording short.
-``nice`` lowers the child's CPU priority.
-
-Transitions (four of every five ops a task makes) are not kept as objects: their fields go
-flat into one list (``put_transition``, and ``put`` of a Transition). Op objects waiting
-for their shipment outlive several collections of the scheduler's garbage collector, are
-promoted to its oldest generation and make its full collections come sooner and last
-longer; a list of numbers and strings is one object. The feeder ships the waiting
-transitions after every other op queued before them, so a task's row always comes first.
+(Design notes: docs/ARCHITECTURE.md, store/procwriter.py.)
 """
 
 from __future__ import annotations

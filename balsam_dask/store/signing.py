@@ -1,24 +1,5 @@
 """Signed pickles: nothing stored is unpickled unless this user's key signed it.
-
-The store holds pickles (durable payloads, results) that ``client.resume()`` and result
-restoring load again; whoever can write the database or a result file could otherwise run
-code as the user who resumes. The store signs each one as it writes it (HMAC-SHA256) and
-verifies it before handing it out (``Store.payload``, ``Store.result_bytes``): a forged,
-moved or unsigned one raises :class:`~balsam_dask.errors.UntrustedData`.
-
-The key (32 random bytes, in hex): ``key_file=`` (``Store``, ``BalsamPlugin``, the clusters'
-``plugin_options``), else ``$BALSAM_DASK_KEY_FILE``, else ``<store file>.key`` beside a SQLite
-store, or, for PostgreSQL, ``~/.config/balsam_dask/keys/<hash of the URL without password>.key``
-(``$XDG_CONFIG_HOME`` if set; directories 0700). It is made on first use, mode 0600, created
-exclusively and in one step (linked into place), and refused if others may read or write it;
-it is not made for a store that already holds data signed by some key (that key is missing
-here). Another user or host resuming the store needs a copy of it.
-
-Stored form: a format byte, the key's id (8 bytes of a hash of it), the 32-byte tag, the body.
-Format 1: the body is the pickle. Format 2 (a result in a file, written by a worker that has
-no key): the body is the file's SHA-256 digest, which the worker reported, then its path; on
-reading, the file must still have that digest. The tag covers the column, the task id, the
-format and the body, so a blob copied to another task or column is refused as well.
+(Design notes: docs/ARCHITECTURE.md, store/signing.py.)
 """
 
 from __future__ import annotations

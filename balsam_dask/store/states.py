@@ -1,17 +1,5 @@
 """The task state machine: one table of allowed transitions. Pure; no I/O.
-
-States follow Balsam's, adapted to Dask:
-
-    CREATED -> AWAITING_PARENTS -> READY -> RUNNING -> RUN_DONE -> FINISHED
-                                              |-> RUN_ERROR   -> RESTART_READY | FAILED
-                                              |-> RUN_TIMEOUT -> RESTART_READY | FAILED
-                                              |-> RESTART_READY   (attempt lost: worker or allocation gone)
-    RESTART_READY -> RUNNING                  (the next attempt)
-    any unfinished state -> KILLED            (kill request, cancelled future)
-
-FINISHED and FAILED may go back to RESTART_READY only when Dask recomputes a task (a lost
-result, ``client.retry``); KILLED is final. FINISHED -> FINISHED is an event without a change
-of state: a result lost with its worker, restored from the store instead of run again.
+(The diagram is in docs/ARCHITECTURE.md.)
 """
 
 from __future__ import annotations

@@ -1,33 +1,5 @@
 """A guard process per worker: no process a task started outlives the worker that owns it.
-
-Apps, isolated functions and MPI launchers run in sessions of their own (so a task's whole
-group can be stopped), hence nothing stops them when their worker process dies: SIGKILLed,
-or ``os._exit`` when its Nanny's process (a driver that got SIGTERM) is gone. The kernel's
-PR_SET_PDEATHSIG would not do: it follows the *thread* that started the child (Dask's
-executor threads come and go) and covers only that child, not MPICH's Hydra proxies and
-ranks, which run in sessions of their own and are reparented to PID 1 when mpiexec dies.
-
-So each worker process starts one small guard process (``start``: the worker preload, or the
-first task process), in a session of its own (a Ctrl-C or a group's SIGTERM does not reach it;
-it ignores SIGINT and SIGTERM), reading a pipe whose write end only the worker holds. The
-runner tells it each task process it starts (``watch``: its pid and start time, so a reused
-pid is never signalled) and when it is done with it (``unwatch``): one short write each
-(~15 us per task, the start time read included). The guard reads them in batches (every 0.1 s at most), and
-records the processes of a watched group and its descendants (one /proc scan) when the
-task has run 0.25 s, then at doubling intervals: short tasks cost it nothing. When the worker
-exits, by any cause (end of file on the pipe, or its pidfd: a forked copy of the worker may
-hold the pipe open), the guard stops the watched groups, their current descendants and every
-recorded process still running (SIGTERM, the task's grace period, SIGKILL) and exits.
-
-A worker a Nanny started also becomes the leader of a process group of its own
-(``start(own_group=True)``): processes that tasks running in its threads start themselves
-(``subprocess.Popen``, ``multiprocessing``) are in it, and the guard stops that group once the
-worker has exited. (A terminal's Ctrl-C then reaches the driver only, which closes its
-workers.) Not covered: a process that left its task's group and tree before the guard
-recorded it, and one started in the microseconds between a task's ``fork`` and ``watch``
-if the worker dies right then.
-
-    python -m balsam_dask.worker.guard OWNER_PID    (started by :func:`start`; reads stdin)
+(Design notes: docs/ARCHITECTURE.md, worker/guard.py.)
 """
 
 from __future__ import annotations

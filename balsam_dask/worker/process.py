@@ -1,22 +1,5 @@
 """The one subprocess helper: apps, isolated Python functions and MPI launches use it.
-
-:func:`run_process` starts a command in its own session (so its own process group),
-with stdout/stderr in files of its work directory, and waits for it. On timeout or
-when ``kill_event`` is set it stops the whole group, and the command's descendants
-that left the group (MPICH's Hydra starts proxies and ranks in sessions of their
-own): SIGTERM, then SIGKILL after a grace period. Processes the command leaves behind
-in its group after it exits are stopped the same way, so nothing of a finished task
-keeps running. (A daemon that detached itself from the process tree is not tracked.)
-
-On timeout or kill the leader is not reaped until its group has been dealt with: while
-it is an unreaped zombie its pid, hence the group id, cannot be reused by an unrelated
-process. After a normal exit the leader is reaped first and the group checked with one
-signal (a /proc scan on every exit cost more than a short MPI launch). Descendants are
-matched by pid and start time, so a reused pid is never signalled.
-Finding descendants and telling zombies apart uses Linux's /proc; without it only
-the group is signalled. While it runs, the process is watched by this process's guard
-(:mod:`balsam_dask.worker.guard`), which stops it, its group and its descendants if
-this process dies.
+(Design notes: docs/ARCHITECTURE.md, worker/process.py.)
 """
 
 from __future__ import annotations

@@ -1,30 +1,5 @@
 """IBM Spectrum LSF: ensemble job scripts, submission and status parsing. Pure.
-
-The job asks for ``nodes`` slots, one per host (``-n N -R "span[ptile=1]"``), and takes
-the hosts whole (``-x``: MPI tasks need every CPU). The walltime is ``-W HH:MM`` (LSF's run
-limit is in minutes: rounded up); workers leave ``drain_margin`` seconds before the job
-ends. ``bsub`` reads the script on standard input (``bsub < script``): embedded ``#BSUB``
-options are read from a script given that way (see ``LSFJob`` in
-:mod:`balsam_dask.deploy.clusters`). Output and error go to ``<name>-%J.out``/``.err``
-in the log directory (``%J``: the job id).
-
-One node-worker per host is started with ``blaunch <host>``, LSF's own remote launcher,
-present in every LSF cluster: it starts and tracks the task through the execution host's
-daemons, so ``bkill`` and the run limit reach it. The hosts are read from
-``$LSB_MCPU_HOSTS`` (``host slots host slots ...``; ``$LSB_HOSTS`` repeats a host per slot
-and may be left unset for large jobs). Each launch is given its node index and host name
-explicitly (``BALSAM_DASK_NODE_INDEX``, ``BALSAM_DASK_NODE_HOST``) and the job id
-(``LSB_JOBID``), so nothing depends on which variables a given LSF version passes to
-remote tasks. The script waits for every node-worker; one ending does not end the others.
-``jsrun`` (IBM's Job Step Manager) was not chosen: it exists only on CSM systems such as
-Summit, and only the job's launch node may call it, while node-workers run on the
-compute nodes and launch their MPI tasks from there.
-
-Tasks' MPI launcher is left to detection on the node unless the job names one.
-
-Status comes from ``bjobs -noheader -o "jobid stat" <ids>``: one ``<id> <STAT>`` line per
-job, finished jobs included for a while (``CLEAN_PERIOD``); unknown ids are reported on
-standard error. DONE is FINISHED; EXIT (non-zero exit, ``bkill`` or the run limit) FAILED.
+(Design notes: docs/ARCHITECTURE.md, deploy/systems/lsf.py.)
 """
 
 from __future__ import annotations

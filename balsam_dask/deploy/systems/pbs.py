@@ -1,35 +1,5 @@
 """PBS Professional / OpenPBS: ensemble job scripts, submission and status parsing. Pure.
-
-The job asks for ``nodes`` chunks of one node each (``-l select=N:ncpus=C[:ngpus=G]:mpiprocs=1``
-with ``-l place=scatter:excl``: one chunk per host, hosts not shared with other jobs, so
-MPI tasks can use every CPU; ``mpiprocs=1`` makes ``$PBS_NODEFILE`` list each host once).
-The walltime is ``-l walltime=HH:MM:SS``; workers leave ``drain_margin`` seconds before it
-ends. Output and error go to one file (``-j oe``, ``-o <log_directory>/<name>.out``). PBS
-starts jobs in the home directory, so the script first changes to ``$PBS_O_WORKDIR``.
-
-One node-worker per node is started with ``mpiexec -n <nodes> --ppn 1 --hosts <hosts>``,
-the hosts being ``$PBS_NODEFILE``'s, each once, in order. ``mpiexec`` rather than
-``pbsdsh`` because it is how PBS sites launch on their nodes (ALCF's Polaris and Aurora
-guides launch with HPE PALS ``mpiexec``; elsewhere MPICH's Hydra), and because its ranks
-say who they are: both Hydra and PALS set ``PMI_RANK`` (the node index, one rank per
-node) and Hydra sets ``PMI_HOSTNAME`` to the host name it was given, which is the name
-the job's MPI tasks must use for that node; where it is not set (PALS), the node-worker
-falls back to the node's own host name. ``pbsdsh`` would take one launch per node
-(``-n <index>``) and a host-name lookup in each task. ``-n``, ``--ppn`` and ``--hosts``
-are spelled the same for Hydra and PALS. Each node-worker
-is started without Hydra's PMI connection variables (``env -u PMI_FD ...``): tasks on the
-worker that initialise MPI on their own (a serial task importing mpi4py) then run as MPI
-singletons instead of aborting on the worker's stale PMI descriptor.
-
-Tasks' MPI launcher is left to detection on the node unless the job names one: PALS's
-``mpiexec`` on HPE systems, MPICH's elsewhere (see :mod:`balsam_dask.mpi_tasks.detect`),
-since a fixed choice would be wrong on one of the two.
-
-Status comes from ``qstat -x -f <ids>`` (``-x``: finished jobs too, from the server's job
-history): ``Job Id:`` blocks of ``name = value`` lines, read for ``job_state`` and, for a
-finished job, ``Exit_status`` (0: FINISHED; -29, PBS Pro's ``JOB_EXEC_KILL_WALLTIME``:
-TIMEOUT; anything else: FAILED). The text form rather than ``-F json``, which is missing
-on older servers and can be invalid JSON when job variables hold odd characters.
+(Design notes: docs/ARCHITECTURE.md, deploy/systems/pbs.py.)
 """
 
 from __future__ import annotations

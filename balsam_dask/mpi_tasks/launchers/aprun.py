@@ -1,18 +1,5 @@
 """Cray ALPS ``aprun`` (Cray XC systems under PBS or Cobalt, e.g. ALCF Theta).
-
-Options (from the aprun(1) man page in Cray's "Running Applications" guide, S-2496,
-and HPE's "Run Applications Using the aprun Command"):
-
-- ``-n PES``: total processing elements (ranks); ``-N PES_PER_NODE``;
-- ``-d DEPTH``: CPUs reserved for each PE and its threads;
-- ``-cc depth`` binds each PE to its ``-d`` CPUs; ``-cc none`` does not bind;
-- ``-L NODE_LIST``: candidate node ids (numeric nids, comma separated);
-- ``-e NAME=VALUE``: set a variable on the compute nodes (aprun also forwards the
-  launching environment, so ``OMP_NUM_THREADS`` from :meth:`environ` reaches the PEs).
-
-ALPS gives a node to one application at a time (exclusive access is the default
-``-F`` mode), so sub-node tasks do not pack. Host names such as ``nid00012`` are
-turned into the numeric id ``12`` that ``-L`` expects.
+(Design notes: docs/ARCHITECTURE.md, mpi_tasks/launchers/aprun.py.)
 """
 
 from __future__ import annotations

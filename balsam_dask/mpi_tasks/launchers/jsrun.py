@@ -1,20 +1,5 @@
 """IBM LSF ``jsrun`` (Job Step Manager; e.g. OLCF Summit).
-
-Options (from IBM's "jsrun command" page for LSF 10.1 and OLCF's jsrun quick-start
-guide): a launch is a number of identical *resource sets*, none spanning a node.
-
-- ``--nrs N``: number of resource sets; ``--rs_per_host 1``: at most one per host;
-- ``--tasks_per_rs R``, ``--cpu_per_rs C`` (physical cores), ``--gpu_per_rs G``;
-- ``--bind packed:T`` binds each task to T cores of its set; ``--bind none``;
-- ``-E NAME=VALUE``: set a variable for the tasks (the launching environment is
-  propagated as well, so ``OMP_NUM_THREADS`` from :meth:`environ` reaches them).
-
-A task on ``nodes`` nodes becomes one resource set per node (``--nrs nodes
---rs_per_host 1``) holding all its ranks, cores and GPUs there, so the layout is
-exact. jsrun cannot name hosts on its command line (only through an explicit resource
-file, ``--erf_input``), so JSM picks which nodes of the allocation run the step: the
-host list is checked for length only. JSM gives concurrent job steps disjoint
-resource sets, so sub-node tasks pack.
+(Design notes: docs/ARCHITECTURE.md, mpi_tasks/launchers/jsrun.py.)
 """
 
 from __future__ import annotations

@@ -1,19 +1,5 @@
 """MPICH's Hydra ``mpiexec``.
-
-Options (from ``mpiexec -h`` of Hydra 4.x/5.x and the MPICH wiki page
-"Using the Hydra Process Manager"):
-
-- ``-n N``: total number of processes; ``-ppn R``: processes per node;
-- ``-hosts a,b``: comma-separated host list (distinct names that resolve to the same
-  machine count as separate nodes; a repeated name is merged into one node);
-- ``-genv NAME VALUE``: a variable for every process (other variables are passed
-  as well: ``-genvall`` is the default);
-- ``-bind-to core:T``: bind each process to T cores; ``-bind-to none`` (the default)
-  does not bind.
-
-Several ``mpiexec`` may run on one node at once, so sub-node tasks pack. Binding
-starts at core 0 in each launch, so packed tasks should use ``cpu_bind=False``
-unless the cores are otherwise kept apart.
+(Design notes: docs/ARCHITECTURE.md, mpi_tasks/launchers/mpich.py.)
 """
 
 from __future__ import annotations

@@ -1,20 +1,5 @@
 """Open MPI's ``mpirun``.
-
-Options (from the Open MPI mpirun(1) man page, 4.x and 5.x, and orte_hosts(7)):
-
-- ``-np N``: total number of processes;
-- ``--map-by ppr:R:node:PE=T``: R processes per node, each bound to T processing
-  elements (the ``PE=`` modifier binds); without ``PE=`` when not binding;
-- ``--host a:R,b:R``: hosts with R slots each;
-- ``-x NAME=VALUE`` sets a variable and ``-x NAME`` forwards mpirun's own value to
-  every process: only these reach processes on remote nodes;
-- ``--bind-to core`` / ``--bind-to none``.
-
-mpirun refuses to run as root unless ``OMPI_ALLOW_RUN_AS_ROOT=1`` and
-``OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1`` are set; ``OpenMPILauncher(as_root=True)`` adds
-them to :meth:`environ` (deciding whether we are root is the caller's job).
-Several ``mpirun`` may share a node, so sub-node tasks pack (binding starts at the
-first core in each launch: packed tasks should use ``cpu_bind=False``).
+(Design notes: docs/ARCHITECTURE.md, mpi_tasks/launchers/openmpi.py.)
 """
 
 from __future__ import annotations

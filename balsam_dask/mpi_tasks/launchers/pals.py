@@ -1,20 +1,5 @@
 """HPE Cray PALS ``mpiexec`` (PBS systems such as ALCF Polaris and Aurora).
-
-Options (from ALCF's "Running Jobs on Polaris" user guide, which lists ``-n``,
-``-ppn``, ``--cpu-bind``, ``--depth``, ``--env`` and ``--hostfile``, and from
-``man mpiexec`` on those systems):
-
-- ``-n N``: total ranks; ``--ppn R``: ranks per node;
-- ``--depth T``: CPUs per rank, used by ``--cpu-bind depth``; ``--cpu-bind none``
-  does not bind;
-- ``--hosts a,b``: the nodes to use (the default is ``--hostfile $PBS_NODEFILE``);
-- ``--env NAME=VALUE``: a variable for every rank (the launching environment is passed
-  as well).
-
-Several ``mpiexec`` may run side by side on one node (ALCF shows background launches
-with ``--cpu-bind list:...`` to keep them on separate cores), so sub-node tasks pack;
-with ``depth`` binding every launch starts at the first core, so packed tasks should
-use ``cpu_bind=False``.
+(Design notes: docs/ARCHITECTURE.md, mpi_tasks/launchers/pals.py.)
 """
 
 from __future__ import annotations

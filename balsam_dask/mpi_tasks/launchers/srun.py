@@ -1,26 +1,5 @@
 """Slurm's ``srun``, run as a job step inside the allocation that holds the nodes.
-
-Options (from srun(1) of Slurm 22.05, https://slurm.schedmd.com/srun.html):
-
-- ``--nodes=N --ntasks=T --ntasks-per-node=R --cpus-per-task=C``: the layout
-  (``--cpus-per-task`` implies ``--exact``);
-- ``--nodelist=a,b``: the Slurm node names (``NodeName``, not host names) to use;
-- ``--exact``: the step gets only the CPUs it asks for, so several steps can share a
-  node side by side; without ``--overlap`` a step waits until its CPUs are free of
-  other steps. ``--overlap`` lets a step share every resource with all other steps
-  (and other steps share with it). The long-running node-worker step must itself be
-  started with ``--overlap``, or task steps never find free CPUs;
-  ``SrunLauncher(overlap=True)`` makes the task steps overlap instead;
-- ``--cpu-bind=cores`` / ``--cpu-bind=none`` (honoured when the task/affinity plugin
-  is configured);
-- ``--gpus-per-task=G`` (Slurm then sets ``CUDA_VISIBLE_DEVICES`` for the step);
-- ``--mpi=pmi2``: the PMI plugin (DESIGN.md section 7: ``pmix`` fails across virtual
-  nodes on one host, ``pmi2`` works); ``SrunLauncher(mpi="pmix")`` to change it;
-- ``--export=ALL``: the man page says that with ``ALL`` "all user environment
-  variables will be loaded and will take precedence over any explicitly given
-  environment variables", and ``--export`` splits on commas. So the task's variables
-  are not written as ``--export=ALL,K=V``: :meth:`SrunLauncher.environ` sets them on
-  the srun process, and ``ALL`` carries them to every task unchanged.
+(Design notes: docs/ARCHITECTURE.md, mpi_tasks/launchers/srun.py.)
 """
 
 from __future__ import annotations
