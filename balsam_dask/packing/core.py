@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 
-from balsam_dask.packing.records import GONE, INF, Key, Node, PlacementError, Shape, ShapeQueue, Task, TaskId
+from balsam_dask.packing.records import GONE, INF, Key, Node, PlacementError, QueueKey, ShapeQueue, Task, TaskId
 
 
 class PlacerCore:
@@ -21,13 +21,13 @@ class PlacerCore:
         self.version = 0  # bumped whenever gang reservations may have to change
         # waiting serial tasks: one queue per shape; shapes by their next task's (-priority, seq)
         # in a heap whose entries not matching head_of are stale
-        self.queues: dict[Shape, ShapeQueue] = {}
+        self.queues: dict[QueueKey, ShapeQueue] = {}
         self.n_serial = 0
-        self.heads: list[tuple[int, int, Shape]] = []
-        self.head_of: dict[Shape, tuple[int, int]] = {}
+        self.heads: list[tuple[int, int, QueueKey]] = []
+        self.head_of: dict[QueueKey, tuple[int, int]] = {}
         # shapes that fit nowhere at the last pass wait here until some node's free capacity
         # grows to fit them (time only ever makes nodes less eligible)
-        self.blocked: list[tuple[int, int, Shape]] = []
+        self.blocked: list[tuple[int, int, QueueKey]] = []
         self.grown = (0, 0)  # the most free (cores, GPUs) any node gained since the last pass
         # the free-capacity index: nodes that may take a serial task now, by key
         self.buckets: dict[Key, set[int]] = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from balsam_dask.errors import InvalidSpec
 from balsam_dask.packing.core import PlacerCore
-from balsam_dask.packing.records import RUNNING, WAITING, Assignment, Node, Shape, Task, TaskId
+from balsam_dask.packing.records import RUNNING, WAITING, Assignment, Node, QueueKey, Task, TaskId
 
 #: Seconds a blocked serial head may be passed by later tasks before a node is held for it
 #: (``Placer(hold_after=None)`` never holds).
@@ -30,7 +30,7 @@ class Holds:
         self.ready: list[Node] = []  # held nodes whose task now fits
         self.passed_since: dict[TaskId, float] = {}  # blocked heads: since when later tasks pass them
 
-    def note_passed(self, blocked: list[tuple[int, int, Shape]], worst: tuple[int, int], now: float) -> None:
+    def note_passed(self, blocked: list[tuple[int, int, QueueKey]], worst: tuple[int, int], now: float) -> None:
         """Tasks up to order ``worst`` started while the heads in ``blocked`` fit nowhere."""
         for entry in blocked:
             if entry[:2] < worst:
@@ -38,7 +38,7 @@ class Holds:
                 if task is not None:
                     self.passed_since.setdefault(task.id, now)
 
-    def _head_task(self, shape: Shape) -> Task | None:
+    def _head_task(self, shape: QueueKey) -> Task | None:
         sq = self.core.queues.get(shape)
         if sq is None or not sq.fifo or sq.fifo[0].state != WAITING:
             return None

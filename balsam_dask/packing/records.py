@@ -14,7 +14,7 @@ from balsam_dask.errors import BalsamDaskError, InvalidSpec
 from balsam_dask.spec import Resources
 
 TaskId = Hashable
-Shape = tuple[int, int, "float | None"]  # (cores per node, GPUs per node, walltime class)
+QueueKey = tuple[int, int, "float | None"]  # (cores per node, GPUs per node, walltime class)
 Key = tuple[int, int, float]  # (free cores, free GPUs, usable until)
 INF = math.inf
 #: Task states inside the engine (QUEUED: prefetched on a full node, see prefetch.py).

@@ -15,7 +15,7 @@ from bisect import bisect_left, insort
 from balsam_dask.packing.core import PlacerCore
 from balsam_dask.packing.holds import Holds
 from balsam_dask.packing.prefetch import Prefetch
-from balsam_dask.packing.records import INF, RUNNING, WAITING, Assignment, Key, Node, Shape, ShapeQueue, Task
+from balsam_dask.packing.records import INF, RUNNING, WAITING, Assignment, Key, Node, QueueKey, ShapeQueue, Task
 
 #: Index steps after which one pass builds per-free-cores bounds of the nodes' ends, to skip
 #: whole groups of nodes whose allocations end too early.
@@ -181,7 +181,7 @@ class SerialPlacement:
                     group[nk[0]] = end
         out.append(Assignment(task.id, (node.name,), ids))
 
-    def _next_head(self, shape: Shape, sq: ShapeQueue) -> bool:
+    def _next_head(self, shape: QueueKey, sq: ShapeQueue) -> bool:
         """The shape's head was taken or cancelled: queue its next task (False if none)."""
         core = self.core
         if not sq.next_fifo():
