@@ -85,13 +85,13 @@ class PolicyAdaptive(Adaptive):
                 log.info("balsam_dask: policy: %s", decision.reason)
             for name in decision.cancels:
                 if name in self.cluster.worker_spec:
-                    await self.cluster._cancel(name)
+                    await self.cluster.cancel_async(name)
             for name, workers in decision.releases:
                 if name in self.cluster.worker_spec:
-                    await self.cluster._release_nodes(name, workers)
+                    await self.cluster.release_nodes_async(name, workers)
             for req in decision.requests:
                 try:
-                    await self.cluster._request(req.nodes, req.walltime)
+                    await self.cluster.request_async(req.nodes, req.walltime)
                 except AllocationError as e:  # backing off after failed submissions
                     log.warning("balsam_dask: %s", e)
                     break

@@ -69,9 +69,9 @@ class AllocationCluster(SpecCluster):
     def request(self, nodes: int, walltime: Any = None) -> str:
         """Start one allocation of ``nodes`` nodes; returns its name (its workers are
         ``<name>-0`` ... ``<name>-<nodes-1>``)."""
-        return str(self.sync(self._request, nodes, walltime))
+        return str(self.sync(self.request_async, nodes, walltime))
 
-    async def _request(self, nodes: int, walltime: Any = None) -> str:
+    async def request_async(self, nodes: int, walltime: Any = None) -> str:
         validate.integer("nodes", nodes, "nodes=2", 1)
         if nodes > self.max_nodes_per_job:
             raise InvalidSpec(f"nodes={nodes} is more than max_nodes_per_job={self.max_nodes_per_job}")
@@ -99,9 +99,9 @@ class AllocationCluster(SpecCluster):
 
     def cancel(self, name: str) -> None:
         """End an allocation (its running tasks are recorded RUN_TIMEOUT and placed again)."""
-        self.sync(self._cancel, name)
+        self.sync(self.cancel_async, name)
 
-    async def _cancel(self, name: str) -> None:
+    async def cancel_async(self, name: str) -> None:
         if name not in self.worker_spec:
             raise InvalidSpec(f"no allocation named {name!r}; live ones are: {', '.join(self.worker_spec) or 'none'}")
         self.set_state(name, "CANCELLED", "cancelled by the cluster")
@@ -111,9 +111,9 @@ class AllocationCluster(SpecCluster):
     def release_nodes(self, name: str, workers: Sequence[str]) -> list[str]:
         """Give idle nodes of a running allocation back to the batch system while its other
         nodes go on (see :meth:`_release_nodes`); returns the worker names released."""
-        return list(self.sync(self._release_nodes, name, workers))
+        return list(self.sync(self.release_nodes_async, name, workers))
 
-    async def _release_nodes(self, name: str, workers: Sequence[str]) -> list[str]:
+    async def release_nodes_async(self, name: str, workers: Sequence[str]) -> list[str]:
         """Release the named node-workers (``<job>-<index>``) of allocation ``name``.
 
         Only nodes that are idle now (:meth:`releasable_nodes`) go, and never every node (that

@@ -170,7 +170,7 @@ class LocalEnsembleCluster(AllocationCluster):
         if self._initial is not None:  # in __init__ when synchronous, at ``await cluster`` when not
             nodes, seconds = self._initial
             self._initial = None
-            await self._request(nodes, seconds)
+            await self.request_async(nodes, seconds)
 
     async def _shrink(self, name: str, workers: list[str], hosts: list[str], keep_hosts: list[str]) -> str | None:
         job = self.workers.get(name)
