@@ -24,7 +24,7 @@ from balsam_dask.scheduler.dispatch import HELD, Dispatcher
 from balsam_dask.scheduler.graph import parents_first
 from balsam_dask.scheduler.handlers import Handlers
 from balsam_dask.scheduler.pausing import is_ours
-from balsam_dask.scheduler.recorder import Recorder
+from balsam_dask.scheduler.recorder import Recorder, Track
 from balsam_dask.scheduler.restore import Restorer
 from balsam_dask.spec import TaskSpec
 from balsam_dask.store.api import Store
@@ -40,6 +40,9 @@ PLUGIN_NAME = "balsam-dask"
 CANCEL_STIMULI = ("cancel-key", "client-releases-keys")
 #: Queued tasks per full node while the backlog is deep (0: dispatch only onto free cores).
 PREFETCH = 2
+#: Annotations by which Dask places a task itself (``Scheduler._apply_annotations``): a balsam
+#: task under ``dask.annotate(workers=..., resources=...)`` is placed by Dask, not held.
+DASK_PLACEMENT = ("workers", "restrictions", "resources")
 
 
 class BalsamPlugin(SchedulerPlugin):
@@ -168,6 +171,7 @@ class BalsamPlugin(SchedulerPlugin):
             self.writer.release()
         specs = annotations.get(SPEC_ANNOTATION, {})
         parents = annotations.get(PARENT_ANNOTATION, {})
+        dask_placing = [a for a in (annotations.get(n) for n in DASK_PLACEMENT) if a]
         rec = self.recorder
         wired: dict[int, bytes] = {}  # one serialization per distinct spec (a map shares one)
         for key in parents_first(tasks, priority, scheduler.tasks):
@@ -175,6 +179,7 @@ class BalsamPlugin(SchedulerPlugin):
             if ts is None or key in rec.tracks:
                 continue
             spec = specs.get(key)
+            dask_placed = False
             if not isinstance(spec, TaskSpec):
                 spec = None
             else:
@@ -182,15 +187,17 @@ class BalsamPlugin(SchedulerPlugin):
                 if wire is None:
                     wire = wired[id(spec)] = wire_spec(spec)
                 ts.annotations = {**(ts.annotations or {}), SPEC_ANNOTATION: wire}
-                ts.worker_restrictions = HELD
-                ts.host_restrictions = None
-                ts.loose_restrictions = False
+                dask_placed = any(a.get(key) is not None for a in dask_placing)
+                if not dask_placed:
+                    ts.worker_restrictions = HELD
+                    ts.host_restrictions = None
+                    ts.loose_restrictions = False
             if key in self.resumed_data:
                 self.resumed_data.discard(key)
                 continue
             resumed = self.resumed.pop(key, None)
             if resumed is not None:
-                self._adopt(key, spec, *resumed)
+                self._adopt(key, spec, *resumed).dask_placed = dask_placed
                 continue
             if ts.run_spec is None:
                 continue
@@ -198,12 +205,13 @@ class BalsamPlugin(SchedulerPlugin):
             parent = parents.get(key)
             submitted_by = rec.tracks[parent].id if parent in rec.tracks else None
             payload = partial(dump_payload, spec, ts.run_spec) if spec is not None and spec.durable else None
-            rec.new_task(key, spec, deps, payload, submitted_by)
+            rec.new_task(key, spec, deps, payload, submitted_by).dask_placed = dask_placed
 
-    def _adopt(self, key: Hashable, spec: TaskSpec | None, task_id: int, state: str, attempt: int) -> None:
+    def _adopt(self, key: Hashable, spec: TaskSpec | None, task_id: int, state: str, attempt: int) -> Track:
         track = self.recorder.adopt(key, task_id, state, attempt, spec)
         if state not in (State.CREATED, State.AWAITING_PARENTS, State.READY, State.RESTART_READY):
             self.recorder.move(track, State.RESTART_READY, message="resumed: the previous scheduler died")
+        return track
 
     # ------------------------------------------------------------------ transitions
     def transition(self, key: Hashable, start: str, finish: str, *args: Any, stimulus_id: str = "",
@@ -252,7 +260,7 @@ class BalsamPlugin(SchedulerPlugin):
         if record:  # positional: this runs for every transition of every task
             self.recorder.on_transition(track, start, finish, lost, cancelled, deps_pending, worker, kwargs, hosts,
                                         note)  # fmt: skip
-        if track.spec is None:
+        if track.spec is None or track.dask_placed:
             return
         # placement of balsam tasks
         if start == "processing" or (start == "no-worker" and finish != "processing"):

@@ -67,6 +67,8 @@ class Track:
     attempt: int
     spec: TaskSpec | None
     worker: str | None = None
+    #: Placed by Dask (``workers=``/``resources=`` annotations), not by the placer, spec or not.
+    dask_placed: bool = False
 
 
 class Recorder:

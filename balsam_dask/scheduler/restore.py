@@ -31,7 +31,7 @@ class Restorer:
         ``waiting`` (its result was lost); it is held until its parents are back."""
         if not (finish == "waiting" and start == "released" and track.state == FINISHED):
             return False
-        if track.spec is None or not track.spec.durable:
+        if track.spec is None or not track.spec.durable or track.dask_placed:
             return False
         self.restoring[track.key] = f"result restored from the store (lost with {track.worker or 'its worker'})"
         if ts is not None:

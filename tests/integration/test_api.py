@@ -200,6 +200,36 @@ def test_one_graph_records_every_parent_and_ids_follow_dask_priority(ens: tuple[
         store.close()
 
 
+def where(i: int) -> str:
+    return distributed.get_worker().address
+
+
+def test_dask_annotations_place_balsam_tasks_as_dask_does(ens: tuple[LocalEnsembleCluster, Client]) -> None:
+    """dask.annotate(workers=...)/(resources=...) around balsam submits: Dask places those
+    tasks (the placer holds none of them), and the store records them with their spec."""
+    cluster, client = ens
+    target = sorted(client.scheduler_info()["workers"])[1]
+    with dask.annotate(workers=[target]):
+        futures = client.map(where, range(8), tags={"placed": "annotated"})
+    assert set(client.gather(futures)) == {target}  # before: the placer spread them over both nodes
+    with dask.annotate(resources={"nowhere": 1}):  # a resource no worker has: it waits, as in Dask
+        waits = client.submit(where, 0, key="annotated-nowhere", tags={"placed": "nowhere"})
+    with pytest.raises(distributed.TimeoutError):
+        waits.result(timeout=0.5)
+    state = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.tasks["annotated-nowhere"].state)
+    assert state == "no-worker"
+    waits.cancel()
+    client.flush()
+    store = store_of(cluster)
+    try:
+        done = store.tasks(tags={"placed": "annotated"})
+        assert len(done) == 8 and all(t.state == "FINISHED" and t.kind == "python" for t in done)
+        (nowhere,) = store.tasks(key="annotated-nowhere")
+        assert nowhere.tags == {"placed": "nowhere"} and nowhere.state != "RUNNING"
+    finally:
+        store.close()
+
+
 def test_plain_distributed_client_is_recorded(ens: tuple[LocalEnsembleCluster, Client]) -> None:
     cluster, client = ens
     with distributed.Client(cluster.scheduler_address) as plain:
