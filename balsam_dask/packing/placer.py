@@ -153,6 +153,25 @@ class Placer:
         self._free(task)
         self.core.drop(task)
 
+    def release_cores(self, task_id: TaskId) -> bool:
+        """A running serial task gives its cores back but runs on (it seceded from its worker's
+        thread pool, as Dask's ``secede()`` frees a thread): other tasks may use them; its GPUs
+        stay with it and it still keeps its node from being released. False if it is not a
+        running serial task that holds cores."""
+        task = self.core.tasks.get(task_id)
+        if task is None or task.state != RUNNING or task.k > 1 or not task.cores:
+            return False
+        node = task.nodes[0]
+        node.free_cores += task.cores
+        task.cores = 0  # its end frees no cores
+        node.est_dirty = True
+        if node.queued:
+            self.prefetch.promote(node)
+        self.core.rekey(node)
+        if node.held is not None:
+            self.holds.check(node)
+        return True
+
     def _free(self, task: Task) -> None:
         """Give a running task's cores, GPUs or whole nodes back."""
         core = self.core
@@ -246,8 +265,9 @@ class Placer:
         """(nodes, cores, gpus, walltime class) -> (waiting, running), for the sizing policy."""
         out: dict[tuple[int, int, int, float | None], tuple[int, int]] = {}
         for t in self.core.tasks.values():
-            w, r = out.get((t.k, t.cores, t.gpus, t.wt), (0, 0))
-            out[(t.k, t.cores, t.gpus, t.wt)] = (w, r + 1) if t.state == RUNNING else (w + 1, r)
+            shape = (t.k, t.res.cores, t.gpus, t.wt)  # the asked cores (a seceded task holds none)
+            w, r = out.get(shape, (0, 0))
+            out[shape] = (w, r + 1) if t.state == RUNNING else (w + 1, r)
         return out
 
     def max_gang_width(self) -> int:

@@ -56,6 +56,7 @@ class Dispatcher:
         self.queued: dict[Hashable, tuple[str, str, str | None]] = {}  # prefetched: key -> (worker, hosts, msg)
         self.gangs: dict[int, tuple[str, ...]] = {}  # running gang task id -> its nodes, leader first
         self.steal_fallback: Any = None  # Dask's steal-response handler (work stealing)
+        self.long_running_fallback: Any = None  # Dask's long-running handler (a task seceded)
         self._only: dict[str, frozenset[str]] = {}  # worker -> the restriction to it, shared by its tasks
         self._order = 0  # dispatch order: the Dask priority of balsam tasks on their worker
         self._pending = False
@@ -191,6 +192,20 @@ class Dispatcher:
         else:  # it had started there
             self.placer.steal_refused(track.id)
         self.want()
+
+    def on_long_running(self, key: Hashable = None, worker: str | None = None, run_id: int | None = None,
+                        **kwargs: Any) -> None:  # fmt: skip
+        """The scheduler's ``long-running`` handler: a task seceded from its worker's thread
+        pool. Dask's handling first, then a balsam task's cores are free for the placer."""
+        if self.long_running_fallback is not None:
+            self.long_running_fallback(key=key, worker=worker, run_id=run_id, **kwargs)
+        track = self.recorder.tracks.get(key)
+        ts = self.scheduler.tasks.get(key)
+        if track is None or track.spec is None or track.dask_placed or ts is None or ts.processing_on is None:
+            return
+        if ts.processing_on.address == worker and ts.run_id == run_id and self.placer.release_cores(track.id):
+            self.promoted()
+            self.want()
 
     def _send_steals(self, now: float) -> None:
         for task_id, node in self.placer.take_steals():

@@ -104,9 +104,12 @@ class BalsamPlugin(SchedulerPlugin):
         self.recorder.names = d.names
         self.restorer = Restorer(scheduler, self.recorder, d, store, self.writer)
         self.handlers.install(scheduler)
-        # answers to our requests for queued tasks come back as Dask's steal responses
+        # answers to our requests for queued tasks come back as Dask's steal responses; a task
+        # that secedes (long-running) gives its cores back: each after Dask's own handler
         d.steal_fallback = scheduler.stream_handlers.get("steal-response")
         scheduler.stream_handlers["steal-response"] = d.on_steal_response
+        d.long_running_fallback = scheduler.stream_handlers.get("long-running")
+        scheduler.stream_handlers["long-running"] = d.on_long_running
         self._poll_task = asyncio.create_task(self._poll())
 
     async def close(self) -> None:
@@ -119,12 +122,13 @@ class BalsamPlugin(SchedulerPlugin):
         if s is not None:
             self.handlers.remove(s)
         if s is not None and d is not None:
-            ours, fallback = d.on_steal_response, d.steal_fallback
-            if s.stream_handlers.get("steal-response") == ours:
-                if fallback is None:
-                    del s.stream_handlers["steal-response"]
-                else:
-                    s.stream_handlers["steal-response"] = fallback
+            for op, ours, original in (("steal-response", d.on_steal_response, d.steal_fallback),
+                                       ("long-running", d.on_long_running, d.long_running_fallback)):  # fmt: skip
+                if s.stream_handlers.get(op) == ours:
+                    if original is None:
+                        del s.stream_handlers[op]
+                    else:
+                        s.stream_handlers[op] = original
         loop = asyncio.get_running_loop()
         if self.writer is not None:  # None when start failed before the writer ran
             try:

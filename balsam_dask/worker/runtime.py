@@ -19,6 +19,7 @@ from typing import Any
 from distributed import WorkerPlugin
 
 from balsam_dask.protocol import ENV_VAR, KILL_OP, NodeConfig
+from balsam_dask.worker.seceded import release_worker_cores
 from balsam_dask.worker.threads import PoolLimits
 
 log = logging.getLogger(__name__)
@@ -142,14 +143,17 @@ def get_runtime() -> NodeRuntime:
 
 
 class BalsamWorkerPlugin(WorkerPlugin):
-    """Stops a task's processes when the task is cancelled or killed on this worker."""
+    """Stops a task's processes when the task is cancelled or killed on this worker; a task
+    that secedes gives its cores back (worker/seceded.py)."""
 
     name = "balsam-dask"
 
     def __init__(self, runtime: NodeRuntime | None = None) -> None:
         self.runtime = runtime
+        self.worker: Any = None
 
     def setup(self, worker: Any) -> None:
+        self.worker = worker
         if self.runtime is None:
             self.runtime = get_runtime()
         worker.stream_handlers[KILL_OP] = self._on_kill
@@ -163,3 +167,5 @@ class BalsamWorkerPlugin(WorkerPlugin):
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
         if start == "executing" and finish in _ABANDONED and self.runtime is not None:
             self.runtime.kill([str(key)], "cancelled")
+        elif finish == "long-running" and self.worker is not None:  # it seceded: its cores are free
+            release_worker_cores(self.worker, key)

@@ -258,16 +258,17 @@ def test_plugin_added_to_a_running_cluster_records_and_removed_leaves_it_bare(tm
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                                   dashboard_address=None) as cluster:  # fmt: skip
         s = cluster.scheduler
-        steal = s.stream_handlers["steal-response"]
+        wrapped = ("steal-response", "long-running")  # the plugin's handlers run Dask's first
+        dasks = {op: s.stream_handlers[op] for op in wrapped}
         before = set(s.handlers)
         with distributed.Client(cluster) as client:
             assert client.submit(inc, 1, key="before").result() == 2
             client.register_plugin(BalsamPlugin(url))
             assert {"balsam_info", "balsam_flush"} <= set(s.handlers)
-            assert s.stream_handlers["steal-response"] is not steal
+            assert all(s.stream_handlers[op] is not dasks[op] for op in wrapped)
             assert client.submit(inc, 2, key="during").result() == 3
             client.run_on_scheduler(_remove_plugin)
-            assert set(s.handlers) == before and s.stream_handlers["steal-response"] is steal
+            assert set(s.handlers) == before and all(s.stream_handlers[op] is dasks[op] for op in wrapped)
             assert "balsam-dask" not in s.plugins
             assert client.submit(inc, 3, key="after").result() == 4
     with Store(url) as store:  # closing wrote what was queued

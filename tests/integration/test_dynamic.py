@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from distributed import CancelledError, get_client, rejoin, secede
+from distributed import CancelledError, get_client, rejoin, secede, wait
 
 from balsam_dask import Store
 from tests.clusters import ensemble
@@ -67,6 +68,57 @@ def test_tasks_submit_tasks_with_lineage(store_url: str, tmp_path: Path) -> None
             assert len(children) == 5 and all(c.state == "FINISHED" for c in children)
         finally:
             store.close()
+
+
+def secede_until(go: str, done: str) -> str:
+    """Waits for the file ``go``, secedes from its worker's thread pool, then waits for ``done``."""
+    _wait_for(Path(go))
+    secede()
+    _wait_for(Path(done))
+    return "seceded"
+
+
+def secede_then_gather(n: int) -> int:
+    """Secedes first, then submits its children and waits for them (Dask's usual pattern)."""
+    secede()
+    client = get_client()
+    total = sum(client.gather(client.map(square, range(n), pure=False)))
+    rejoin()
+    return total
+
+
+def test_a_task_that_secedes_gives_its_cores_back(tmp_path: Path) -> None:
+    """On a full 1-core node, a task that secedes frees its core as Dask frees its thread: the
+    tasks queued on the node start (the worker's cores gate opens), the placer places more on
+    it, and a seceded task's children run there; its end frees nothing twice."""
+    go, done = tmp_path / "go", tmp_path / "done"
+    with ensemble(f"sqlite:///{tmp_path}/s.db", tmp_path, nodes=1, cores_per_node=1) as (_cluster, client):
+        try:
+            parent = client.submit(secede_until, str(go), str(done), key="seceding")
+            others = [client.submit(square, i, key=f"after-{i}") for i in range(2)]
+            deadline = time.time() + 10
+            while not any(n["queued"] for n in client.balsam_status()["nodes"].values()):
+                assert time.time() < deadline, "no task was queued on the full node"
+                time.sleep(0.02)
+            go.touch()
+            wait(others, timeout=20)  # before: never (the node looked full to the placer and to its worker)
+            assert client.gather(others) == [0, 1]
+            client.run(_validate_worker)  # the seceded task holds no cores, none are counted twice
+            assert client.submit(secede_then_gather, 4).result(timeout=20) == sum(i * i for i in range(4))
+        finally:
+            done.touch()
+        assert parent.result(timeout=10) == "seceded"
+        # the node's one core is free again (nothing held twice, nothing lost)
+        assert client.submit(square, 7, key="last").result(timeout=10) == 49
+        status = client.balsam_status()
+        (node,) = status["nodes"].values()
+        assert node["free_cores"] == 1 and not node["running"], node
+        client.run(_validate_worker)
+
+
+def _validate_worker(dask_worker: Any) -> None:
+    """Dask's own check of a worker's state: resources held by its tasks + available = total."""
+    dask_worker.validate_state()
 
 
 def test_failed_parent_fails_dependents(store_url: str, tmp_path: Path) -> None:

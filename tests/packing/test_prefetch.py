@@ -75,6 +75,31 @@ def test_freeing_cores_promotes_the_queued_tasks_in_queue_order() -> None:
     p.check_invariants()
 
 
+def test_a_seceded_task_gives_its_cores_back_and_keeps_its_gpus_and_its_node() -> None:
+    """secede(): the node's cores go to other tasks (its queued ones start), the task's GPU
+    stays with it until it ends, and its end frees no cores twice."""
+    p = Placer(prefetch=2)
+    p.add_node(NodeInfo("a", "A", 2, gpus=1))
+    p.submit("gpu", Resources.serial(2, 1), 0)
+    (first,) = p.schedule(0.0)
+    submit(p, range(6))
+    p.schedule(1.0)
+    assert list(p.node("a").queued) == [0, 1]
+    assert p.release_cores("gpu") and not p.release_cores("gpu")
+    assert p.take_started() == [0, 1]
+    status = p.node("a")
+    assert status.free_cores == 0 and status.free_gpus == () and set(status.running) == {"gpu", 0, 1}
+    assert not p.releasable("a")
+    assert p.backlog_counts()[(1, 2, 1, None)] == (0, 1)  # the shape it asked for
+    p.check_invariants()
+    p.finished("gpu")
+    assert p.node("a").free_cores == 0 and p.node("a").free_gpus == first.gpu_ids
+    p.finished(0)
+    assert p.take_started() == [] and p.node("a").free_cores == 1
+    assert not p.release_cores("gpu") and not p.release_cores(2)  # gone; waiting
+    p.check_invariants()
+
+
 def test_only_tasks_that_start_on_any_freed_core_are_queued() -> None:
     # 2-core tasks on 4-core nodes could wait behind free cores: never queued
     p = placer({"a": 4})
@@ -199,6 +224,12 @@ class Worker:
         self.free += self.running.pop(tid)
         self.start()
 
+    def secede(self, tid: Hashable) -> None:
+        """The task left the thread pool: it runs on holding no cores (balsam_dask.seceded)."""
+        self.free += self.running[tid]
+        self.running[tid] = 0
+        self.start()
+
     def give_back(self, tid: Hashable) -> bool:
         for item in self.pending:
             if item[0] == tid:
@@ -212,14 +243,15 @@ _op = st.one_of(
     st.tuples(st.just("finish"), st.integers(0, 100)),
     st.tuples(st.just("drain"), st.integers(0, 3)),
     st.tuples(st.just("steal"), st.booleans()),
+    st.tuples(st.just("secede"), st.integers(0, 100)),
 )
 
 
 @settings(max_examples=200, deadline=None)
 @given(ops=st.lists(_op, max_size=80), depth=st.integers(1, 3))
 def test_the_placer_always_agrees_with_the_workers_on_what_runs(ops: list[tuple], depth: int) -> None:
-    """Random submits, completions, drains and steal answers: after every step the placer's
-    running tasks on each node are exactly those the worker model runs."""
+    """Random submits, completions, drains, steal answers and seceding tasks: after every step
+    the placer's running tasks on each node are exactly those the worker model runs."""
     shapes = {"n0": 1, "n1": 4, "n2": 4, "n3": 2}
     p = Placer(prefetch=depth)
     workers = {n: Worker(c) for n, c in shapes.items()}
@@ -254,6 +286,12 @@ def test_the_placer_always_agrees_with_the_workers_on_what_runs(ops: list[tuple]
         elif op[0] == "drain":
             name = f"n{op[1]}"
             p.set_draining(name, not p.node(name).draining)
+        elif op[0] == "secede":
+            busy = sorted((t, n) for n, w in workers.items() for t, c in w.running.items() if c)
+            if busy:
+                tid, n = busy[op[1] % len(busy)]
+                workers[n].secede(tid)
+                assert p.release_cores(tid) and not p.release_cores(tid)  # once: it holds none after
         elif op[0] == "steal" and steals:
             tid, n = steals.pop(0)
             if workers[n].give_back(tid):
