@@ -103,6 +103,9 @@ class ProcessWriter(OpQueue):
                  heartbeat: float = HEARTBEAT, backoff_initial: float = 0.05, backoff_max: float = 5.0,
                  close_timeout: float = 60.0) -> None:  # fmt: skip
         self.session_id = store.session_id
+        self._store = store  # writes what close finds queued when no writer process ever started
+        self._backoff = (backoff_initial, backoff_max)
+        self._unconfirmed = 0  # ops of that write, until it succeeds
         self.max_batch = max_batch
         self.max_delay = max_delay
         self.heartbeat = heartbeat
@@ -305,7 +308,9 @@ class ProcessWriter(OpQueue):
         self._thread.join(30)
         atexit.unregister(self._atexit)
         timeout = self.close_timeout if timeout is None else timeout
-        ok = self.flush(timeout)
+        with self._lock:
+            here = self._proc is None  # nothing shipped yet: no process to start just to close it
+        ok = self._write_here(time.monotonic() + timeout) if here else self.flush(timeout)
         with self._lock:
             self._closed = True
             if self._proc is not None:
@@ -317,11 +322,36 @@ class ProcessWriter(OpQueue):
                     self._proc.wait()
                 assert self._conn is not None
                 self._conn.close()
-        left = self.in_flight + self.pending
+        left = self.in_flight + self.pending + self._unconfirmed
         if not ok or left:
-            why = self.stats.last_error if ok else (f"the writer process confirmed nothing for {timeout}s: "
+            who = "the store" if here else "the writer process"
+            why = self.stats.last_error if ok else (f"{who} confirmed nothing for {timeout}s: "
                                                     "the database may be unreachable or locked")  # fmt: skip
             raise StoreUnavailable(f"the store writer could not write {left} operations before closing ({why})")
+
+    def _write_here(self, deadline: float) -> bool:
+        """Write what is queued from this process, as the writer process would have (a
+        scheduler closed within its first shipment's delay: starting a Python process to
+        write a few ops took half a second). In a thread: a write waiting on a lock (SQLite's
+        busy timeout) does not hold close past ``deadline``."""
+        with self._lock:
+            flat = self._flat[:]
+            del self._flat[: len(flat)]
+            batch = self._take(len(self._q)) + _decode([], flat)  # rows before their transitions
+            self._unconfirmed = len(batch)
+        if not batch:
+            return True
+
+        def write() -> None:
+            applier = Applier(self._store, *self._backoff)
+            if applier.write(batch, give_up_at=deadline):
+                self._unconfirmed = 0
+            self.stats.add(applier.stats)
+
+        thread = threading.Thread(target=write, name="balsam-dask-close-writer", daemon=True)
+        thread.start()
+        thread.join(max(0.0, deadline - time.monotonic()))
+        return not thread.is_alive()
 
     def _atexit(self) -> None:
         try:

@@ -166,6 +166,46 @@ def test_no_writer_process_until_something_is_shipped(store: Store) -> None:
     assert w.pid is None and time.perf_counter() - t0 < 0.5
 
 
+def test_close_before_the_first_shipment_writes_from_the_parent(store: Store) -> None:
+    """What a scheduler recorded before its first shipment is written at close without
+    starting a writer process (which took half a second to start): all of it, quickly."""
+    w = ProcessWriter(store, max_delay=60.0)  # nothing ships before close
+    w.put_many(_lifecycle_ops(store, 300, "early"))  # type: ignore[arg-type]
+    t = NewTask(store.new_id(), "lazy", TaskSpec(), payload=partial(bytes, b"payload"))
+    w.put(t)
+    t0 = time.perf_counter()
+    w.close()
+    assert time.perf_counter() - t0 < 0.3
+    assert w.pid is None and not w.alive
+    assert store.count(tags={"proc": "early"}, state="FINISHED") == 300 and store.payload(t.id) == b"payload"
+    assert w.stats.written == 300 * (1 + len(LIFECYCLE)) + 1 and w.stats.rejected == []
+
+
+def test_a_close_writing_from_the_parent_keeps_its_timeout(store_url: str) -> None:
+    """The store locked at close, nothing shipped yet: close gives up after its timeout (not
+    SQLite's 60-second busy timeout) and counts what it could not write."""
+    import sqlite3
+
+    from balsam_dask.errors import StoreUnavailable
+
+    if not store_url.startswith("sqlite"):
+        pytest.skip("locks the SQLite file to make it unavailable")
+    store = Store(store_url)
+    w = ProcessWriter(store, max_delay=60.0, backoff_max=0.05)
+    lock = sqlite3.connect(store_url.split("///", 1)[1], timeout=0, isolation_level=None)
+    try:
+        w.put_many(_lifecycle_ops(store, 5, "late"))  # type: ignore[arg-type]
+        lock.execute("BEGIN EXCLUSIVE")
+        t0 = time.perf_counter()
+        with pytest.raises(StoreUnavailable, match=r"could not write 25 operations before closing .*unreachable"):
+            w.close(timeout=1.0)
+        assert time.perf_counter() - t0 < 3 and w.pid is None
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+        store.close()
+
+
 def test_a_killed_writer_process_is_replaced_and_nothing_is_lost_or_doubled(store: Store) -> None:
     """SIGKILL of the writer process mid-stream: the next one replays the shipments the dead
     one had not confirmed; every task ends with its own five records, none twice."""
