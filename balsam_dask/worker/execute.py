@@ -28,6 +28,7 @@ from typing import Any
 import cloudpickle
 
 from balsam_dask.apps import AppResult
+from balsam_dask.daskconfig import user_traceback
 from balsam_dask.errors import AppError, TaskKilled, TaskTimeout
 from balsam_dask.function import PickledFunction, unpack
 from balsam_dask.private import private_dir, write_private
@@ -307,6 +308,7 @@ def _python_isolated(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
     raise exc
 
 
+@user_traceback
 def run_python(task_fn: Callable[..., Any] | PickledFunction, handlers: Handlers | None, *args: Any,
                **kwargs: Any) -> Any:  # fmt: skip
     """A Python function as a balsam task (in the worker's thread, or isolated); ``task_fn``
@@ -343,6 +345,7 @@ def _awaited(value: Any) -> Any:
     return sync(loop, wait)
 
 
+@user_traceback
 def run_app(app: AppCall, handlers: Handlers | None) -> AppResult:
     """An unmodified executable as a balsam task."""
 

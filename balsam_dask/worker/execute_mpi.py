@@ -21,6 +21,7 @@ from typing import Any
 import cloudpickle
 
 from balsam_dask.apps import AppResult
+from balsam_dask.daskconfig import user_traceback
 from balsam_dask.errors import AppError, InvalidSpec, MPITaskError
 from balsam_dask.mpi_tasks.detect import default_launcher, mismatch_note
 from balsam_dask.mpi_tasks.launchers.base import LaunchSpec
@@ -57,6 +58,7 @@ def _program_exists(program: str, workdir: Path) -> bool:
     return shutil.which(program) is not None
 
 
+@user_traceback
 def run_mpi(call: MPICall, handlers: Handlers | None, *args: Any, **kwargs: Any) -> Any:
     """An MPI program or Python function as a balsam task."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,8 @@ import distributed
 import pytest
 from distributed import as_completed, wait
 
-from balsam_dask import AppResult, Client, LocalEnsembleCluster, Store, current_task
+import balsam_dask
+from balsam_dask import AppResult, Client, LocalEnsembleCluster, Store, current_task, daskconfig
 from balsam_dask.errors import AppError
 from balsam_dask.function import loads
 from tests.clusters import history_by_key, store_of
@@ -228,6 +231,42 @@ def test_dask_annotations_place_balsam_tasks_as_dask_does(ens: tuple[LocalEnsemb
         assert nowhere.tags == {"placed": "nowhere"} and nowhere.state != "RUNNING"
     finally:
         store.close()
+
+
+def divide(a: int, b: int) -> float:
+    return a / b
+
+
+def _files(tb: Any) -> list[str]:
+    return [frame.f_code.co_filename for frame, _ in traceback.walk_tb(tb)]
+
+
+def test_a_task_error_shows_the_users_frames_not_balsam_dasks(ens: tuple[LocalEnsembleCluster, Client]) -> None:
+    """Dask's workers send back a task's error without their own frames, and clients shorten
+    the traceback only when they wait synchronously: balsam_dask's frames are left out on the
+    worker (every way of waiting), and its configuration survives a reset of Dask's (as test
+    harnesses do), for the client's own shortening and code capture."""
+    cluster, client = ens
+    own = str(Path(balsam_dask.__file__).parent)
+    future = client.submit(divide, 1, 0, pure=False)
+    with pytest.raises(ZeroDivisionError):
+        future.result(timeout=30)
+    files = _files(future.traceback())  # as an asynchronous client's await sees it: unshortened
+    assert files and not any(f.startswith(own) for f in files) and files[-1] == __file__, files
+    saved = copy.deepcopy(dask.config.config)
+    try:
+        for name, entry in (("admin.traceback.shorten", daskconfig.FRAMES),
+                            ("distributed.diagnostics.computations.ignore-modules", daskconfig.MODULE)):  # fmt: skip
+            dask.config.set({name: [v for v in dask.config.get(name) if v != entry]})  # a copy from before
+        with Client(cluster) as again:
+            assert daskconfig.FRAMES in dask.config.get("admin.traceback.shorten")
+            assert daskconfig.MODULE in dask.config.get("distributed.diagnostics.computations.ignore-modules")
+            with pytest.raises(ZeroDivisionError) as e:
+                again.submit(divide, 2, 0, pure=False).result(timeout=30)
+            assert not any(f.startswith(own) for f in _files(e.value.__traceback__))
+    finally:
+        dask.config.config.clear()
+        dask.config.config.update(saved)
 
 
 def test_plain_distributed_client_is_recorded(ens: tuple[LocalEnsembleCluster, Client]) -> None:
