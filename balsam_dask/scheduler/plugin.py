@@ -223,15 +223,20 @@ class BalsamPlugin(SchedulerPlugin):
         track = self.recorder.tracks.get(key)
         if track is None:
             return
-        ts = self.scheduler.tasks.get(key)
+        d = self.dispatcher
+        assert d is not None
         restorer = self.restorer
+        if (  # a plain Dask task: the fast path
+            track.spec is None and not d.lost and not restorer.restoring
+            and self.recorder.plain_transition(track, start, finish, self.scheduler.tasks, kwargs)
+        ):  # fmt: skip
+            return
+        ts = self.scheduler.tasks.get(key)
         if restorer.restoring and key in restorer.restoring:
             restorer.step(track, ts, finish, kwargs)
             return
         if finish == "waiting" and restorer.takes(track, ts, start, finish):
             return
-        d = self.dispatcher
-        assert d is not None
         worker = hosts = note = None
         deps_pending = False
         if finish == "processing":

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -33,6 +33,10 @@ FAILED = State.FAILED.value
 KILLED = State.KILLED.value
 ERROR_TAIL = 4000
 _NOTHING: frozenset[str] = frozenset()
+#: Before READY: a plain task's states while Dask has it waiting or queued.
+_WAITING: frozenset[str] = frozenset({CREATED, AWAITING_PARENTS})
+#: The states from which a plain task starts RUNNING in one step.
+_RUNNABLE: frozenset[str] = frozenset({READY, RESTART_READY})
 
 
 @lru_cache(maxsize=256)
@@ -211,6 +215,68 @@ class Recorder:
             if st in UNFINISHED_STATES and start != "memory":
                 self.move(track, KILLED, message="forgotten before it finished")
             self.forget(track.key)
+
+    def plain_transition(self, track: Track, start: str, finish: str, tasks: Mapping[Hashable, Any],
+                         kwargs: dict[str, Any]) -> bool:  # fmt: skip
+        """The common transitions of a plain Dask task, recorded with the least work per call
+        (the hook runs for every transition of every task): exactly what :meth:`on_transition`
+        records for them. False, recording nothing, for any other: the caller takes the
+        general path. The caller makes sure the task has no spec, no lost attempt and no
+        result being restored. ``tasks``: the scheduler's tasks (their ``waiting_on`` and
+        ``processing_on`` are read)."""
+        st = track.state
+        if finish == "memory":  # processing -> memory: RUN_DONE at the worker's compute end, FINISHED
+            if st != RUNNING or start != "processing" or kwargs.get("metadata") or track.key in self._done_notes:
+                return False
+            stop = _compute_stop(kwargs)
+            now = time.time()
+            worker = kwargs.get("worker")
+            if worker is not None:
+                worker = track.worker = self.names.get(worker, worker)
+            put, new_id, tid, attempt = self.put_transition, self.new_id, track.id, track.attempt
+            put(new_id(), tid, RUNNING, RUN_DONE, now if stop is None else min(stop, now), attempt, worker, None, None)
+            put(new_id(), tid, RUN_DONE, FINISHED, time.time(), attempt, None, None, None)
+            track.state = FINISHED
+            return True
+        if finish == "processing":  # RUNNING, through READY if it was not runnable yet
+            if st not in _RUNNABLE and st not in _WAITING:
+                return False
+            ts = tasks.get(track.key)
+            on = ts.processing_on if ts is not None else None
+            worker = None if on is None else self.names.get(on.address, on.address)
+            put, new_id, now = self.put_transition, self.new_id, time.time()
+            if st in _WAITING:  # the shortest path: one more step, with the same time and worker
+                put(new_id(), track.id, st, READY, now, track.attempt, worker, None, None)
+                st = READY
+            track.attempt += 1
+            put(new_id(), track.id, st, RUNNING, now, track.attempt, worker, None, None)
+            track.state = RUNNING
+            if worker is not None:
+                track.worker = worker
+            return True
+        if finish == "queued" or finish == "no-worker":
+            if st not in _WAITING:
+                return False
+            self.put_transition(self.new_id(), track.id, st, READY, time.time(), track.attempt, None, None, None)
+            track.state = READY
+            return True
+        if finish == "waiting":  # AWAITING_PARENTS while its dependencies are not all in memory
+            if st not in _WAITING or start == "processing":
+                return False
+            if st == CREATED:
+                ts = tasks.get(track.key)
+                if ts is not None and ts.waiting_on:
+                    self.put_transition(self.new_id(), track.id, CREATED, AWAITING_PARENTS, time.time(),
+                                        track.attempt, None, None, None)  # fmt: skip
+                    track.state = AWAITING_PARENTS
+            return True
+        if finish == "forgotten":
+            if st in UNFINISHED_STATES and start != "memory":
+                return False
+            self.forget(track.key)
+            return True
+        # Dask passing a finished task through "released" (memory -> released -> forgotten)
+        return finish == "released" and start != "processing" and st not in UNFINISHED_STATES
 
     def _erred(self, track: Track, start: str, kwargs: dict[str, Any]) -> None:
         text = kwargs.get("exception_text") or ""
