@@ -108,8 +108,11 @@ class Placer:
         core.version += 1
 
     # ------------------------------------------------------------------ tasks
-    def submit(self, task_id: TaskId, resources: Resources, priority: int = 0) -> None:
-        """Queue a task; a task that fits no present node waits (allocations may come)."""
+    def submit(self, task_id: TaskId, resources: Resources, priority: int = 0, near: str | None = None) -> None:
+        """Queue a task; a task that fits no present node waits (allocations may come).
+
+        ``near``: the node a serial task should run on if it fits there when its turn comes
+        (where its inputs are, as Dask places a task); else it goes where it fits best."""
         if not isinstance(resources, Resources):
             raise InvalidSpec(f"resources={resources!r} is invalid: pass balsam_dask.spec.Resources(...)")
         validate.integer("priority", priority, "priority=10")
@@ -124,6 +127,8 @@ class Placer:
             self.gangs.waiting[task_id] = task
             core.version += 1
         else:
+            if near is not None:
+                task.near = core.nodes.get(near)
             self.serial.submit(task)
 
     def cancel(self, task_id: TaskId) -> bool:

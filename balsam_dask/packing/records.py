@@ -82,7 +82,7 @@ class NodeStatus:
 class Task:
     """A task inside the engine (``wt``: its walltime class, see spec.walltime_class)."""
 
-    __slots__ = ("cores", "gpu_ids", "gpus", "id", "k", "nodes", "prio", "res", "seq", "start", "state", "wt")
+    __slots__ = ("cores", "gpu_ids", "gpus", "id", "k", "near", "nodes", "prio", "res", "seq", "start", "state", "wt")
 
     def __init__(self, tid: TaskId, res: Resources, prio: int, seq: int, wt: float | None) -> None:
         self.id, self.res, self.prio, self.seq = tid, res, prio, seq
@@ -92,6 +92,7 @@ class Task:
         self.nodes: list[Node] = []
         self.gpu_ids: tuple[str, ...] = ()
         self.start = 0.0
+        self.near: Node | None = None  # a serial task's preferred node (where its inputs are)
 
 
 class Node:

@@ -3,7 +3,8 @@
 Waiting tasks sit in one FIFO per (shape, priority); shapes take turns in a heap by their next
 task's (priority, arrival). Each task goes to the eligible node with the fewest free cores (then
 GPUs, then the least remaining time) that fits, found by bisecting the free-capacity index, so
-whole nodes stay free for gangs. A task that fits nowhere never blocks a smaller one behind it
+whole nodes stay free for gangs; a task with a preferred node (``near``: where its inputs are)
+goes there if it fits there now. A task that fits nowhere never blocks a smaller one behind it
 (holds.py keeps it from starving). Pure.
 """
 
@@ -72,7 +73,14 @@ class SerialPlacement:
                     tried.append((-sq.top, sq.fifo[0].seq, shape))
                     break
                 task = sq.fifo.popleft()
-                self._start(task, key, now, out)
+                near = task.near
+                if near is not None:  # where its inputs are, if that node fits it now
+                    nk = near.key
+                    if nk is not None and nk[0] >= cores and nk[1] >= gpus and nk[2] >= need_end:
+                        key = nk
+                    else:
+                        near = None
+                self._start(task, key, now, out, near)
                 if self.holds.passed_since:  # a passed head starts after all: no hold for it
                     self.holds.passed_since.pop(task.id, None)
                     node = self.holds.of.pop(task.id, None)
@@ -140,11 +148,14 @@ class SerialPlacement:
             at_least[c] = max(at_least[c + 1], group.get(c, -INF))
         self._group, self._at_least = group, at_least
 
-    def _start(self, task: Task, key: Key, now: float, out: list[Assignment]) -> None:
-        """Run ``task`` on a node of index bucket ``key`` and index the node anew."""
+    def _start(self, task: Task, key: Key, now: float, out: list[Assignment], node: Node | None = None) -> None:
+        """Run ``task`` on ``node`` (default: any) of index bucket ``key`` and index the node anew."""
         core = self.core
         bucket = core.buckets[key]
-        node = core.by_idx[bucket.pop()]
+        if node is None:
+            node = core.by_idx[bucket.pop()]
+        else:
+            bucket.remove(node.idx)
         if not bucket:
             del core.buckets[key], core.keys[bisect_left(core.keys, key)]
         node.key = None

@@ -62,11 +62,26 @@ class Dispatcher:
         self._pending = False
 
     # ------------------------------------------------------------------ tasks
-    def submit(self, track: Track) -> None:
-        """A runnable balsam task (Dask parked it in ``no-worker``): place it."""
+    def submit(self, track: Track, ts: Any = None) -> None:
+        """A runnable balsam task (Dask parked it in ``no-worker``): place it, next to its
+        inputs if it fits there (``ts``: its Dask task)."""
         assert track.spec is not None
-        self.placer.submit(track.id, track.spec.resources, track.spec.priority)
+        near = self.near(ts) if ts is not None and ts.dependencies else None
+        self.placer.submit(track.id, track.spec.resources, track.spec.priority, near)
         self.want()
+
+    def near(self, ts: Any) -> str | None:
+        """The node-worker holding the most bytes of the task's inputs: where Dask would run it
+        (no transfer), and where the placer puts it if it fits there."""
+        held: dict[str, int] = {}
+        placed = self.placed
+        for dts in ts.dependencies:
+            if dts.who_has:
+                nbytes = dts.get_nbytes()
+                for ws in dts.who_has:
+                    if ws.address in placed:
+                        held[ws.address] = held.get(ws.address, 0) + nbytes
+        return max(held, key=held.__getitem__, default=None)
 
     def attempt_ended(self, track: Track, ts: Any, finish: str) -> None:
         """A balsam task left ``processing`` (or ``no-worker``): free its placement; the next

@@ -275,7 +275,7 @@ class BalsamPlugin(SchedulerPlugin):
         if start == "processing" or (start == "no-worker" and finish != "processing"):
             d.attempt_ended(track, ts, finish)
         if finish == "no-worker":
-            d.submit(track)
+            d.submit(track, ts)
 
     # ------------------------------------------------------------------ workers
     def add_worker(self, scheduler: Any, worker: str) -> None:

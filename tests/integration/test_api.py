@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -231,6 +232,35 @@ def test_dask_annotations_place_balsam_tasks_as_dask_does(ens: tuple[LocalEnsemb
         assert nowhere.tags == {"placed": "nowhere"} and nowhere.state != "RUNNING"
     finally:
         store.close()
+
+
+def hold_until(path: str) -> None:
+    while not Path(path).exists():
+        time.sleep(0.02)
+
+
+def where_with(data: bytes) -> str:
+    return distributed.get_worker().address
+
+
+def test_a_task_runs_where_its_inputs_are_if_it_fits_there(ens: tuple[LocalEnsembleCluster, Client],
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    """As Dask places a task where its inputs are (no transfer), so does the placer, on a node
+    where it fits; best fit would choose the busier node here."""
+    _, client = ens
+    release = tmp_path / "release"
+    busy = client.submit(hold_until, str(release), pure=False)
+    try:
+        deadline = time.time() + 30
+        while not (busy_on := [w for w, keys in client.processing().items() if busy.key in keys]):
+            assert time.time() < deadline
+            time.sleep(0.02)
+        other = next(w for w in client.scheduler_info()["workers"] if w != busy_on[0])
+        data = client.submit(bytes, 1_000_000, workers=[other])  # Dask's placement: on the other node
+        assert client.submit(where_with, data, pure=False).result(timeout=30) == other
+    finally:
+        release.touch()
+    busy.result(timeout=30)
 
 
 def divide(a: int, b: int) -> float:

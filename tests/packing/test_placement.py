@@ -52,6 +52,23 @@ def test_best_fit_prefers_the_fullest_node_that_fits() -> None:
     p.check_invariants()
 
 
+def test_a_task_runs_near_its_inputs_if_it_fits_there_else_where_it_fits_best() -> None:
+    p = placer_with({"a": ("j", 4, 0, None), "b": ("j", 4, 0, None), "c": ("j", 4, 0, None)})
+    p.submit("busy", serial(3))
+    (first,) = p.schedule(0)
+    full, other = first.nodes[0], next(n for n in "abc" if n != first.nodes[0])
+    p.submit("near", serial(1), near=other)  # best fit would be the fuller node
+    p.submit("too-big", serial(2), near=full)  # 1 core free there: best fit instead
+    got = by_task(p.schedule(1))
+    assert got["near"].nodes == (other,) and got["too-big"].nodes == (other,)  # 3 free, then 1
+    p.submit("unknown", serial(1), near="nowhere")
+    p.submit("gone", serial(1), near=other)
+    p.remove_node(other)  # its tasks are lost; the preference of a waiting one is void
+    got = by_task(p.schedule(2))
+    assert got["unknown"].nodes == (full,) and got["gone"].nodes[0] != other
+    p.check_invariants()
+
+
 @pytest.mark.parametrize(
     ("submitted", "expected_order"),
     [
@@ -309,7 +326,7 @@ _op = st.one_of(
     st.tuples(st.just("node"), st.sampled_from("ABC"), st.integers(1, 4), st.integers(0, 2),
               st.sampled_from([None, 50.0, 500.0])),
     st.tuples(st.just("task"), st.integers(1, 3), st.integers(0, 1), st.sampled_from([None, 10.0, 100.0]),
-              st.integers(0, 2)),
+              st.integers(0, 2), st.integers(-1, 5)),  # the last: which node it prefers (-1: none)
     st.tuples(st.just("gang"), st.integers(2, 4), st.sampled_from([None, 10.0, 100.0])),
     st.tuples(st.just("finish"), st.integers(0, 50)),
     st.tuples(st.just("cancel"), st.integers(0, 50)),
@@ -347,7 +364,9 @@ def test_random_operations_keep_every_invariant(ops: list[tuple], backfill: bool
             p.add_node(NodeInfo(f"{alloc}{count}", alloc, cores, gpus, None if left is None else now + left))
         elif kind in ("task", "gang"):
             res = serial(op[1], op[2], op[3]) if kind == "task" else gang(op[1], op[2])
-            p.submit(count, res, op[4] if kind == "task" else 0)
+            names = sorted(p.nodes())
+            near = names[op[5] % len(names)] if kind == "task" and op[5] >= 0 and names else None
+            p.submit(count, res, op[4] if kind == "task" else 0, near)
             specs[count] = res
             if kind == "task":
                 serial_ids.add(count)
