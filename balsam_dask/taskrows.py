@@ -248,8 +248,13 @@ def _make_spec(row: Mapping[str, Any], app: AppDef | None, fn: str | None) -> Ta
 
 def check_rows(rows: Iterable[Any], apps: Mapping[str, Mapping[int, AppDef]],
                labels: Sequence[str] | None = None) -> list[TaskRow]:  # fmt: skip
-    """Every row checked (``labels[i]`` names row i in errors, e.g. ``tasks.yaml line 12``)."""
+    """Every row checked (``labels[i]`` names row i in errors, e.g. ``tasks.yaml line 12``;
+    read only for the row in error, so it may be computed lazily)."""
     checker = RowChecker(apps)
-    if labels is None:
-        return [checker.check(r) for r in rows]
-    return [checker.check(r, labels[i]) for i, r in enumerate(rows)]
+    check = checker.check
+    try:
+        return [check(r) for r in rows]
+    except InvalidTaskRow as e:
+        if labels is None:
+            raise
+        raise InvalidTaskRow(labels[e.index], e.field, e.reason, e.index) from None
