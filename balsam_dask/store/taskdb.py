@@ -154,14 +154,15 @@ class TaskDatabase:
         failed database tasks matching ``filters``."""
         now = time.time()
         named = filters.get("ids") is not None
+        sid, ids = self.session_id, self.ids  # before the write transaction (a session is a write)
         with self._write_tx() as conn:
             records = C.select_tasks(conn, "retry", self.where, **_filters(filters))
             chosen, skipped = C.eligible(records, _not_failed, named, "retry")
-            ops, why = C.retries(conn, chosen, self.ids.next, now)
+            ops, why = C.retries(conn, chosen, ids.next, now)
             if why and named:
                 tid, reason = next(iter(why.items()))
                 raise InvalidSpec(f"cannot retry task {tid}: {reason}; nothing was changed")
-            apply_ops(conn, ops, self.session_id, signer=self.signer)
+            apply_ops(conn, ops, sid, signer=self.signer)
         return C.Outcome(len(chosen) - len(why), skipped + len(why))
 
     def kill_tasks(self, **filters: Any) -> C.Outcome:
@@ -169,16 +170,17 @@ class TaskDatabase:
         children fail, or run, by their policy); the others that have not ended (running, or a
         client's) are marked for their scheduler or service to kill. ``done``: killed now."""
         now = time.time()
+        sid, ids = self.session_id, self.ids
         with self._write_tx() as conn:
             records = C.select_tasks(conn, "kill", self.where, **_filters(filters))
             ending = [t for t in records if C.not_waiting(t, now) is None]
             later = [t for t in records if t.state in UNFINISHED_STATES and C.not_waiting(t, now) is not None]
-            ops: list[Op] = [Transition(self.ids.next(), t.id, t.state, State.KILLED.value, now, t.attempt, None,
+            ops: list[Op] = [Transition(ids.next(), t.id, t.state, State.KILLED.value, now, t.attempt, None,
                                         None, "killed on request") for t in ending]  # fmt: skip
             ops += [TaskUpdate(t.id, {"kill_requested": True}) for t in later]
-            apply_ops(conn, ops, self.session_id, signer=self.signer)
-            settled = settle_children(conn, [t.id for t in ending], self.ids.next, now)
-            apply_ops(conn, settled, self.session_id, signer=self.signer)
+            apply_ops(conn, ops, sid, signer=self.signer)
+            settled = settle_children(conn, [t.id for t in ending], ids.next, now)
+            apply_ops(conn, settled, sid, signer=self.signer)
         return C.Outcome(len(ending), len(later))
 
     def remove_tasks(self, **filters: Any) -> C.Outcome:
