@@ -140,6 +140,8 @@ def json_text(field: str, value: Any, example: str) -> str:
 
 def params(value: Any) -> dict[str, Any]:
     """Parameters: a mapping of names to JSON values."""
+    if type(value) is dict and all(type(k) is str for k in value):
+        return value
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise validate.invalid("params", value, "a mapping of names to values", "params={'n': 4}")
     return dict(value)

@@ -21,7 +21,7 @@ from balsam_dask import taskfields, validate
 from balsam_dask.appdef import AppDef
 from balsam_dask.errors import InvalidSpec, InvalidTaskRow
 from balsam_dask.spec import Resources, TaskSpec, check_name, validate_tags
-from balsam_dask.template import render
+from balsam_dask.template import plain, render
 
 #: Every field a row may have.
 FIELDS: tuple[str, ...] = (
@@ -33,6 +33,7 @@ _FIELD_SET = frozenset(FIELDS)
 #: The fields that make a row's TaskSpec (with its app).
 SPEC_FIELDS = ("nodes", "ranks_per_node", "threads_per_rank", "cores", "gpus_per_rank", "gpus", "walltime",
                "timeout", "retries", "priority", "tags", "env", "launcher", "workdir")  # fmt: skip
+_SPEC_SET = frozenset(SPEC_FIELDS)
 _RESOURCES = tuple(f for f in SPEC_FIELDS if f in taskfields.INTEGERS and f != "priority") + taskfields.DURATIONS
 
 
@@ -63,13 +64,20 @@ class _Bad(Exception):
         self.reason = reason
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _freeze(value: Any) -> Hashable:
-    """A hashable form that tells 1, 1.0 and True apart (a spec key must not merge them)."""
+    """A hashable form that tells 1, 1.0 and True apart (a spec key must not merge them).
+    Mappings keep their order: the same values in another order only miss the cache."""
+    t = type(value)
+    if t in _SCALARS:
+        return (t, value)
     if isinstance(value, Mapping):
-        return (dict, tuple(sorted((k, _freeze(v)) for k, v in value.items())))
+        return (dict, tuple((k, _freeze(v)) for k, v in value.items()))
     if isinstance(value, (list, tuple)):
         return (list, tuple(_freeze(v) for v in value))
-    return (type(value), value)
+    return (t, value)
 
 
 class RowChecker:
@@ -80,13 +88,14 @@ class RowChecker:
         self.apps = apps
         self.count = 0
         self._specs: dict[Hashable, TaskSpec] = {}
+        self._plain: dict[str, bool] = {}  # app label -> its template renders once every name is given
         self._names: dict[str, int] = {}  # name -> row, or -1: several rows have it
 
     def check(self, row: Any, where: str | None = None) -> TaskRow:
         """The row normalized; raises InvalidTaskRow naming ``where`` (default: ``row N``)."""
         i = self.count
         where = where or f"row {i + 1}"
-        if not isinstance(row, Mapping):
+        if type(row) is not dict and not isinstance(row, Mapping):
             raise InvalidTaskRow(where, "row", f"{str(row)[:60]!r} is not a mapping of fields; give e.g. "
                                  "{'app': 'sim', 'params': {'n': 4}}", i)  # fmt: skip
         try:
@@ -99,9 +108,9 @@ class RowChecker:
         return out
 
     def _check(self, row: Mapping[str, Any], i: int) -> TaskRow:
-        for k in row:
-            if k not in _FIELD_SET:
-                raise _Bad(str(k), f"{k!r} is not a field; fields are {', '.join(FIELDS)}")
+        if not _FIELD_SET.issuperset(row):
+            k = next(k for k in row if k not in _FIELD_SET)
+            raise _Bad(str(k), f"{k!r} is not a field; fields are {', '.join(FIELDS)}")
         app, fn = self._target(row)
         field = "name"
         try:
@@ -112,7 +121,7 @@ class RowChecker:
             field = "params"
             params = taskfields.params(row.get("params") or {})
             if app is not None:
-                render(app.command, params)
+                self._render_check(app, params)
             params_text = taskfields.json_text("params", params, "params={'n': 4}") if params else None
             field = "args"
             args = row.get("args")
@@ -166,7 +175,7 @@ class RowChecker:
 
     def _spec_of(self, row: Mapping[str, Any], app: AppDef | None, fn: str | None) -> TaskSpec:
         parts: list[Hashable] = [app.label if app else fn]
-        parts += [(k, _freeze(row[k])) for k in SPEC_FIELDS if k in row]
+        parts += [(k, _freeze(v)) for k, v in row.items() if k in _SPEC_SET]  # another order: another key
         try:
             key: Hashable | None = tuple(parts)
             spec = self._specs.get(key)
@@ -177,6 +186,14 @@ class RowChecker:
             if key is not None:
                 self._specs[key] = spec
         return spec
+
+    def _render_check(self, app: AppDef, params: Mapping[str, Any]) -> None:
+        """The template renders with these parameters (a plain one: every name is given)."""
+        is_plain = self._plain.get(app.label)
+        if is_plain is None:
+            is_plain = self._plain[app.label] = plain(app.command)
+        if not is_plain or not all(f in params for f in app.fields):
+            render(app.command, params)
 
     def _parents(self, value: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
         if value is None:

@@ -102,6 +102,16 @@ def _fields(command: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(seen)
 
 
+def plain(command: str | Sequence[str]) -> bool:
+    """True when every field is a bare name (``{n}``, no format spec, conversion, attribute or
+    index): such a template renders with any values once every name is given."""
+    for word in _words(command):
+        for _literal, field, spec, conversion in _FORMATTER.parse(word):
+            if field is not None and (spec or conversion or not field.isidentifier()):
+                return False
+    return True
+
+
 def validate_template(command: str | Sequence[str], params: Mapping[str, object]) -> None:
     """Check at submit time that ``command`` parses and every parameter it names is given.
 
