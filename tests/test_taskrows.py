@@ -168,3 +168,16 @@ def test_jsonl_and_unknown_files(tmp_path: Path) -> None:
         load_task_file(tmp_path / "t.txt")
     with pytest.raises(InvalidSpec, match=r"cannot read the task file .*nothing\.csv: No such file"):
         load_task_file(tmp_path / "nothing.csv")
+
+
+def test_a_plain_template_is_checked_by_names_and_another_by_rendering() -> None:
+    from balsam_dask.template import plain
+
+    assert plain("./sim --n {n} --out '{out}.h5'") and plain(["a", "{x}{y}"]) and plain("./sim")
+    assert not plain("./sim {n:03d}") and not plain("{x!r}") and not plain("{cfg.name}") and not plain("{a[0]}")
+    with pytest.raises(InvalidTaskRow, match=r"^row 1, field 'params': template .* needs parameter 'out'"):
+        check_rows([{"app": "sim", "params": {"n": 1}}], APPS)
+    fmt = {"f": {1: AppDef("f", "./f {x[0]}", 1)}}
+    assert check_rows([{"app": "f", "params": {"x": [7]}}], fmt)[0].params == '{"x":[7]}'
+    with pytest.raises(InvalidTaskRow, match=r"field 'params': template .* cannot be rendered at '\{x\[0\]\}'"):
+        check_rows([{"app": "f", "params": {"x": []}}], fmt)
