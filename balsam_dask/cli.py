@@ -1,10 +1,12 @@
 """``balsam-dask``: create, inspect and query a provenance store.
 
     balsam-dask init                        create (or upgrade) the store
-    balsam-dask ls [--state S] [--tag k=v] [--name GLOB] [--since T] [--limit N]
+    balsam-dask ls [--id ID] [--state S] [--tag k=v] [--name GLOB] [--since T] [--limit N]
     balsam-dask show ID                     a task's spec and full history
     balsam-dask summary                     counts by state and the backlog by shape
-    balsam-dask kill (ID... | --tag k=v)    ask the running scheduler to kill tasks
+    balsam-dask app add|ls|show|rm          apps: named, versioned command templates (cli_apps.py)
+    balsam-dask submit APP -p k=v ...       add tasks, or --file tasks.{yaml,csv,jsonl} (cli_tasks.py)
+    balsam-dask modify|retry|kill|rm        change, retry, kill or remove tasks (ls's filters)
 
 The store comes from ``--store``, ``$BALSAM_DASK_STORE``, Dask config
 ``balsam-dask.store``, or ``./balsam.db``. Commands that only read it open it read-only (a
@@ -18,78 +20,23 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
-from datetime import datetime
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from balsam_dask import cli_apps, cli_tasks
+from balsam_dask.cli_common import add_filters, first_line, fmt_time, parse_time, table, task_id
 from balsam_dask.errors import BalsamDaskError, InvalidSpec
 from balsam_dask.store.api import Store
 from balsam_dask.store.ops import AllocationRecord, TaskRecord
 from balsam_dask.store.schema import HEAD
 from balsam_dask.store.states import ALLOCATION_ENDED, ALLOCATION_LIVE, RUNNABLE_STATES
 
-#: Largest task id (ids are 64-bit signed integers in both databases).
-MAX_ID = 2**63 - 1
-
-
-class CLIError(BalsamDaskError):
-    pass
-
-
-def _parse_tag(text: str) -> tuple[str, str]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"tag {text!r} is malformed; use --tag name=value, e.g. --tag exp=sweep1")
-    k, v = text.split("=", 1)
-    return k.strip(), v.strip()
-
-
-def _parse_time(text: str) -> float:
-    """An ISO date/time, epoch seconds, or an age such as ``10m``, ``2h``, ``1d`` ago."""
-    t = text.strip()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if t[-1:] in units and t[:-1].replace(".", "", 1).isdigit():
-        return time.time() - float(t[:-1]) * units[t[-1]]
-    try:
-        return float(t)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(t).timestamp()
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"time {text!r} is malformed; use an ISO time (2026-11-23T10:00), epoch seconds, "
-            "or an age such as 30m, 2h, 1d"
-        ) from None
-
-
-def _task_id(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"task id {text!r} is not an integer; use e.g. show 1099511627777") from None
-    if not 0 < value <= MAX_ID:
-        raise argparse.ArgumentTypeError(f"task id {text!r} is out of range: ids are 1 to {MAX_ID}")
-    return value
-
-
-def _fmt_time(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
-    cells = [list(map(str, header))] + [[("-" if c is None else str(c)) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
-
 
 def _ls_row(t: TaskRecord) -> list[object]:
     tags = ",".join(f"{k}={v}" for k, v in sorted(t.tags.items()))
     return [t.id, t.name or t.key[:40], t.kind, t.state, t.nodes, t.cores, t.gpus, t.attempt,
-            _fmt_time(t.updated_at), tags]  # fmt: skip
+            fmt_time(t.updated_at), tags]  # fmt: skip
 
 
 def cmd_init(store: Store, args: argparse.Namespace) -> int:
@@ -99,10 +46,10 @@ def cmd_init(store: Store, args: argparse.Namespace) -> int:
 
 def cmd_ls(store: Store, args: argparse.Namespace) -> int:
     tags = dict(args.tag or [])
-    tasks = store.tasks(state=args.state, tags=tags or None, name=args.name, since=args.since,
+    tasks = store.tasks(state=args.state, tags=tags or None, name=args.name, since=args.since, ids=args.id,
                         until=args.until, limit=args.limit, after=args.after, newest_first=args.newest)  # fmt: skip
     header = ["ID", "NAME", "KIND", "STATE", "NODES", "CORES", "GPUS", "ATTEMPT", "UPDATED", "TAGS"]
-    print(_table([_ls_row(t) for t in tasks], header))
+    print(table([_ls_row(t) for t in tasks], header))
     if len(tasks) == args.limit:
         print(f"(first {args.limit}; next page: --after {tasks[-1].id})", file=sys.stderr)
     return 0
@@ -117,29 +64,30 @@ def cmd_show(store: Store, args: argparse.Namespace) -> int:
           f" cores/node={t.cores} gpus/node={t.gpus} walltime={t.walltime}")  # fmt: skip
     print(f"  tags: {json.dumps(t.tags, sort_keys=True)}  parents: {t.parents}")
     print(f"  spec: {json.dumps(t.spec, sort_keys=True)}")
+    cli_tasks.show_database_fields(t)
     if t.workdir:
         print(f"  workdir: {t.workdir}")
     if t.return_code is not None:
         print(f"  return code: {t.return_code}")
     result = t.result_ref or ("inline" if t.has_result else "none")
     print(f"  result: {result}  payload stored: {t.has_payload}")
-    print(f"  created {_fmt_time(t.created_at)}  updated {_fmt_time(t.updated_at)}")
+    print(f"  created {fmt_time(t.created_at)}  updated {fmt_time(t.updated_at)}")
     if t.error_tail:
         print("  error tail:")
         for line in t.error_tail.splitlines()[-20:]:
             print(f"    {line}")
-    rows = [[_fmt_time(e.ts) + f".{int(e.ts * 1000) % 1000:03d}", e.attempt, e.from_state or "-", e.to_state,
+    rows = [[fmt_time(e.ts) + f".{int(e.ts * 1000) % 1000:03d}", e.attempt, e.from_state or "-", e.to_state,
              e.worker or e.hosts or "-", (e.message or "").splitlines()[0][:80] if e.message else ""]
             for e in history]  # fmt: skip
     print()
-    print(_table(rows, ["TIME", "ATTEMPT", "FROM", "TO", "WHERE", "MESSAGE"]))
+    print(table(rows, ["TIME", "ATTEMPT", "FROM", "TO", "WHERE", "MESSAGE"]))
     return 0
 
 
 def cmd_summary(store: Store, args: argparse.Namespace) -> int:
     counts = store.summary()
     total = sum(counts.values())
-    print(_table([[s, n] for s, n in counts.items()] + [["total", total]], ["STATE", "TASKS"]))
+    print(table([[s, n] for s, n in counts.items()] + [["total", total]], ["STATE", "TASKS"]))
     backlog = store.backlog()
     if backlog:
         print()
@@ -148,29 +96,21 @@ def cmd_summary(store: Store, args: argparse.Namespace) -> int:
              b.count({"CREATED", "AWAITING_PARENTS"}), b.counts.get("RUNNING", 0)]
             for b in backlog
         ]  # fmt: skip
-        print(_table(rows, ["NODES", "CORES/NODE", "GPUS/NODE", "WALLTIME<=", "RUNNABLE", "WAITING", "RUNNING"]))
+        print(table(rows, ["NODES", "CORES/NODE", "GPUS/NODE", "WALLTIME<=", "RUNNABLE", "WAITING", "RUNNING"]))
     return 0
 
 
 def _alloc_row(a: AllocationRecord) -> list[object]:
     released = len((a.info or {}).get("released") or ())
     message = (a.message or "").splitlines()[0][:80] if a.message else ""
-    return [a.id, a.system, a.scheduler_id, a.nodes, released, a.state, _fmt_time(a.submitted_at),
-            _fmt_time(a.started_at), _fmt_time(a.ended_at), message]  # fmt: skip
+    return [a.id, a.system, a.scheduler_id, a.nodes, released, a.state, fmt_time(a.submitted_at),
+            fmt_time(a.started_at), fmt_time(a.ended_at), message]  # fmt: skip
 
 
 def cmd_allocations(store: Store, args: argparse.Namespace) -> int:
     allocs = store.allocations(state=args.state)
     header = ["ID", "SYSTEM", "JOB ID", "NODES", "RELEASED", "STATE", "SUBMITTED", "STARTED", "ENDED", "MESSAGE"]
-    print(_table([_alloc_row(a) for a in allocs], header))
-    return 0
-
-
-def cmd_kill(store: Store, args: argparse.Namespace) -> int:
-    if not args.ids and not args.tag:
-        raise CLIError("kill needs task ids or --tag name=value, e.g. balsam-dask kill --tag exp=sweep1")
-    n = store.request_kill(ids=args.ids or None, tags=dict(args.tag or []) or None)
-    print(f"kill requested for {n} unfinished task(s)")
+    print(table([_alloc_row(a) for a in allocs], header))
     return 0
 
 
@@ -180,40 +120,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("init", help=f"create or upgrade the store (schema {HEAD})")
     ls = sub.add_parser("ls", help="list tasks")
-    ls.add_argument("--state", action="append", help="filter by state (repeatable)")
-    ls.add_argument("--tag", action="append", type=_parse_tag, help="filter by tag name=value (repeatable)")
-    ls.add_argument("--name", help="task name or glob (fit-*)")
-    ls.add_argument("--since", type=_parse_time, help="created at or after (ISO time, epoch, or 10m/2h/1d ago)")
-    ls.add_argument("--until", type=_parse_time, help="created before")
+    add_filters(ls)
+    ls.add_argument("--since", type=parse_time, help="created at or after (ISO time, epoch, or 10m/2h/1d ago)")
+    ls.add_argument("--until", type=parse_time, help="created before")
     ls.add_argument("--limit", type=int, default=50)
-    ls.add_argument("--after", type=_task_id, help="page: ids after this one")
+    ls.add_argument("--after", type=task_id, help="page: ids after this one")
     ls.add_argument("--newest", action="store_true", help="newest first")
     show = sub.add_parser("show", help="a task's spec and history")
-    show.add_argument("id", type=_task_id)
+    show.add_argument("id", type=task_id)
     sub.add_parser("summary", help="counts by state and backlog by shape")
     allocs = sub.add_parser("allocations", help="batch jobs (and local allocations): lifecycle, nodes released")
     allocs.add_argument("--state", action="append", choices=ALLOCATION_LIVE + ALLOCATION_ENDED,
                         help="filter by state (repeatable)")  # fmt: skip
-    kill = sub.add_parser("kill", help="ask the scheduler to kill tasks")
-    kill.add_argument("ids", nargs="*", type=_task_id)
-    kill.add_argument("--tag", action="append", type=_parse_tag)
+    cli_tasks.add_commands(sub)
+    cli_apps.add_commands(sub)
     return p
 
 
-COMMANDS = {"init": cmd_init, "ls": cmd_ls, "show": cmd_show, "summary": cmd_summary, "kill": cmd_kill,
-            "allocations": cmd_allocations}  # fmt: skip
+COMMANDS = {"init": cmd_init, "ls": cmd_ls, "show": cmd_show, "summary": cmd_summary, "allocations": cmd_allocations,
+            **cli_tasks.COMMANDS, **cli_apps.COMMANDS}  # fmt: skip
 #: Commands that never write: they open the store read-only.
 READ_ONLY = frozenset({"ls", "show", "summary", "allocations"})
 
 
+def read_only(args: argparse.Namespace) -> bool:
+    return args.command in READ_ONLY or cli_apps.read_only(args)
+
+
 #: Set to 1 to let an unexpected error's traceback through.
 DEBUG_ENV = "BALSAM_DASK_DEBUG"
-
-
-def _first_line(e: BaseException) -> str:
-    """The first line of an error (SQLAlchemy appends SQL and a help link on later lines)."""
-    text = str(getattr(e, "orig", None) or e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -223,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--limit {args.limit} must be positive, e.g. --limit 50")
     store: Store | None = None
     try:
-        store = Store(args.store, create=args.command == "init", kind="cli", read_only=args.command in READ_ONLY)
+        store = Store(args.store, create=args.command == "init", kind="cli", read_only=read_only(args))
         if store.snapshot and os.path.exists(f"{store.url.database}-wal"):
             print(f"balsam-dask: note: {store.url.database} is read as it was last checkpointed (its directory "
                   "is not writable here): the latest changes, still in its -wal file, are not shown",
@@ -235,10 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except SQLAlchemyError as e:  # the database answered with an error after the store opened
-        print(f"balsam-dask: error: the store's database failed: {_first_line(e)}", file=sys.stderr)
+        print(f"balsam-dask: error: the store's database failed: {first_line(e)}", file=sys.stderr)
         return 1
     except Exception as e:  # a bug of ours: still one line, with where to get the whole story
-        print(f"balsam-dask: internal error: {type(e).__name__}: {_first_line(e)} (set {DEBUG_ENV}=1 for the "
+        print(f"balsam-dask: internal error: {type(e).__name__}: {first_line(e)} (set {DEBUG_ENV}=1 for the "
               "traceback)", file=sys.stderr)  # fmt: skip
         if os.environ.get(DEBUG_ENV) == "1":
             raise

@@ -19,6 +19,21 @@ class InvalidSpec(BalsamDaskError, ValueError):
     """A task or resource specification is malformed or cannot fit any node."""
 
 
+class InvalidTaskRow(InvalidSpec):
+    """A row of a bulk task submission (``Store.add_tasks``, ``balsam-dask submit --file``) is
+    invalid: ``where`` names the row (``tasks.yaml line 12``), ``field`` the field at fault."""
+
+    def __init__(self, where: str, field: str, reason: str, index: int = -1) -> None:
+        super().__init__(where, field, reason, index)
+        self.where = where
+        self.field = field
+        self.reason = reason
+        self.index = index  # the row's position in the batch, from 0
+
+    def __str__(self) -> str:
+        return f"{self.where}, field {self.field!r}: {self.reason}; nothing was written"
+
+
 class UnpicklableArgument(InvalidSpec, TypeError):
     """An argument of a task cannot be serialized to travel to the workers."""
 
@@ -100,6 +115,13 @@ class UnknownTask(BalsamDaskError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "unknown task"
+
+
+class UnknownApp(BalsamDaskError, KeyError):
+    """No app of this name (or version) in the store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown app"
 
 
 class AppError(BalsamDaskError, RuntimeError):

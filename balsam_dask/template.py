@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import string
@@ -19,19 +20,25 @@ def _show(command: str | Sequence[str]) -> str:
     return repr(command) if isinstance(command, str) else repr(list(command))
 
 
+@functools.lru_cache(maxsize=512)
+def _split(command: str) -> tuple[str, ...]:
+    """A string template's words (cached: bulk submissions render one template per task)."""
+    try:
+        words = shlex.split(command)
+    except ValueError as exc:
+        raise InvalidSpec(
+            f"template {command!r} cannot be split into arguments ({exc}); close every "
+            "quote, e.g. \"./sim --title '{title}'\""
+        ) from None
+    if not words:
+        raise InvalidSpec(f"template {command!r} is empty: give a command such as './sim --n {{n}}'")
+    return tuple(words)
+
+
 def _words(command: str | Sequence[str]) -> list[str]:
     """The template's words: shell-split for a string, as given for a list."""
     if isinstance(command, str):
-        try:
-            words = shlex.split(command)
-        except ValueError as exc:
-            raise InvalidSpec(
-                f"template {command!r} cannot be split into arguments ({exc}); close every "
-                "quote, e.g. \"./sim --title '{title}'\""
-            ) from None
-        if not words:
-            raise InvalidSpec(f"template {command!r} is empty: give a command such as './sim --n {{n}}'")
-        return words
+        return list(_split(command))
     if isinstance(command, (bytes, bytearray)) or not isinstance(command, Sequence):
         raise InvalidSpec(
             f"command={command!r} is invalid: give a template string such as './sim --n {{n}}' "
@@ -77,11 +84,32 @@ def _field_names(command: str | Sequence[str], word: str) -> list[str]:
 
 def template_fields(command: str | Sequence[str]) -> tuple[str, ...]:
     """The parameter names a template needs, in order of first use."""
+    if isinstance(command, str) or (isinstance(command, tuple) and all(isinstance(w, str) for w in command)):
+        return _cached_fields(command)
+    return _fields(command)
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_fields(command: str | tuple[str, ...]) -> tuple[str, ...]:
+    return _fields(command)
+
+
+def _fields(command: str | Sequence[str]) -> tuple[str, ...]:
     seen: dict[str, None] = {}
     for word in _words(command):
         for name in _field_names(command, word):
             seen.setdefault(name, None)
     return tuple(seen)
+
+
+def plain(command: str | Sequence[str]) -> bool:
+    """True when every field is a bare name (``{n}``, no format spec, conversion, attribute or
+    index): such a template renders with any values once every name is given."""
+    for word in _words(command):
+        for _literal, field, spec, conversion in _FORMATTER.parse(word):
+            if field is not None and (spec or conversion or not field.isidentifier()):
+                return False
+    return True
 
 
 def validate_template(command: str | Sequence[str], params: Mapping[str, object]) -> None:
@@ -102,7 +130,7 @@ def render(command: str | Sequence[str], params: Mapping[str, object]) -> list[s
     argv: list[str] = []
     for word in _words(command):
         try:
-            argv.append(_FORMATTER.vformat(word, (), params))
+            argv.append(word.format_map(params))  # str.format in C: the same grammar as string.Formatter
         except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
             raise InvalidSpec(
                 f"template {_show(command)} cannot be rendered at {word!r} "

@@ -12,21 +12,25 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "balsam_dask"
 #: Layers, bottom first: a module may import its own layer and those below, never above.
+# fmt: off
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "private", "daskconfig"),
     ("validate",),
     ("spec",),
-    ("protocol", "template", "apps", "function", "payload", "network", "mpi_tasks", "packing"),
+    ("protocol", "template", "apps", "function", "payload", "network", "mpi_tasks", "packing", "taskfields", "appdef",
+     "taskrows", "taskfile"),
     ("store",),
     ("worker", "scheduler"),
     ("client",),
     ("deploy",),
-    ("__init__", "cli", "demo", "worker_setup", "node_worker"),
+    ("__init__", "cli", "cli_common", "cli_tasks", "cli_apps", "demo", "worker_setup", "node_worker"),
 ]
+# fmt: on
 #: Siblings that must not import each other.
 APART = [("worker", "scheduler"), ("worker", "store"), ("scheduler", "client"), ("scheduler", "worker")]
 #: Pure cores: no Dask, no database, no processes, no files.
-PURE = ("spec", "validate", "protocol", "template", "packing", "mpi_tasks.launchers", "deploy.jobs", "deploy.systems")
+PURE = ("spec", "validate", "protocol", "template", "packing", "mpi_tasks.launchers", "deploy.jobs", "deploy.systems",
+        "taskfields", "appdef", "taskrows")  # fmt: skip
 IMPURE_IMPORTS = ("dask", "distributed", "sqlalchemy", "subprocess", "asyncio", "socket", "threading")
 MAX_LINES = 400
 

@@ -4,6 +4,7 @@ from balsam_dask.store.api import Store
 from balsam_dask.store.ops import (
     AllocationRecord,
     AllocationWrite,
+    AppRecord,
     EventRecord,
     NewTask,
     ShapeBacklog,
@@ -17,6 +18,7 @@ from balsam_dask.store.writer import BatchWriter
 __all__ = [
     "AllocationRecord",
     "AllocationWrite",
+    "AppRecord",
     "BatchWriter",
     "EventRecord",
     "NewTask",

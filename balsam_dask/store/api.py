@@ -42,10 +42,11 @@ from balsam_dask.store.sessions import SESSION_STALE_AFTER, is_dead, open_sessio
 from balsam_dask.store.shapes import Shape, shape_of
 from balsam_dask.store.signing import FORMAT_DATA, FORMAT_FILE, signer_for
 from balsam_dask.store.states import ALL_STATES, BACKLOG_STATES, UNFINISHED_STATES
+from balsam_dask.store.taskdb import TaskDatabase
 from balsam_dask.store.writer import BatchWriter
 
 
-class Store:
+class Store(TaskDatabase):
     """The provenance store. ``Store()`` opens the default (``$BALSAM_DASK_STORE``, Dask
     config ``balsam-dask.store``, or ``./balsam.db``), creating its schema if needed.
 

@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Table, bindparam, select, update
 from balsam_dask.errors import UnknownTask
 from balsam_dask.store.models import allocations_t, events_t, sessions_t, tasks_t
 from balsam_dask.store.ops import (
+    DB_TASK_COLS,
     UPDATABLE_TASK_FIELDS,
     AllocationWrite,
     Heartbeat,
@@ -102,13 +103,14 @@ def pg_copy(conn: Connection, table: str, cols: Sequence[str], rows: Sequence[tu
 
 
 @functools.lru_cache(maxsize=4)
-def raw_sql(dialect: str) -> dict[str, str]:
+def raw_sql(dialect: str, task_cols: int = len(TASK_COLS)) -> dict[str, str]:
     """Hot-path statements in the driver's own parameter style. Bulk writes go through
     ``exec_driver_sql``: SQLAlchemy's per-row parameter processing cost more than the
     database itself (see benchmarks/store_bench.py). SQLite gets executemany of one row
     per statement (cheap in-process); on PostgreSQL task and event rows go by COPY
     (:func:`pg_copy`) and state updates are one statement per batch over ``unnest`` of
-    column arrays (half the server's CPU of one statement per row)."""
+    column arrays (half the server's CPU of one statement per row). ``task_cols``: how many
+    columns of ``TASK_COLS + DB_TASK_COLS`` a task insert writes."""
     if dialect == "postgresql":
         return {
             # %b: the arrays travel in binary (a third of the client's CPU of text arrays)
@@ -119,8 +121,9 @@ def raw_sql(dialect: str) -> dict[str, str]:
             # it once; an IN list of N placeholders is parsed again, client and server, each time)
             "select_state": "SELECT id, state, nodes, cores, gpus, walltime FROM tasks WHERE id = ANY(%b::bigint[])",
         }
+    cols = (TASK_COLS + DB_TASK_COLS)[:task_cols]
     return {
-        "insert_task": f"INSERT INTO tasks ({', '.join(TASK_COLS)}) VALUES ({', '.join('?' for _ in TASK_COLS)})",
+        "insert_task": f"INSERT INTO tasks ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
         "insert_event": f"INSERT INTO events ({', '.join(EVENT_COLS)}) VALUES ({', '.join('?' for _ in EVENT_COLS)})",
         "update_state": "UPDATE tasks SET state = ?, attempt = ?, updated_at = ? WHERE id = ?",
     }
@@ -168,7 +171,8 @@ def _task_row(op: NewTask, session_id: int, now: float, cache: dict[int, tuple[A
         head = c
         if op.name or op.kind:
             head = (op.name or c[0], op.kind or c[1], *c[2:])
-    return (op.id, op.key, *head, parents, op.submitted_by, 0, payload, session_id, False, created, created)
+    row = (op.id, op.key, *head, parents, op.submitted_by, 0, payload, session_id, False, created, created)
+    return row if op.db is None else row + op.db
 
 
 @functools.lru_cache(maxsize=1024)
@@ -292,10 +296,13 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
                 task_rows[i] = tuple(cols)
                 born.add(row[0])
     if task_rows:
-        if pg:
-            pg_copy(conn, "tasks", TASK_COLS, task_rows)
-        else:
-            conn.exec_driver_sql(sql["insert_task"], task_rows)
+        wide = len(TASK_COLS) + len(DB_TASK_COLS)  # database tasks' rows carry their own columns too
+        for names, some in ((TASK_COLS, [r for r in task_rows if len(r) < wide]),
+                            (TASK_COLS + DB_TASK_COLS, [r for r in task_rows if len(r) == wide])):  # fmt: skip
+            if some and pg:
+                pg_copy(conn, "tasks", names, some)
+            elif some:
+                conn.exec_driver_sql(raw_sql("sqlite", len(names))["insert_task"], some)
         stats.tasks = len(task_rows)
     if event_rows:
         if pg:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -29,6 +30,10 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 #: 64-bit ids; on SQLite exactly INTEGER, so the primary key is the table's own rowid
 #: (a BIGINT key gets a second index that every insert and update pays for).
 IdType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+#: The rows of database tasks (not a client's).
+DB_TASK_WHERE = "app IS NOT NULL OR function IS NOT NULL"
 
 
 class Base(DeclarativeBase):
@@ -82,12 +87,34 @@ class Task(Base):
     kill_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+    # Database tasks (``Store.add_tasks``, ``balsam-dask submit``): what ``serve`` runs. A
+    # client's task leaves them NULL. JSON columns are NULL when empty.
+    app: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    app_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    function: Mapped[str | None] = mapped_column(String(512), nullable=True)  # import path pkg.mod:fn
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    args: Mapped[list[Any] | None] = mapped_column(JSONType, nullable=True)
+    input_files: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True)
+    stage_in: Mapped[list[dict[str, str]] | None] = mapped_column(JSONType, nullable=True)
+    stage_out: Mapped[list[dict[str, str]] | None] = mapped_column(JSONType, nullable=True)
+    on_parent_failure: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    # the session of the service that claimed the task, until lease_expires (epoch seconds)
+    lease_owner: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    lease_expires: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (
         # Few indexes on purpose: each costs bulk-insert speed (a random-key index on
         # ``key`` halved it). Lookups by key or time range scan; kill polling uses a
         # partial index that stays tiny.
         Index("ix_tasks_state_id", "state", "id"),
+        # the database tasks by state: the queue a service claims from (client tasks stay out)
+        Index(
+            "ix_tasks_db_state",
+            "state",
+            "id",
+            sqlite_where=text(DB_TASK_WHERE),
+            postgresql_where=text(DB_TASK_WHERE),
+        ),
         Index("ix_tasks_name", "name"),
         Index(
             "ix_tasks_kill",
@@ -156,8 +183,39 @@ class ShapeCount(Base):
     count: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class App(Base):
+    """A named, versioned command template with defaults and hooks (``balsam-dask app add``)."""
+
+    __tablename__ = "apps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(255))
+    version: Mapped[int] = mapped_column(Integer)
+    command: Mapped[Any] = mapped_column(JSONType, nullable=False)  # a template string or an argv list
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    defaults: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    hooks: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_apps_name_version"),)
+
+
+class TaskParent(Base):
+    """One edge of a database task's DAG, clustered by parent: a parent's children are one
+    range of the key (a child's parents are its ``parents`` column)."""
+
+    __tablename__ = "task_parents"
+
+    parent_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    child_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+
 tasks_t = cast(Table, Task.__table__)
 events_t = cast(Table, Event.__table__)
 allocations_t = cast(Table, Allocation.__table__)
 sessions_t = cast(Table, Session.__table__)
 shape_counts_t = cast(Table, ShapeCount.__table__)
+apps_t = cast(Table, App.__table__)
+task_parents_t = cast(Table, TaskParent.__table__)

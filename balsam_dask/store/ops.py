@@ -13,6 +13,25 @@ from typing import Any, NamedTuple
 from balsam_dask.spec import TaskSpec
 
 
+class DbTask(NamedTuple):
+    """The columns only a database task has (``Store.add_tasks``): what ``serve`` runs. JSON
+    values come encoded (text), once, by the row checker; empty ones are None."""
+
+    app: str | None
+    app_version: int | None
+    function: str | None
+    params: str | None
+    args: str | None
+    input_files: str | None
+    stage_in: str | None
+    stage_out: str | None
+    on_parent_failure: str | None
+
+
+#: DbTask's fields are the names of their columns.
+DB_TASK_COLS: tuple[str, ...] = DbTask._fields
+
+
 class NewTask(NamedTuple):
     """Create a task (state CREATED). ``spec=None`` is a plain Dask task.
 
@@ -28,6 +47,7 @@ class NewTask(NamedTuple):
     payload: bytes | Callable[[], bytes | None] | None = None
     created_at: float = 0.0  # 0: now
     submitted_by: int | None = None
+    db: DbTask | None = None  # a database task's own columns
 
 
 class Transition(NamedTuple):
@@ -111,6 +131,37 @@ class TaskRecord:
     kill_requested: bool
     created_at: float
     updated_at: float
+    # database tasks (None for a client's task)
+    app: str | None
+    app_version: int | None
+    function: str | None
+    params: dict[str, Any] | None
+    args: list[Any] | None
+    input_files: list[str] | None
+    stage_in: list[dict[str, str]] | None
+    stage_out: list[dict[str, str]] | None
+    on_parent_failure: str | None
+    lease_owner: int | None
+    lease_expires: float | None
+
+    @property
+    def target(self) -> str | None:
+        """What a database task runs: ``app@version`` or the function's import path."""
+        return f"{self.app}@{self.app_version}" if self.app else self.function
+
+
+@dataclass(frozen=True, slots=True)
+class AppRecord:
+    """An app as stored (see ``appdef.AppDef`` for the fields)."""
+
+    id: int
+    name: str
+    version: int
+    command: str | list[str]
+    description: str | None
+    defaults: dict[str, Any]
+    hooks: dict[str, str]
+    created_at: float
 
 
 @dataclass(frozen=True, slots=True)

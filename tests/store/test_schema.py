@@ -148,3 +148,56 @@ def test_a_0001_store_is_upgraded_to_walltime_classes(store_url: str) -> None:
                           (1, 1, 0, 0.0): {"CREATED": 1}}  # fmt: skip
         ids = store.create_tasks([TaskSpec(resources=Resources.serial(1, walltime=50))])
         assert ids and {(b.walltime): b.counts for b in store.backlog()}[50.0] == {"CREATED": 3}
+
+
+def test_a_0002_store_is_upgraded_to_the_task_database(store_url: str) -> None:
+    """0003 adds apps, the database tasks' columns and the DAG's edges: the tasks already there
+    keep their rows (NULL in the new columns), and can be parents of database tasks. It
+    downgrades to 0002 and back."""
+    from alembic import command
+    from alembic.config import Config
+
+    from balsam_dask.store.engine import write_tx
+    from balsam_dask.store.schema import MIGRATIONS_DIR
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    engine = _raw_engine(store_url)
+    with write_tx(engine) as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002")
+        sid = conn.execute(text("INSERT INTO sessions (kind, host, pid, started_at, heartbeat_at, info) "
+                                "VALUES ('old', 'h', 1, 0, 0, '{}') RETURNING id")).scalar()  # fmt: skip
+        for i, state in ((1, "FINISHED"), (2, "RUNNING")):
+            conn.execute(
+                text("INSERT INTO tasks (id, key, kind, state, priority, nodes, ranks_per_node, threads_per_rank, "
+                     "cores, gpus, walltime, spec, tags, parents, attempt, session_id, kill_requested, "
+                     "created_at, updated_at) VALUES (:i, :k, 'python', :st, 0, 1, 1, 1, 1, 0, NULL, '{}', "
+                     "'{}', '[]', 1, :s, false, 0, 0)"),
+                {"i": i, "k": f"old-{i}", "st": state, "s": sid},
+            )  # fmt: skip
+            conn.execute(text("INSERT INTO events (task_id, id, attempt, from_state, to_state, ts) "
+                              "VALUES (:i, :e, 1, 'READY', :st, 0)"), {"i": i, "e": 10 + i, "st": state})  # fmt: skip
+        conn.execute(text("INSERT INTO shape_counts (nodes, cores, gpus, walltime, state, count) VALUES "
+                          "(1, 1, 0, 0.0, 'FINISHED', 1), (1, 1, 0, 0.0, 'RUNNING', 1)"))  # fmt: skip
+    engine.dispose()
+    with Store(store_url) as store:  # opening upgrades
+        assert store.revision == HEAD == "0003"
+        old = store.task(1)
+        assert (old.state, old.key, old.app, old.function, old.params, old.lease_owner) == (
+            "FINISHED", "old-1", None, None, None, None)  # fmt: skip
+        assert old.target is None and [e.to_state for e in store.history(2)] == ["RUNNING"]
+        store.add_app("sim", "./sim --n {n}")
+        ready, waiting = store.add_tasks([{"app": "sim", "params": {"n": 1}, "parents": [1]},
+                                          {"app": "sim", "params": {"n": 2}, "parents": [1, 2]}])  # fmt: skip
+        assert (store.task(ready).state, store.task(waiting).state) == ("READY", "AWAITING_PARENTS")
+        assert store.summary() == {"AWAITING_PARENTS": 1, "READY": 1, "RUNNING": 1, "FINISHED": 1}
+    engine = _raw_engine(store_url)
+    for target in ("0002", "head"):
+        with write_tx(engine) as conn:
+            cfg.attributes["connection"] = conn
+            (command.downgrade if target == "0002" else command.upgrade)(cfg, target)
+    with engine.connect() as conn:
+        assert current_revision(conn) == HEAD
+        assert conn.execute(text("SELECT count(*) FROM tasks WHERE app IS NULL")).scalar_one() == 4  # dropped, re-added
+    engine.dispose()
