@@ -24,8 +24,9 @@ from collections.abc import Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from balsam_dask import cli_apps, cli_tasks
-from balsam_dask.cli_common import add_filters, first_line, fmt_time, parse_time, table, task_id
+from balsam_dask.commands import apps as cli_apps
+from balsam_dask.commands import tasks as cli_tasks
+from balsam_dask.commands.common import add_filters, first_line, fmt_time, parse_time, table, task_id
 from balsam_dask.errors import BalsamDaskError, InvalidSpec
 from balsam_dask.store.api import Store
 from balsam_dask.store.ops import AllocationRecord, TaskRecord

@@ -35,8 +35,8 @@ from sqlalchemy import event
 from balsam_dask.store import Store
 from balsam_dask.store.apps import app_defs
 from balsam_dask.store.engine import read_tx
-from balsam_dask.taskfile import load_task_file
-from balsam_dask.taskrows import check_rows
+from balsam_dask.taskdb.files import load_task_file
+from balsam_dask.taskdb.rows import check_rows
 
 COMMAND = "./sim --n {n} --out out-{n}.h5"
 

@@ -17,20 +17,19 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors", "private", "daskconfig"),
     ("validate",),
     ("spec",),
-    ("protocol", "template", "apps", "function", "payload", "network", "mpi_tasks", "packing", "taskfields", "appdef",
-     "taskrows", "taskfile"),
+    ("protocol", "template", "apps", "function", "payload", "network", "mpi_tasks", "packing", "taskdb"),
     ("store",),
     ("worker", "scheduler"),
     ("client",),
     ("deploy",),
-    ("__init__", "cli", "cli_common", "cli_tasks", "cli_apps", "demo", "worker_setup", "node_worker"),
+    ("__init__", "cli", "commands", "demo", "worker_setup", "node_worker"),
 ]
 # fmt: on
 #: Siblings that must not import each other.
 APART = [("worker", "scheduler"), ("worker", "store"), ("scheduler", "client"), ("scheduler", "worker")]
 #: Pure cores: no Dask, no database, no processes, no files.
 PURE = ("spec", "validate", "protocol", "template", "packing", "mpi_tasks.launchers", "deploy.jobs", "deploy.systems",
-        "taskfields", "appdef", "taskrows")  # fmt: skip
+        "taskdb.fields", "taskdb.apps", "taskdb.rows")  # fmt: skip
 IMPURE_IMPORTS = ("dask", "distributed", "sqlalchemy", "subprocess", "asyncio", "socket", "threading")
 MAX_LINES = 400
 

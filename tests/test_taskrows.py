@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from balsam_dask.appdef import AppDef
 from balsam_dask.errors import InvalidSpec, InvalidTaskRow
 from balsam_dask.store.ops import DbTask
-from balsam_dask.taskfile import load_task_file
-from balsam_dask.taskrows import FIELDS, RowChecker, TaskRow, check_rows
+from balsam_dask.taskdb.apps import AppDef
+from balsam_dask.taskdb.files import load_task_file
+from balsam_dask.taskdb.rows import FIELDS, RowChecker, TaskRow, check_rows
 
 SIM = AppDef("sim", "./sim --n {n} --out '{out}.h5'", 1, defaults={"cores": 2, "walltime": "5m", "env": {"A": "1"}})
 MPI = AppDef("mpi", ["./solver", "{deck}"], 3, defaults={"nodes": 2, "ranks_per_node": 4, "launcher": "mpich"})

@@ -7,11 +7,11 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, select, text
 
-from balsam_dask.appdef import AppDef
 from balsam_dask.errors import InvalidSpec, UnknownApp
 from balsam_dask.store.models import apps_t, tasks_t
 from balsam_dask.store.ops import AppRecord
 from balsam_dask.store.states import UNFINISHED_STATES
+from balsam_dask.taskdb.apps import AppDef
 
 _PG_APPS_LOCK = 0x6261_6C61  # serializes adding apps on PostgreSQL (versions are counted per name)
 

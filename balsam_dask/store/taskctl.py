@@ -15,8 +15,6 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, bindparam, delete, update
 
-from balsam_dask import taskfields
-from balsam_dask.appdef import AppDef
 from balsam_dask.errors import InvalidSpec, UnknownTask
 from balsam_dask.store import queries as Q
 from balsam_dask.store.apply import add_shape_counts, chunks
@@ -25,7 +23,9 @@ from balsam_dask.store.models import events_t, task_parents_t, tasks_t
 from balsam_dask.store.ops import TaskRecord, Transition
 from balsam_dask.store.shapes import Shape, shape_of
 from balsam_dask.store.states import FINAL_STATES, UNFINISHED_STATES, State
-from balsam_dask.taskrows import FIELDS, RowChecker, TaskRow
+from balsam_dask.taskdb import fields as taskfields
+from balsam_dask.taskdb.apps import AppDef
+from balsam_dask.taskdb.rows import FIELDS, RowChecker, TaskRow
 
 #: Database tasks that wait to run: what modify changes and kill ends at once.
 WAITING = frozenset({State.CREATED.value, State.AWAITING_PARENTS.value, State.READY.value,

@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from balsam_dask.appdef import AppDef
 from balsam_dask.errors import InvalidSpec, InvalidTaskRow, UnknownApp
 from balsam_dask.store import apps as A
 from balsam_dask.store import taskctl as C
@@ -24,7 +23,8 @@ from balsam_dask.store.dag import add_edges, settle_children, start_state, task_
 from balsam_dask.store.engine import read_tx
 from balsam_dask.store.ops import AppRecord, DbTask, NewTask, Op, TaskUpdate, Transition
 from balsam_dask.store.states import UNFINISHED_STATES, State
-from balsam_dask.taskrows import TaskRow, check_rows
+from balsam_dask.taskdb.apps import AppDef
+from balsam_dask.taskdb.rows import TaskRow, check_rows
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine

@@ -14,10 +14,10 @@ import json
 import shlex
 from typing import Any
 
-from balsam_dask.cli_common import CLIError, add_resource_options, fmt_time, parse_pair, resources_of, table
+from balsam_dask.commands.common import CLIError, add_resource_options, fmt_time, parse_pair, resources_of, table
 from balsam_dask.store.api import Store
 from balsam_dask.store.ops import AppRecord
-from balsam_dask.taskfields import HOOKS
+from balsam_dask.taskdb.fields import HOOKS
 
 
 def _command(rec: AppRecord) -> str:

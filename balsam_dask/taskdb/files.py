@@ -22,8 +22,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, overload
 
-from balsam_dask import taskfields
 from balsam_dask.errors import InvalidSpec, InvalidTaskRow
+from balsam_dask.taskdb import fields as taskfields
 
 FORMATS = {".yaml": "yaml", ".yml": "yaml", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _NUMBERS = frozenset(taskfields.INTEGERS) | {"version"}

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from balsam_dask.cli_common import (
+from balsam_dask.commands.common import (
     CLIError,
     add_filters,
     add_resource_options,
@@ -37,8 +37,8 @@ from balsam_dask.cli_common import (
 )
 from balsam_dask.store.api import Store
 from balsam_dask.store.ops import TaskRecord
-from balsam_dask.taskfields import ON_PARENT_FAILURE
-from balsam_dask.taskfile import load_task_file
+from balsam_dask.taskdb.fields import ON_PARENT_FAILURE
+from balsam_dask.taskdb.files import load_task_file
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from balsam_dask import taskfields, validate
+from balsam_dask import validate
+from balsam_dask.taskdb import fields as taskfields
 from balsam_dask.template import template_fields
 
 

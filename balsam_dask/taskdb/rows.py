@@ -17,10 +17,11 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from balsam_dask import taskfields, validate
-from balsam_dask.appdef import AppDef
+from balsam_dask import validate
 from balsam_dask.errors import InvalidSpec, InvalidTaskRow
 from balsam_dask.spec import Resources, TaskSpec, check_name, validate_tags
+from balsam_dask.taskdb import fields as taskfields
+from balsam_dask.taskdb.apps import AppDef
 from balsam_dask.template import plain, render
 
 #: Every field a row may have.
