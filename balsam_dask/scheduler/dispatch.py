@@ -119,6 +119,7 @@ class Dispatcher:
             return
         self._send_steals(now)
         serial: dict[Hashable, str] = {}
+        dask_priority: dict[Hashable, Any] = {}  # tasks sent with their dispatch order as priority
         for a in assignments:
             track = self.recorder.by_id.get(a.task_id)  # type: ignore[call-overload]
             ts = s.tasks.get(track.key) if track is not None else None
@@ -153,6 +154,7 @@ class Dispatcher:
                 # worker would start the newest first).
                 ts.resource_restrictions = {CORES_RESOURCE: track.spec.resources.cores}
                 self._order += 1
+                dask_priority[track.key] = ts.priority  # the scheduler keeps Dask's (below)
                 ts.priority = (0, 0, self._order)
             if len(a.nodes) > 1:
                 self.gangs[track.id] = a.nodes
@@ -168,6 +170,10 @@ class Dispatcher:
             s.transitions(dict(reversed(serial.items())), stimulus_id=f"balsam-dispatch-{now}")
             for key in serial:
                 self._check_dispatched(key)
+        for key, priority in dask_priority.items():  # the compute-task messages took the dispatch order
+            ts = s.tasks.get(key)
+            if ts is not None:
+                ts.priority = priority
         if s.validate:
             self.placer.check_invariants()
 

@@ -263,6 +263,40 @@ def test_a_task_runs_where_its_inputs_are_if_it_fits_there(ens: tuple[LocalEnsem
     busy.result(timeout=30)
 
 
+def submit_and_wait(path: str) -> None:
+    client = distributed.get_client()
+    client.submit(hold_until, path, key="sub-submitted").result()
+
+
+def _ours_on_worker(dask_worker: Any) -> list[Any]:
+    return [ts.priority for k, ts in dask_worker.state.tasks.items() if k in ("sub-submitter", "sub-submitted")]
+
+
+def _priorities(dask_scheduler: Any) -> dict[str, Any]:
+    return {k: ts.priority for k, ts in dask_scheduler.tasks.items() if ts.state == "processing"}
+
+
+def test_dispatched_tasks_keep_dasks_priorities_on_the_scheduler(ens: tuple[LocalEnsembleCluster, Client],
+                                                                tmp_path: Path) -> None:  # fmt: skip
+    """A worker starts its queued balsam tasks in dispatch order (their priority in the message),
+    but the scheduler keeps Dask's priorities: a task a task submits comes first."""
+    _, client = ens
+    release = tmp_path / "release"
+    parent = client.submit(submit_and_wait, str(release), key="sub-submitter")
+    try:
+        deadline = time.time() + 30
+        while len(priorities := client.run_on_scheduler(_priorities)) < 2:
+            assert time.time() < deadline
+            time.sleep(0.02)
+        assert priorities["sub-submitter"] > priorities["sub-submitted"], priorities  # lower runs first
+        on_workers = client.run(_ours_on_worker)
+        got = [p for ps in on_workers.values() for p in ps]
+        assert len(got) == 2 and all(p[:2] == (0, 0) for p in got), on_workers  # the dispatch order
+    finally:
+        release.touch()
+    parent.result(timeout=30)
+
+
 def divide(a: int, b: int) -> float:
     return a / b
 
