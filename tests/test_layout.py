@@ -115,7 +115,7 @@ def test_sides_that_must_not_meet() -> None:
 
 
 def test_no_import_cycles() -> None:
-    edges = _edges()
+    edges = _edges(typing_too=True)  # a cycle through TYPE_CHECKING imports is a cycle of concepts too
     cycles: list[list[str]] = []
     state: dict[str, int] = {}
 

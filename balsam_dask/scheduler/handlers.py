@@ -6,19 +6,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from balsam_dask.protocol import ResumeItem
 from balsam_dask.scheduler.resume import claim_for_resume
-
-if TYPE_CHECKING:
-    from balsam_dask.scheduler.plugin import BalsamPlugin
 
 NAMES = ("info", "kill", "resume", "status", "flush", "declare_nodes")
 
 
 class Handlers:
-    def __init__(self, plugin: BalsamPlugin) -> None:
+    def __init__(self, plugin: Any) -> None:
+        """``plugin``: the BalsamPlugin whose parts the handlers read (its store, dispatcher,
+        recorder, writer)."""
         self.plugin = plugin
 
     def install(self, scheduler: Any) -> None:

@@ -16,16 +16,23 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from balsam_dask.errors import BalsamDaskError, InvalidSpec, StoreUnavailable
 from balsam_dask.store.engine import is_transient
 from balsam_dask.store.ops import Heartbeat, Op, Transition
 
-if TYPE_CHECKING:
-    from balsam_dask.store.api import Store
+
+class Store(Protocol):
+    """What a writer needs of ``balsam_dask.Store``: its session and ``apply``."""
+
+    @property
+    def session_id(self) -> int: ...
+
+    def apply(self, ops: Sequence[Op], *, replay: bool = False) -> Any: ...
+
 
 log = logging.getLogger(__name__)
 
