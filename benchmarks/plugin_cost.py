@@ -16,7 +16,9 @@ rotating order (each repetition starts one system later). On it, after an untime
 The store's writer lags the computation (it writes in batches, from a process of its own):
 after each timed run the plugin's queue is flushed, untimed, so the next run starts level.
 Also the CPU time all the processes of (a) and (b) spent (the run's own, its workers', the
-store writer's until it has written the run).
+store writer's until it has written the run), and the scheduler's process's alone (with the
+client's, in the same process): on a shared host these vary less than wall times, and the
+scheduler's event loop is what limits the rate of tiny tasks.
 
   (c) in this process, ``distributed.Scheduler(port=0, dashboard_address=None)`` without and
       with the plugin: the time of ``await scheduler`` (start) and of ``close()`` right after;
@@ -25,6 +27,13 @@ store writer's until it has written the run).
       on a new file each time (its schema made at start). ``--cold`` repetitions do the first
       start and close in a fresh Python process each (imports done, untimed), then time a
       second scheduler's close after tasks there (also for ``--baseline``).
+
+``--instructions K`` counts, K times per system, the instructions the scheduler's process
+(with the client) executes per task of a plain map: valgrind (cachegrind) runs it for two map
+sizes (``--instructions-tasks``) and the difference is divided by the difference in tasks
+(start-up cancels out). A count is unmoved by other processes on the host, unlike times
+(run to run it still varies by a few per cent: the scheduler's periodic work follows the
+clock, and under valgrind its process runs some forty times slower than its workers).
 
 ``--baseline PATH`` adds a system "baseline": the plugin of the balsam_dask checkout at PATH
 (its processes run with ``PYTHONPATH=PATH``), to compare two versions in one interleaved run.
@@ -74,6 +83,17 @@ def count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def two_sizes(text: str) -> tuple[int, int]:
+    """An argparse type: two task counts, the first smaller ("1000,3000")."""
+    try:
+        small, large = (int(x) for x in text.split(","))
+    except ValueError:
+        small = large = 0
+    if not 0 < small < large:
+        raise argparse.ArgumentTypeError(f"{text!r} is not two task counts, the first smaller (for example 1000,3000)")
+    return small, large
+
+
 def rotated(items: tuple[str, ...], rep: int) -> tuple[str, ...]:
     """``items`` in repetition ``rep``'s order: each repetition starts one later."""
     k = rep % len(items)
@@ -86,18 +106,19 @@ def flush_store(dask_scheduler: Any) -> None:
         plugin.writer.flush()
 
 
-def cpu_seconds() -> float:
-    """CPU time (user + system) of this process and every process under it so far."""
+def cpu_seconds() -> tuple[float, float]:
+    """CPU time (user + system) so far of this process (the scheduler, its plugin's threads,
+    the client) and of every process under it (workers, the store's writer)."""
     import psutil
 
     me = psutil.Process()
-    total = sum(me.cpu_times()[:2])
+    children = 0.0
     for child in me.children(recursive=True):
         try:
-            total += sum(child.cpu_times()[:2])
+            children += sum(child.cpu_times()[:2])
         except psutil.Error:  # gone meanwhile
             pass
-    return total
+    return sum(me.cpu_times()[:2]), children
 
 
 def array_run(side: int, chunk: int) -> float:
@@ -142,7 +163,43 @@ def cluster_runs(store: str | None, workers: int, side: int, chunk: int, tasks: 
             b = map_run(client, tasks)
             client.run_on_scheduler(flush_store)
             c2 = cpu_seconds()
-    return {"array": a, "map": b, "array_cpu": c1 - c0, "map_cpu": c2 - c1}
+    return {"array": a, "map": b, "array_cpu": sum(c1) - sum(c0), "map_cpu": sum(c2) - sum(c1),
+            "array_sched_cpu": c1[0] - c0[0], "map_sched_cpu": c2[0] - c1[0]}  # fmt: skip
+
+
+def map_only(store: str | None, workers: int, tasks: int) -> None:
+    """(b) alone, untimed: what ``--instructions`` counts. The plugin's kill-request polling
+    (once a second) is turned off: under valgrind a second is a few tasks."""
+    kw: dict[str, Any] = {}
+    if store:
+        from balsam_dask import BalsamPlugin
+
+        kw["scheduler_kwargs"] = {"plugins": [BalsamPlugin(store, poll_interval=3600)]}
+    with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, **kw) as cluster:  # fmt: skip
+        with distributed.Client(cluster) as client:
+            client.wait_for_workers(workers)
+            map_run(client, 200)
+            map_run(client, tasks)
+            client.run_on_scheduler(flush_store)
+
+
+def instructions(pythonpath: str | None, store: str | None, workers: int, tasks: int) -> int:
+    """Instructions the scheduler's process (with the client) executed for ``map_only``,
+    counted by valgrind (its workers and the store's writer run untraced)."""
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([pythonpath, *[p for p in [env.get("PYTHONPATH")] if p]])
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import plugin_cost; "
+            f"plugin_cost.map_only(sys.argv[2] or None, {workers}, {tasks})")  # fmt: skip
+    cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+           sys.executable, "-c", code, here, store or ""]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    refs = [line for line in proc.stderr.splitlines() if "I   refs:" in line or "I refs:" in line]
+    if proc.returncode or not refs:
+        raise RuntimeError(f"valgrind failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return int(refs[-1].rsplit(":", 1)[1].replace(",", ""))
 
 
 def in_fresh_process(code: str, pythonpath: str | None, *argv: str) -> Any:
@@ -214,6 +271,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--close-tasks", type=count(1), default=5)
     p.add_argument("--cold", type=count(0), default=5, help="fresh-process repetitions of (c); 0: none")
     p.add_argument("--baseline", help="a balsam_dask checkout whose plugin is measured too, as 'baseline'")
+    p.add_argument("--instructions", type=count(0), default=0, help="repetitions of the valgrind count; 0: none")
+    p.add_argument("--instructions-tasks", type=two_sizes, default=(1000, 3000), help="its two map sizes: 1000,3000")
     p.add_argument("--workdir", help="where the SQLite stores go (default: a new temporary directory)")
     args = p.parse_args(argv)
     logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -227,6 +286,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"# load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
     runs: dict[str, dict[str, list[float]]] = {k: {s: [] for s in systems} for k in ("array", "map")}
     cpus: dict[str, dict[str, list[float]]] = {k: {s: [] for s in systems} for k in ("array", "map")}
+    sched: dict[str, dict[str, list[float]]] = {k: {s: [] for s in systems} for k in ("array", "map")}
     for rep in range(args.repeat):
         for system in rotated(systems, rep):
             store = "" if system == "bare" else f"sqlite:///{tmp}/run-{rep}-{system}.db"
@@ -236,6 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             for work in WORKS:
                 runs[work][system].append(got[work])
                 cpus[work][system].append(got[f"{work}_cpu"])
+                sched[work][system].append(got[f"{work}_sched_cpu"])
         shown = [f"{w}_{s}={runs[w][s][-1]:.2f}s ({cpus[w][s][-1]:.1f} s CPU)" for w in WORKS for s in systems]
         print(f"rep {rep + 1}: " + ", ".join(shown), flush=True)
     figures: dict[str, float] = {}
@@ -243,10 +304,29 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         for system in systems:
             figures[f"{work}_{system}_s"] = round(statistics.median(runs[work][system]), 3)
             figures[f"{work}_{system}_cpu_s"] = round(statistics.median(cpus[work][system]), 3)
+            figures[f"{work}_{system}_sched_cpu_s"] = round(statistics.median(sched[work][system]), 3)
         for system in systems[1:]:
             figures[f"ratio_{work}_{system}"] = round(figures[f"{work}_{system}_s"] / figures[f"{work}_bare_s"], 3)
             figures[f"paired_ratio_{work}_{system}"] = paired(runs[work], system)
             figures[f"paired_cpu_ratio_{work}_{system}"] = paired(cpus[work], system)
+            figures[f"paired_sched_cpu_ratio_{work}_{system}"] = paired(sched[work], system)
+
+    if args.instructions:
+        small, large = args.instructions_tasks
+        counts: dict[str, list[float]] = {s: [] for s in systems}
+        for rep in range(args.instructions):
+            for system in rotated(systems, rep):
+                per_size = []
+                for n in (small, large):
+                    store = "" if system == "bare" else f"sqlite:///{tmp}/instr-{rep}-{system}-{n}.db"
+                    per_size.append(instructions(path_of.get(system), store, args.workers, n))
+                counts[system].append((per_size[1] - per_size[0]) / (large - small))
+            print(f"instructions rep {rep + 1}: " + ", ".join(f"{k}={v[-1]:,.0f}/task" for k, v in counts.items()),
+                  flush=True)  # fmt: skip
+        for system in systems:
+            figures[f"sched_instructions_per_task_{system}"] = round(statistics.median(counts[system]))
+        for system in systems[1:]:
+            figures[f"paired_instructions_ratio_{system}"] = paired(counts, system)
 
     existing = f"sqlite:///{tmp}/start.db"
     modes = ("bare", "plugin", "plugin_new_store")
