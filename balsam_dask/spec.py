@@ -310,7 +310,34 @@ class TaskSpec:
             out["mpi_args"] = list(self.mpi_args)
         if self.bind:
             out["bind"] = self.bind
+        if not self.check:
+            out["check"] = False
+        if not self.durable:
+            out["durable"] = False
         return out
+
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], *, name: str | None = None,
+                  tags: Mapping[str, str] | None = None) -> TaskSpec:  # fmt: skip
+        """The spec :meth:`to_json` described (a store row's ``spec``; name and tags are columns
+        of their own). Unknown keys are an error: a row written by a newer version."""
+        d = dict(data)
+        resources = Resources(
+            d.pop("nodes", 1), d.pop("ranks_per_node", 1), d.pop("threads_per_rank", 1),
+            d.pop("gpus_per_rank", 0), d.pop("walltime", None),
+        )  # fmt: skip
+        command = d.pop("command", None)
+        if isinstance(command, list):
+            command = tuple(command)
+        mpi_args = tuple(d.pop("mpi_args", ()))
+        known = {"kind", "priority", "timeout", "retries", "timeout_retries", "isolate", "params", "env", "workdir",
+                 "launcher", "bind", "check", "durable"}  # fmt: skip
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InvalidSpec(f"stored spec has unknown field(s) {', '.join(unknown)}: written by a newer balsam_dask?")
+        return cls(resources=resources, name=name, tags=tuple(sorted((tags or {}).items())), command=command,
+                   mpi_args=mpi_args, **d)  # fmt: skip
 
 
 def _check_command(command: object) -> None:
