@@ -90,7 +90,8 @@ def test_submit_and_the_filters(store_url: str, capsys: pytest.CaptureFixture[st
         s.apply([Transition(s.new_id(), first, "READY", "RUNNING", time.time()),
                  Transition(s.new_id(), first, "RUNNING", "RUN_ERROR", time.time()),
                  Transition(s.new_id(), first, "RUN_ERROR", "FAILED", time.time())])  # fmt: skip
-    assert _out(capsys, [*cli, "retry", "--state", "FAILED"]) == "retried 1 task(s) (FAILED -> RESTART_READY)\n"
+    # its end failed its child ``fit`` (settled with it): both are retried, fit waits for it again
+    assert _out(capsys, [*cli, "retry", "--state", "FAILED"]) == "retried 2 task(s) (FAILED -> RESTART_READY)\n"
     out = _out(capsys, [*cli, "kill", str(fit), "--id", str(client)])
     assert out.startswith("killed 1 waiting task(s); kill requested for 1 unfinished task(s)")
     assert _out(capsys, [*cli, "rm", "--state", "KILLED"]) == "removed 1 task(s) and their events\n"

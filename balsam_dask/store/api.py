@@ -17,6 +17,7 @@ from balsam_dask.errors import InvalidSpec, StoreReadOnly, UnknownTask, Untruste
 from balsam_dask.spec import TaskSpec
 from balsam_dask.store import queries as Q
 from balsam_dask.store.apply import ApplyStats, add_shape_counts, apply_ops, chunks
+from balsam_dask.store.dag import settle_children
 from balsam_dask.store.engine import (
     display,
     open_engine,
@@ -25,6 +26,7 @@ from balsam_dask.store.engine import (
     write_tx,
 )
 from balsam_dask.store.ids import IdAllocator
+from balsam_dask.store.leases import Leases
 from balsam_dask.store.models import allocations_t, sessions_t, shape_counts_t, tasks_t
 from balsam_dask.store.ops import (
     AllocationRecord,
@@ -41,12 +43,12 @@ from balsam_dask.store.schema import ensure_schema
 from balsam_dask.store.sessions import SESSION_STALE_AFTER, is_dead, open_session
 from balsam_dask.store.shapes import Shape, shape_of
 from balsam_dask.store.signing import FORMAT_DATA, FORMAT_FILE, signer_for
-from balsam_dask.store.states import ALL_STATES, BACKLOG_STATES, UNFINISHED_STATES
+from balsam_dask.store.states import ALL_STATES, BACKLOG_STATES, FINAL_STATES, UNFINISHED_STATES
 from balsam_dask.store.taskdb import TaskDatabase
 from balsam_dask.store.writer import BatchWriter
 
 
-class Store(TaskDatabase):
+class Store(TaskDatabase, Leases):
     """The provenance store. ``Store()`` opens the default (``$BALSAM_DASK_STORE``, Dask
     config ``balsam-dask.store``, or ``./balsam.db``), creating its schema if needed.
 
@@ -71,6 +73,7 @@ class Store(TaskDatabase):
         self._kind = kind
         self._session_id: int | None = None
         self._ids: IdAllocator | None = None
+        self._own_ids: IdAllocator | None = None
         self._session_lock = threading.Lock()  # threads asking at once open one session
 
     def __repr__(self) -> str:
@@ -163,10 +166,28 @@ class Store(TaskDatabase):
 
     # --- writes ---
     def apply(self, ops: Sequence[Op], *, replay: bool = False) -> ApplyStats:
-        """Apply a batch of operations in one transaction (all or nothing)."""
+        """Apply a batch of operations in one transaction (all or nothing). The waiting
+        children of tasks it ends move on in the same transaction (``dag.settle_children``)."""
         sid = self.session_id
+        ended = [op.task_id for op in ops if type(op) is Transition and op.to_state in FINAL_STATES]
+        new_id = self._dag_ids().next if ended else None
         with self._write_tx() as conn:
-            return apply_ops(conn, ops, sid, replay=replay, signer=self.signer)
+            stats = apply_ops(conn, ops, sid, replay=replay, signer=self.signer)
+            if new_id is not None:
+                settled = settle_children(conn, ended, new_id, time.time())
+                if settled:
+                    apply_ops(conn, settled, sid, signer=self.signer)
+            return stats
+
+    def _dag_ids(self) -> IdAllocator:
+        """Ids for the events this store makes itself: its own, or (bound to a scheduler's
+        session, which makes the others) those of a session of its own, opened once."""
+        if not getattr(self, "_bound", False):
+            return self.ids
+        if self._own_ids is None:
+            with self._write_tx() as conn:
+                self._own_ids = IdAllocator(open_session(conn, "writer"))
+        return self._own_ids
 
     def writer(self, **options: Any) -> BatchWriter:
         """A batching writer bound to this store's session (see ``writer.py``)."""
@@ -218,38 +239,6 @@ class Store(TaskDatabase):
             # the bare column, as in the partial index's WHERE: the planner then uses ix_tasks_kill
             q = select(tasks_t.c.id).where(text("kill_requested"), *conds)
             return list(conn.execute(q).scalars())
-
-    def claim(
-        self,
-        limit: int | None = None,
-        *,
-        states: Iterable[str] = UNFINISHED_STATES,
-        durable_only: bool = True,
-        stale_after: float = SESSION_STALE_AFTER,
-    ) -> list[TaskRecord]:
-        """Atomically take ownership of unfinished tasks whose session is dead.
-
-        PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so concurrent claimers split the work.
-        SQLite: the whole claim runs under ``BEGIN IMMEDIATE`` (one writer at a time).
-        """
-        dead = self.dead_sessions(stale_after)
-        if not dead:
-            return []
-        me = self.session_id
-        conds = Q.task_filter(state=sorted(states))
-        conds.append(tasks_t.c.session_id.in_(sorted(dead)))
-        if durable_only:
-            conds.append(tasks_t.c.payload.is_not(None))
-        q = select(tasks_t.c.id).where(*conds).order_by(tasks_t.c.priority.desc(), tasks_t.c.id)
-        if limit is not None:
-            q = q.limit(limit)
-        with self._write_tx() as conn:
-            if conn.dialect.name == "postgresql":
-                q = q.with_for_update(skip_locked=True)
-            ids = list(conn.execute(q).scalars())
-            for part in chunks(ids):
-                conn.execute(update(tasks_t).where(tasks_t.c.id.in_(part)).values(session_id=me))
-        return self.tasks(ids=ids, limit=None) if ids else []
 
     # --- allocations ---
     def add_allocation(self, *, system: str, nodes: int, walltime: float, state: str = "PENDING",

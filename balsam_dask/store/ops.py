@@ -76,6 +76,8 @@ UPDATABLE_TASK_FIELDS = frozenset(
         "payload",
         "kill_requested",
         "session_id",
+        "lease_owner",
+        "lease_expires",
     }
 )
 

@@ -220,15 +220,17 @@ def test_retry(store: Store) -> None:
     (child,) = store.add_tasks([{"app": "sim", "parents": [parent]}])
     for tid in (parent, other):
         _move(store, tid, "RUNNING", "RUN_ERROR", "FAILED")
-    store.kill_tasks(ids=[child])  # (already FAILED with its parent? no: it waited; kill ends it)
-    assert store.task(child).state == "KILLED"
+    # the parent's end settles its waiting child in the same transaction
+    assert store.task(child).state == "FAILED"
+    assert store.history(child)[-1].message == f"parent {parent} is FAILED (on_parent_failure=fail)"
     (late,) = store.add_tasks([{"app": "sim", "parents": [parent]}])
     assert store.task(late).state == "FAILED"
     with pytest.raises(InvalidSpec, match=rf"cannot retry task {late}: its parent {parent} is FAILED .*retry the "
                        "parent too"):  # fmt: skip
         store.retry_tasks(ids=[late])
-    assert store.retry_tasks(state="FAILED") == (3, 0)
+    assert store.retry_tasks(state="FAILED") == (4, 0)
     assert store.task(other).state == "RESTART_READY" and store.task(late).state == "AWAITING_PARENTS"
+    assert store.task(child).state == "AWAITING_PARENTS"
     assert [e.to_state for e in store.history(late)][-2:] == ["RESTART_READY", "AWAITING_PARENTS"]
     with pytest.raises(InvalidSpec, match=rf"cannot retry task {other}: it is RESTART_READY, not FAILED"):
         store.retry_tasks(ids=[other])
