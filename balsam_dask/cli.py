@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from sqlalchemy.exc import SQLAlchemyError
 
 from balsam_dask.commands import apps as cli_apps
+from balsam_dask.commands import serve as cli_serve
 from balsam_dask.commands import tasks as cli_tasks
 from balsam_dask.commands.common import add_filters, first_line, fmt_time, parse_time, table, task_id
 from balsam_dask.errors import BalsamDaskError, InvalidSpec
@@ -135,11 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="filter by state (repeatable)")  # fmt: skip
     cli_tasks.add_commands(sub)
     cli_apps.add_commands(sub)
+    cli_serve.add_commands(sub)
     return p
 
 
 COMMANDS = {"init": cmd_init, "ls": cmd_ls, "show": cmd_show, "summary": cmd_summary, "allocations": cmd_allocations,
-            **cli_tasks.COMMANDS, **cli_apps.COMMANDS}  # fmt: skip
+            **cli_tasks.COMMANDS, **cli_apps.COMMANDS, **cli_serve.COMMANDS}  # fmt: skip
 #: Commands that never write: they open the store read-only.
 READ_ONLY = frozenset({"ls", "show", "summary", "allocations"})
 

@@ -22,14 +22,14 @@ LAYERS: list[tuple[str, ...]] = [
     ("worker", "scheduler"),
     ("client",),
     ("deploy",),
-    ("__init__", "cli", "commands", "demo", "worker_setup", "node_worker"),
+    ("__init__", "cli", "commands", "serve", "demo", "worker_setup", "node_worker"),
 ]
 # fmt: on
 #: Siblings that must not import each other.
 APART = [("worker", "scheduler"), ("worker", "store"), ("scheduler", "client"), ("scheduler", "worker")]
 #: Pure cores: no Dask, no database, no processes, no files.
 PURE = ("spec", "validate", "protocol", "template", "packing", "mpi_tasks.launchers", "deploy.jobs", "deploy.systems",
-        "taskdb.fields", "taskdb.apps", "taskdb.rows")  # fmt: skip
+        "taskdb.fields", "taskdb.apps", "taskdb.rows", "taskdb.job")  # fmt: skip
 IMPURE_IMPORTS = ("dask", "distributed", "sqlalchemy", "subprocess", "asyncio", "socket", "threading")
 MAX_LINES = 400
 

@@ -9,9 +9,10 @@ from collections.abc import Hashable
 from typing import Any
 
 from balsam_dask.protocol import ResumeItem
+from balsam_dask.scheduler.claims import claim_jobs
 from balsam_dask.scheduler.resume import claim_for_resume
 
-NAMES = ("info", "kill", "resume", "status", "flush", "declare_nodes")
+NAMES = ("info", "kill", "resume", "status", "flush", "declare_nodes", "claim", "renew")
 
 
 class Handlers:
@@ -78,3 +79,24 @@ class Handlers:
             p.resumed[item["key"]] = (item["task_id"], item["state"], item["attempt"])
             p.resumed_data.update(item["data"])
         return plan
+
+    async def claim(self, limit: int, lease: float, tags: dict[str, str] | None = None,
+                    apps: list[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+        """Lease runnable database tasks to this scheduler's session and expect their keys
+        (``balsam-dask serve`` submits them next)."""
+        p = self.plugin
+        assert p.store is not None
+        loop = asyncio.get_running_loop()
+        items = await loop.run_in_executor(None, claim_jobs, p.store, limit, lease, tags, apps)
+        for item in items:
+            p.resumed[item["key"]] = (item["task_id"], item["state"], item["attempt"])
+        return items
+
+    async def renew(self, lease: float, release: list[int] | None = None) -> int:
+        """Extend this session's leases; give back the tasks in ``release`` not started."""
+        p = self.plugin
+        assert p.store is not None
+        loop = asyncio.get_running_loop()
+        if release:
+            await loop.run_in_executor(None, p.store.release_leases, release)
+        return int(await loop.run_in_executor(None, p.store.renew_leases, lease))

@@ -1,0 +1,72 @@
+"""Database tasks a service asks the scheduler to run: claimed from the store under the
+plugin's session (so kill requests reach it), adopted by key, described for the node.
+
+``balsam-dask serve`` calls the ``balsam_claim`` handler, then submits each returned task
+under its key with its spec as the annotation and ``run_db_task(job)`` as the function; the
+plugin recognizes the key and tracks the existing row instead of creating one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from balsam_dask.spec import TaskSpec
+from balsam_dask.store.api import Store
+from balsam_dask.store.ops import AppRecord, TaskRecord
+from balsam_dask.taskdb.job import DbJob
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+def task_key(t: TaskRecord) -> str:
+    """A database task's Dask key: a readable label and its id (unique in the store)."""
+    label = t.name or t.app or (t.function or "task").rsplit(":", 1)[-1]
+    return f"{_UNSAFE.sub('_', label)[:60]}-{t.id}"
+
+
+def claim_jobs(store: Store, limit: int, lease: float, tags: dict[str, str] | None = None,
+               apps: list[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Lease up to ``limit`` runnable database tasks; for each: key, task id, state, attempt,
+    spec (``TaskSpec.to_json`` with name and tags) and job (``DbJob`` fields)."""
+    claimed = store.claim_runnable(limit, lease=lease, tags=tags, apps=apps)
+    if not claimed:
+        return []
+    app_defs: dict[tuple[str, int], AppRecord] = {}
+    for t in claimed:
+        if t.app and (t.app, t.app_version or 0) not in app_defs:
+            app_defs[(t.app, t.app_version or 0)] = store.app(t.app, t.app_version)
+    parent_ids = {p for t in claimed if t.input_files for p in t.parents}
+    workdirs = {p.id: p.workdir for p in store.tasks(ids=sorted(parent_ids), limit=None)} if parent_ids else {}
+    out = []
+    for t in claimed:
+        spec = TaskSpec.from_json(t.spec, name=t.name, tags=t.tags)
+        app = app_defs.get((t.app, t.app_version or 0)) if t.app else None
+        job = DbJob(
+            task_id=t.id, name=task_key(t).rsplit("-", 1)[0], function=t.function, args=tuple(t.args or ()),
+            params=dict(t.params or {}),
+            inputs=tuple((p, str(workdirs[p]), g) for p in t.parents if workdirs.get(p) for g in (t.input_files or ())),
+            stage_in=tuple(t.stage_in or ()), stage_out=tuple(t.stage_out or ()),
+            hooks=dict(app.hooks) if app else {},
+        )  # fmt: skip
+        out.append({"key": task_key(t), "task_id": t.id, "state": t.state, "attempt": t.attempt,
+                    "spec": {**spec.to_json(), "name": spec.name, "tags": spec.tag_dict},
+                    "job": dataclasses.asdict(job)})  # fmt: skip
+    return out
+
+
+def spec_of(item: dict[str, Any]) -> TaskSpec:
+    """The TaskSpec of a claimed item (as :func:`claim_jobs` described it)."""
+    data = dict(item["spec"])
+    return TaskSpec.from_json(data, name=data.pop("name", None), tags=data.pop("tags", None))
+
+
+def job_of(item: dict[str, Any]) -> DbJob:
+    """The DbJob of a claimed item."""
+    j = dict(item["job"])
+    j["args"] = tuple(j.get("args") or ())
+    j["inputs"] = tuple(tuple(i) for i in j.get("inputs") or ())
+    j["stage_in"] = tuple(j.get("stage_in") or ())
+    j["stage_out"] = tuple(j.get("stage_out") or ())
+    return DbJob(**j)

@@ -1,0 +1,108 @@
+"""``balsam-dask serve`` in this process: database tasks of every kind on a LocalEnsembleCluster,
+their DAG, kill while running, tasks added while it runs, idle exit; the CLI's errors."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+
+from balsam_dask.cli import main
+from balsam_dask.deploy.local import LocalEnsembleCluster
+from balsam_dask.errors import InvalidSpec
+from balsam_dask.serve.service import ServeOptions, ServeReport, serve
+from balsam_dask.store.api import Store
+
+PRODUCE = ["sh", "-c", 'echo "$1" > out.txt', "sh", "{text}"]
+CONSUME = ["sh", "-c", "cat out.txt > copy.txt"]
+
+
+def run_serve(url: str, workdir: Path, nodes: int = 2, during: Any = None, **options: Any) -> ServeReport:
+    store = Store(url, kind="serve")
+
+    async def make() -> Any:
+        return await LocalEnsembleCluster(nodes=nodes, cores_per_node=1, store=url, workdir=workdir,
+                                          asynchronous=True)  # fmt: skip
+
+    thread = threading.Thread(target=during, daemon=True) if during else None
+    if thread:
+        thread.start()
+    try:
+        return asyncio.run(serve(store, make, ServeOptions(**{"idle_ttl": 2.0, "tick": 0.1, **options})))
+    finally:
+        if thread:
+            thread.join(30)
+        store.close()
+
+
+def _events(store: Store, tid: int) -> list[str]:
+    return [e.to_state for e in store.history(tid)]
+
+
+def test_serve_runs_apps_functions_and_their_dag(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    with Store(url) as s:
+        s.add_app("produce", PRODUCE)
+        s.add_app("consume", CONSUME)
+        s.add_app("fail", ["false"])
+        s.add_app("sleep", ["sleep", "{seconds}"])
+        ids = s.add_tasks([
+            {"app": "produce", "name": "a", "params": {"text": "hello from a"}},
+            {"app": "consume", "name": "b", "parents": ["a"], "input_files": ["out.txt"]},
+            {"function": "tests.serve.funcs:square", "name": "f", "args": [7], "params": {"offset": 1}},
+            {"app": "fail", "name": "x"},
+            {"app": "produce", "name": "y", "parents": ["x"], "params": {"text": "never"}},
+            {"app": "produce", "name": "z", "parents": ["x"], "on_parent_failure": "run", "params": {"text": "z"}},
+            {"app": "sleep", "name": "long", "params": {"seconds": 60}},
+        ])  # fmt: skip
+    a, b, f, x, y, z, long = ids
+    added: list[int] = []
+
+    def during() -> None:
+        with Store(url) as s2:
+            time.sleep(1.0)  # a task created while serve runs (CLI, another program) is taken
+            added.extend(s2.add_tasks([{"function": "tests.serve.funcs:square", "name": "late", "args": [3]}]))
+            deadline = time.time() + 60
+            while s2.task(long).state != "RUNNING" and time.time() < deadline:
+                time.sleep(0.1)
+            s2.kill_tasks(ids=[long])
+
+    t0 = time.time()
+    report = run_serve(url, tmp_path, during=during)
+    assert time.time() - t0 < 50, "the killed 60 s task must not hold serve"
+    assert report.reason == "idle for 2 s"
+    with Store(url) as s:
+        states = {t.id: t.state for t in s.tasks(limit=None)}
+        assert states[a] == states[b] == states[f] == states[z] == states[added[0]] == "FINISHED"
+        assert states[x] == "FAILED" and states[y] == "FAILED" and states[long] == "KILLED"
+        assert s.history(y)[-1].message == f"parent {x} is FAILED (on_parent_failure=fail)"
+        # the child ran in its own directory with the parent's output brought in
+        wb = Path(s.task(b).workdir or "")
+        assert wb.name == f"b-{b}" and (wb / "copy.txt").read_text() == "hello from a\n"
+        assert (wb / "out.txt").is_symlink()
+        result = cloudpickle.loads(s.result_bytes(f) or b"")
+        assert result.value == 50
+        assert _events(s, a) == ["CREATED", "READY", "RUNNING", "RUN_DONE", "FINISHED"]
+        assert _events(s, b) == ["CREATED", "AWAITING_PARENTS", "READY", "RUNNING", "RUN_DONE", "FINISHED"]
+        # claimed by the scheduler's session: the lease is its provenance
+        assert s.task(a).lease_owner is not None
+    assert report.finished == 5 and report.failed == 1 and report.submitted == 7
+
+
+def test_serve_options_and_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(InvalidSpec, match=r"lease=0.5 is invalid"):
+        ServeOptions(lease=0.5)
+    with pytest.raises(InvalidSpec, match=r"max_in_flight=0 is invalid"):
+        ServeOptions(max_in_flight=0)
+    store = ["--store", f"sqlite:///{tmp_path}/s.db"]
+    assert main([*store, "serve"]) == 1
+    assert "serve needs where to run: --local (this machine) or --site DIR" in capsys.readouterr().err
+    assert main([*store, "serve", "--local", "--idle-ttl", "soon"]) == 1
+    assert "--idle-ttl 'soon' is invalid: give seconds or a duration, e.g. --idle-ttl 5m" in capsys.readouterr().err
+    assert main([*store, "serve", "--local", "--nodes", "0"]) == 1
+    assert "--nodes 0 is invalid" in capsys.readouterr().err
