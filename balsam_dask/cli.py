@@ -31,8 +31,8 @@ from balsam_dask.errors import BalsamDaskError, InvalidSpec
 from balsam_dask.store.api import Store
 from balsam_dask.store.ops import AllocationRecord, TaskRecord
 from balsam_dask.store.schema import HEAD
-from balsam_dask.store.transfers import transfers_of
 from balsam_dask.store.states import ALLOCATION_ENDED, ALLOCATION_LIVE, RUNNABLE_STATES
+from balsam_dask.store.transfers import transfers_of
 
 
 def _ls_row(t: TaskRecord) -> list[object]:

@@ -40,8 +40,8 @@ from balsam_dask.commands.common import (
 from balsam_dask.store.api import Store
 from balsam_dask.store.ops import TaskRecord
 from balsam_dask.taskdb.fields import ON_PARENT_FAILURE
-from balsam_dask.taskdb.job import Transfer
 from balsam_dask.taskdb.files import load_task_file
+from balsam_dask.taskdb.job import Transfer
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:

@@ -91,10 +91,8 @@ def mpi_attempt(call: MPICall, args: tuple[Any, ...], kwargs: dict[str, Any], ct
                 "give its full path or install it on the nodes"
             )
     bind = spec.bind or rt.config.bind
-    if bind is None:  # whole nodes are bound; ranks of tasks that share a node are not
-        cpu_bind = spec.resources.nodes > 1 or spec.resources.cores >= rt.config.cores
-    else:
-        cpu_bind = bind == "core"
+    # whole nodes are bound; ranks of tasks that share a node are not
+    cpu_bind = (spec.resources.nodes > 1 or spec.resources.cores >= rt.config.cores) if bind is None else bind == "core"
     lspec = LaunchSpec(tuple(argv), spec.resources, env=spec.env, extra_args=spec.mpi_args,
                        cpu_bind=cpu_bind, gpu_ids=ctx.gpu_ids)  # fmt: skip
     command = launcher.command(lspec, hosts)

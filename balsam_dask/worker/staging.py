@@ -14,6 +14,7 @@ transport registered for it (:func:`register_transport`, e.g. in a worker preloa
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import shutil
@@ -249,7 +250,8 @@ def stage_in(items: Iterable[Mapping[str, str]], workdir: Path, retries: int, re
         except Exception as e:
             _transfer("in", src, dest, "-", _raiser(e), retries, records)
         else:
-            _transfer("in", src, str(target), transport.name, lambda: transport.fetch(src, target), retries, records)
+            fetch = functools.partial(transport.fetch, src, target)
+            _transfer("in", src, str(target), transport.name, fetch, retries, records)
 
 
 def stage_out(items: Iterable[Mapping[str, str]], workdir: Path, retries: int, records: list[Transfer]) -> None:
