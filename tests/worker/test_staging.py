@@ -52,11 +52,8 @@ def test_another_transport_is_registered_by_scheme() -> None:
         def push(self, src: Path, dest: str) -> int:
             return 0
 
-    register_transport("fake", Fake())
-    try:
-        assert transport_for("fake://somewhere/x").name == "fake"
-    finally:
-        staging._TRANSPORTS.pop("fake")  # noqa: SLF001 - the test's own registration
+    register_transport("fake", Fake())  # in this test process only
+    assert transport_for("fake://somewhere/x").name == "fake"
     with pytest.raises(InvalidSpec, match=r"scheme_or_name='a b' is invalid: give a URL scheme"):
         register_transport("a b", Fake())
     with pytest.raises(InvalidSpec, match=r"transport=.* is invalid: give an object with name, fetch"):
