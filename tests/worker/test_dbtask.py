@@ -151,4 +151,3 @@ def test_broken_hooks_fail_the_task_naming_the_hook(ens: Ens) -> None:
         run(client, job, TaskSpec())
     with pytest.raises(HookError, match=r"the post hook .*:nope raised FunctionLoadError: hooks.post .* cannot be"):
         run(client, DbJob(1072, "no-post", hooks={"post": f"{H}:nope"}), app("true"))
-
