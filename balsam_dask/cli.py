@@ -33,6 +33,7 @@ from balsam_dask.store.api import Store
 from balsam_dask.store.ops import AllocationRecord, TaskRecord
 from balsam_dask.store.schema import HEAD
 from balsam_dask.store.states import ALLOCATION_ENDED, ALLOCATION_LIVE, RUNNABLE_STATES
+from balsam_dask.store.transfers import transfers_of
 
 
 def _ls_row(t: TaskRecord) -> list[object]:
@@ -83,6 +84,7 @@ def cmd_show(store: Store, args: argparse.Namespace) -> int:
             for e in history]  # fmt: skip
     print()
     print(table(rows, ["TIME", "ATTEMPT", "FROM", "TO", "WHERE", "MESSAGE"]))
+    cli_tasks.show_transfers(transfers_of(store, t.id))
     return 0
 
 

@@ -152,9 +152,10 @@ class TaskTimeout(BalsamDaskError, TimeoutError):
         self.timeout = timeout
         self.attempts = attempts
 
-    def __reduce__(self) -> tuple[type[TaskTimeout], tuple[str, float, int]]:
-        # OSError (TimeoutError's base) folds three args into errno/strerror/filename
-        return (type(self), (self.what, self.timeout, self.attempts))
+    def __reduce__(self) -> tuple[type[TaskTimeout], tuple[str, float, int], dict[str, object]]:
+        # OSError (TimeoutError's base) folds three args into errno/strerror/filename; the
+        # state keeps attributes set later (a database task's ``transfers``)
+        return (type(self), (self.what, self.timeout, self.attempts), self.__dict__)
 
     def __str__(self) -> str:
         return f"{self.what} exceeded timeout={self.timeout:g}s on each of {self.attempts} attempt(s)"
@@ -181,6 +182,38 @@ class MPITaskError(BalsamDaskError, RuntimeError):
 
     def __str__(self) -> str:
         return f"rank {self.rank} raised {self.exc_type}: {self.message}\n{self.traceback_text}"
+
+
+class StagingError(BalsamDaskError, RuntimeError):
+    """A database task's data could not be brought in or sent out (an input file, a stage-in or
+    stage-out item): ``transfers`` holds every transfer made so far (``taskdb.job.Transfer``),
+    the failed one last, for the record. Not retried by the task's own retries."""
+
+    def __init__(self, message: str, transfers: tuple[object, ...] = ()) -> None:
+        super().__init__(message, transfers)
+        self.message = message
+        self.transfers = transfers
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class TransportUnavailable(BalsamDaskError, RuntimeError):
+    """A staging transport cannot run on this node (its command is not installed): no retry helps."""
+
+
+class HookError(BalsamDaskError, RuntimeError):
+    """A database task's hook (``pre``, ``post``, ``error``, ``timeout``) raised or returned
+    something it may not: the task fails, naming the hook."""
+
+    def __init__(self, hook: str, path: str, reason: str) -> None:
+        super().__init__(hook, path, reason)
+        self.hook = hook
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"the {self.hook} hook {self.path} {self.reason}"
 
 
 class LauncherError(InvalidSpec):

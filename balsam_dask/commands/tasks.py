@@ -20,6 +20,7 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from balsam_dask.commands.common import (
@@ -33,12 +34,14 @@ from balsam_dask.commands.common import (
     parse_pair,
     parse_tag,
     resources_of,
+    table,
     task_id,
 )
 from balsam_dask.store.api import Store
 from balsam_dask.store.ops import TaskRecord
 from balsam_dask.taskdb.fields import ON_PARENT_FAILURE
 from balsam_dask.taskdb.files import load_task_file
+from balsam_dask.taskdb.job import Transfer
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
@@ -140,6 +143,18 @@ def show_database_fields(t: TaskRecord) -> None:
             print(f"  {label}: {json.dumps(value, sort_keys=True)}")
     if t.lease_owner is not None:
         print(f"  lease: session {t.lease_owner} until {fmt_time(t.lease_expires)}")
+
+
+def show_transfers(transfers: Sequence[Transfer]) -> None:
+    """The transfers table of ``show`` (nothing when the task made none)."""
+    if not transfers:
+        return
+    rows = [[fmt_time(t.started), t.direction, t.transport, t.src, t.dest, t.attempts,
+             "ok" if t.ok else "FAILED", t.nbytes, f"{t.ended - t.started:.1f}", (t.error or "")[:80]]
+            for t in transfers]  # fmt: skip
+    print()
+    print(table(rows, ["STARTED", "DIR", "TRANSPORT", "SRC", "DEST", "ATTEMPTS", "OUTCOME", "BYTES", "SECONDS",
+                       "ERROR"]))  # fmt: skip
 
 
 #: Options of ``submit`` that make one row (refused with --file).

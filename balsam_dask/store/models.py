@@ -212,6 +212,27 @@ class TaskParent(Base):
     __table_args__ = ({"sqlite_with_rowid": False},)
 
 
+class TransferRow(Base):
+    """One stage-in or stage-out item of a database task as it ran (``taskdb.job.Transfer``)."""
+
+    __tablename__ = "transfers"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    task_id: Mapped[int] = mapped_column(BigInteger)
+    direction: Mapped[str] = mapped_column(String(3))  # "in" | "out"
+    src: Mapped[str] = mapped_column(Text)
+    dest: Mapped[str] = mapped_column(Text)
+    transport: Mapped[str] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started: Mapped[float] = mapped_column(Float)
+    ended: Mapped[float] = mapped_column(Float)
+    nbytes: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_transfers_task_id", "task_id"),)
+
+
 tasks_t = cast(Table, Task.__table__)
 events_t = cast(Table, Event.__table__)
 allocations_t = cast(Table, Allocation.__table__)
@@ -219,3 +240,4 @@ sessions_t = cast(Table, Session.__table__)
 shape_counts_t = cast(Table, ShapeCount.__table__)
 apps_t = cast(Table, App.__table__)
 task_parents_t = cast(Table, TaskParent.__table__)
+transfers_t = cast(Table, TransferRow.__table__)

@@ -19,7 +19,7 @@ from balsam_dask.errors import InvalidSpec, UnknownTask
 from balsam_dask.store import queries as Q
 from balsam_dask.store.apply import add_shape_counts, chunks
 from balsam_dask.store.dag import AWAITING, KILLED, children_of, start_state, task_states
-from balsam_dask.store.models import events_t, task_parents_t, tasks_t
+from balsam_dask.store.models import events_t, task_parents_t, tasks_t, transfers_t
 from balsam_dask.store.ops import TaskRecord, Transition
 from balsam_dask.store.shapes import Shape, shape_of
 from balsam_dask.store.states import FINAL_STATES, UNFINISHED_STATES, State
@@ -221,6 +221,7 @@ def remove(conn: Connection, records: list[TaskRecord]) -> None:
     pc = task_parents_t.c
     for part in chunks(ids):
         conn.execute(delete(events_t).where(events_t.c.task_id.in_(part)))
+        conn.execute(delete(transfers_t).where(transfers_t.c.task_id.in_(part)))
         conn.execute(delete(task_parents_t).where(pc.parent_id.in_(part)))
         conn.execute(delete(tasks_t).where(tasks_t.c.id.in_(part)))
     pairs = [{"p": p, "c": t.id} for t in records for p in t.parents]

@@ -180,10 +180,20 @@ def location(field: str, value: Any, example: str) -> str:
     return value
 
 
+def location_form(value: str) -> tuple[str, str]:
+    """How a location is reached and its path there: ``(scheme, rest)`` for a URL
+    (``file``, ``rsync``, ``scp``...), ``("host", path)`` for ``host:path`` (a ':' before the
+    first '/'), ``("local", path)`` for a path. The node's staging chooses transports by it."""
+    m = _SCHEME.match(value)
+    if m:
+        return m.group(1).lower(), m.group(2)
+    if ":" in value.split("/", 1)[0]:
+        return "host", value.split(":", 1)[1]
+    return "local", value
+
+
 def _basename(src: str) -> str:
-    m = _SCHEME.match(src)
-    path = m.group(2) if m else src.split(":", 1)[1] if ":" in src.split("/", 1)[0] else src
-    return path.rstrip("/").rsplit("/", 1)[-1]
+    return location_form(src)[1].rstrip("/").rsplit("/", 1)[-1]
 
 
 def stage_in(value: Any) -> list[dict[str, str]]:

@@ -11,6 +11,7 @@ holds every attempt and the result even if the client dies.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import inspect
 import os
@@ -29,7 +30,7 @@ import cloudpickle
 
 from balsam_dask.apps import AppResult
 from balsam_dask.daskconfig import user_traceback
-from balsam_dask.errors import AppError, TaskKilled, TaskTimeout
+from balsam_dask.errors import AppError, HookError, TaskKilled, TaskTimeout
 from balsam_dask.function import PickledFunction, unpack
 from balsam_dask.private import private_dir, write_private
 from balsam_dask.protocol import (
@@ -57,7 +58,8 @@ class Handlers:
     """User callbacks deciding what happens after a failed or timed-out attempt.
 
     ``on_error(exc, attempt) -> bool`` and ``on_timeout(attempt) -> bool``: True retries.
-    Without a handler: retry while attempts remain (``retries``, ``timeout_retries``)."""
+    Without a handler: retry while attempts remain (``retries``, ``timeout_retries``). A
+    handler raising ``HookError`` (a database task's hook) fails the task with that error."""
 
     on_error: Callable[[BaseException, int], bool] | None = None
     on_timeout: Callable[[int], bool] | None = None
@@ -133,12 +135,18 @@ def _annotations(key: str) -> dict[str, Any]:
     return (ts.annotations or {}) if ts is not None else {}
 
 
-def run_attempts(body: Callable[[TaskContext, RunHandle], Any], handlers: Handlers | None) -> Any:
+def run_attempts(body: Callable[[TaskContext, RunHandle], Any], handlers: Handlers | None, *,
+                 task_id: int | None = None, name: str | None = None) -> Any:  # fmt: skip
+    """Run ``body(ctx, handle)`` once per attempt until it succeeds or ``handlers`` (or the
+    spec's retries) give up: each failed or timed-out attempt reported, the result reported.
+    ``task_id``/``name`` (a database task's) replace the dispatch's id and the spec's name."""
     from distributed.worker import thread_state
 
     key = str(getattr(thread_state, "key", "direct-call"))
     ann = _annotations(key)
     spec = task_spec(ann.get(SPEC_ANNOTATION))
+    if name is not None and spec.name != name:
+        spec = dataclasses.replace(spec, name=name)
     dispatch: dict[str, Any] = ann.get(DISPATCH_ANNOTATION) or {}
     handlers = handlers or Handlers()
     rt = get_runtime()
@@ -149,7 +157,7 @@ def run_attempts(body: Callable[[TaskContext, RunHandle], Any], handlers: Handle
     try:
         while True:
             ctx = TaskContext(key, spec, attempt, gpus, tuple(dispatch.get("hosts", ())), rt.config.name,
-                              dispatch.get("task_id"))  # fmt: skip
+                              dispatch.get("task_id") if task_id is None else task_id)  # fmt: skip
             started = time.time()
             set_current(ctx)
             try:
@@ -215,6 +223,8 @@ def _decide(handler: Callable[..., bool] | None, args: tuple[Any, ...], default:
         return default
     try:
         return bool(handler(*args))
+    except HookError:
+        raise
     except Exception as e:  # a broken handler fails the task rather than looping
         raise RuntimeError(f"error handler {handler!r} raised {type(e).__name__}: {e}") from e
 
@@ -273,8 +283,9 @@ def check_process(res: ProcessResult, spec: TaskSpec, handle: RunHandle) -> None
         raise _TimedOut(f"timed out after {spec.timeout:g}s (stderr tail: {res.stderr_tail[-500:]})")
 
 
-def _python_isolated(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+def python_isolated(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                      ctx: TaskContext, handle: RunHandle) -> Any:  # fmt: skip
+    """One attempt of a Python function in a process of its own (its cwd the work directory)."""
     rt = get_runtime()
     workdir = private_dir(task_workdir(rt, ctx))
     ctx.launch["workdir"] = str(workdir.absolute())
@@ -317,15 +328,20 @@ def run_python(task_fn: Callable[..., Any] | PickledFunction, handlers: Handlers
     def body(ctx: TaskContext, handle: RunHandle) -> Any:
         fn = unpack(task_fn)  # inside the attempt: a function that cannot be loaded fails it
         if ctx.spec.runs_in_subprocess:
-            return _python_isolated(fn, args, kwargs, ctx, handle)
-        import dask
-
-        # tasks it submits are its children; its BLAS/OpenMP pools get its cores
-        with dask.annotate(**{PARENT_ANNOTATION: ctx.key}), get_runtime().pools.limit(ctx.spec.resources.cores):
-            value = fn(*args, **kwargs)
-            return _awaited(value) if inspect.isawaitable(value) else value
+            return python_isolated(fn, args, kwargs, ctx, handle)
+        return python_in_thread(fn, args, kwargs, ctx)
 
     return run_attempts(body, handlers)
+
+
+def python_in_thread(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], ctx: TaskContext) -> Any:
+    """One attempt of a Python function in the worker's thread."""
+    import dask
+
+    # tasks it submits are its children; its BLAS/OpenMP pools get its cores
+    with dask.annotate(**{PARENT_ANNOTATION: ctx.key}), get_runtime().pools.limit(ctx.spec.resources.cores):
+        value = fn(*args, **kwargs)
+        return _awaited(value) if inspect.isawaitable(value) else value
 
 
 def _awaited(value: Any) -> Any:
@@ -348,24 +364,25 @@ def _awaited(value: Any) -> Any:
 @user_traceback
 def run_app(app: AppCall, handlers: Handlers | None) -> AppResult:
     """An unmodified executable as a balsam task."""
+    return run_attempts(lambda ctx, handle: app_attempt(app, ctx, handle), handlers)
 
-    def body(ctx: TaskContext, handle: RunHandle) -> AppResult:
-        argv = command_argv(app.command, app.params)
-        workdir = task_workdir(get_runtime(), ctx)
-        ctx.launch.update(command=shlex.join(argv), workdir=str(workdir.absolute()))
-        suffix = "" if ctx.attempt <= 1 else f".{ctx.attempt}"
-        res = run_process(
-            argv, workdir=workdir, env=task_env(ctx.spec, ctx.gpu_ids), timeout=ctx.spec.timeout,
-            kill_event=handle.kill_event, stdout_name=f"stdout{suffix}.txt", stderr_name=f"stderr{suffix}.txt",
-        )  # fmt: skip
-        ctx.launch["return_code"] = res.returncode
-        check_process(res, ctx.spec, handle)
-        result = AppResult(
-            tuple(argv), res.returncode, res.duration, res.started_at, res.ended_at, workdir.absolute(),
-            res.stdout_path, res.stderr_path, res.stdout_tail, res.stderr_tail, ctx.gpu_ids,
-        )  # fmt: skip
-        if app.check and res.returncode != 0:
-            raise AppError(shlex.join(argv), res.returncode, res.stderr_tail, str(workdir))
-        return result
 
-    return run_attempts(body, handlers)
+def app_attempt(app: AppCall, ctx: TaskContext, handle: RunHandle) -> AppResult:
+    """One attempt of an app: its command rendered with its parameters, run in its work directory."""
+    argv = command_argv(app.command, app.params)
+    workdir = task_workdir(get_runtime(), ctx)
+    ctx.launch.update(command=shlex.join(argv), workdir=str(workdir.absolute()))
+    suffix = "" if ctx.attempt <= 1 else f".{ctx.attempt}"
+    res = run_process(
+        argv, workdir=workdir, env=task_env(ctx.spec, ctx.gpu_ids), timeout=ctx.spec.timeout,
+        kill_event=handle.kill_event, stdout_name=f"stdout{suffix}.txt", stderr_name=f"stderr{suffix}.txt",
+    )  # fmt: skip
+    ctx.launch["return_code"] = res.returncode
+    check_process(res, ctx.spec, handle)
+    result = AppResult(
+        tuple(argv), res.returncode, res.duration, res.started_at, res.ended_at, workdir.absolute(),
+        res.stdout_path, res.stderr_path, res.stdout_tail, res.stderr_tail, ctx.gpu_ids,
+    )  # fmt: skip
+    if app.check and res.returncode != 0:
+        raise AppError(shlex.join(argv), res.returncode, res.stderr_tail, str(workdir))
+    return result

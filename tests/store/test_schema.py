@@ -182,7 +182,7 @@ def test_a_0002_store_is_upgraded_to_the_task_database(store_url: str) -> None:
                           "(1, 1, 0, 0.0, 'FINISHED', 1), (1, 1, 0, 0.0, 'RUNNING', 1)"))  # fmt: skip
     engine.dispose()
     with Store(store_url) as store:  # opening upgrades
-        assert store.revision == HEAD == "0003"
+        assert store.revision == HEAD == "0004"
         old = store.task(1)
         assert (old.state, old.key, old.app, old.function, old.params, old.lease_owner) == (
             "FINISHED", "old-1", None, None, None, None)  # fmt: skip
