@@ -316,7 +316,6 @@ class TaskSpec:
             out["durable"] = False
         return out
 
-
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, name: str | None = None,
                   tags: Mapping[str, str] | None = None) -> TaskSpec:  # fmt: skip

@@ -1,7 +1,7 @@
 """``balsam-dask serve``: run the store's database tasks on emulated local nodes or a site.
 
-    balsam-dask serve --local --nodes 2            (this machine, 2 emulated nodes)
-    balsam-dask serve --site ~/sites/polaris       (the site's batch system and limits)
+balsam-dask serve --local --nodes 2            (this machine, 2 emulated nodes)
+balsam-dask serve --site ~/sites/polaris       (the site's batch system and limits)
 """
 
 from __future__ import annotations

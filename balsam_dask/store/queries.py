@@ -106,6 +106,7 @@ def session_record(row: Any) -> SessionRecord:
     return SessionRecord(**{k: m[k] for k in SessionRecord.__slots__})
 
 
-history_select = select(events_t).order_by(events_t.c.id)
+#: Oldest first: by time, then id (events of several sessions: a store writer settling a DAG, a service)
+history_select = select(events_t).order_by(events_t.c.ts, events_t.c.id)
 allocations_select = select(allocations_t).order_by(allocations_t.c.id)
 sessions_select = select(sessions_t).order_by(sessions_t.c.id)

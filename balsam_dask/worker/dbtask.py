@@ -29,6 +29,7 @@ from balsam_dask.private import private_dir
 from balsam_dask.spec import TaskSpec
 from balsam_dask.taskdb import fields
 from balsam_dask.taskdb.job import DbJob, DbResult, Transfer
+from balsam_dask.template import render
 from balsam_dask.worker.context import TaskContext
 from balsam_dask.worker.execute import (
     AppCall,
@@ -185,6 +186,8 @@ class _DbRun:
         if spec.command is None:
             raise InvalidSpec(f"database task {self.job.task_id} has no function and its spec no command: give "
                               "function='pkg.mod:fn' or an app with a command")  # fmt: skip
+        if isinstance(spec.command, tuple):  # an app's argv form: each word a template (checked at submission)
+            return tuple(render(spec.command, self.template_params(spec)))
         return spec.command
 
     def template_params(self, spec: TaskSpec) -> dict[str, Any]:

@@ -82,8 +82,10 @@ def test_sigkill_of_serve_then_restart_runs_each_task_to_one_finish(tmp_path: Pa
     index = {tid: i for i, tid in enumerate(ids)}
     assert all(runs[index[tid]] == 1 for tid in done_before), "a task that had finished ran again"
     assert all(r >= 1 for r in runs)
-    print(f"finished before the kill {len(done_before)}, requeued from a dead lease {requeued}, "
-          f"ran twice (never recorded finished) {sum(r > 1 for r in runs)}")
+    print(
+        f"finished before the kill {len(done_before)}, requeued from a dead lease {requeued}, "
+        f"ran twice (never recorded finished) {sum(r > 1 for r in runs)}"
+    )
 
 
 @pytest.mark.postgres
