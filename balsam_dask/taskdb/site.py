@@ -385,4 +385,3 @@ def _check_limits(where: str, site: SiteConfig) -> None:
     if site.scheduler == "local" and site.local.nodes > lim.max_nodes_per_job:
         raise _invalid(where, "local.nodes", site.local.nodes, f"at most limits.max_nodes_per_job "
                        f"({lim.max_nodes_per_job})", str(lim.max_nodes_per_job))  # fmt: skip
-

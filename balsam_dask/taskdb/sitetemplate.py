@@ -33,7 +33,8 @@ node:  # one node's shape, and how MPI tasks are launched there
   cores_per_node: {cores}  # {cores_note}
   gpus_per_node: 0  # GPUs of one node
   memory_per_node: null  # bytes or a size such as 64GB a node's workers may use (null: {memory_note})
-  launcher: null  # MPI launcher: mpich, openmpi, srun, pals, aprun or jsrun, optionally with its program (openmpi:/usr/bin/mpirun); null: detected on the node
+  launcher: null  # MPI tasks' launcher: mpich, openmpi, srun, pals, aprun or jsrun (null: detected on the node),
+                  # optionally with its program, e.g. openmpi:/usr/bin/mpirun
   bind: null  # MPI ranks bound to their cores: core or none; null: {bind_note}
 
 local:  # scheduler: local only
