@@ -7,6 +7,7 @@
     balsam-dask app add|ls|show|rm          apps: named, versioned command templates (cli_apps.py)
     balsam-dask submit APP -p k=v ...       add tasks, or --file tasks.{yaml,csv,jsonl} (cli_tasks.py)
     balsam-dask modify|retry|kill|rm        change, retry, kill or remove tasks (ls's filters)
+    balsam-dask site init|check DIR         a site directory (site.yaml) for serve (commands/site.py)
 
 The store comes from ``--store``, ``$BALSAM_DASK_STORE``, Dask config
 ``balsam-dask.store``, or ``./balsam.db``. Commands that only read it open it read-only (a
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 from sqlalchemy.exc import SQLAlchemyError
 
 from balsam_dask.commands import apps as cli_apps
+from balsam_dask.commands import site as cli_site
 from balsam_dask.commands import tasks as cli_tasks
 from balsam_dask.commands.common import add_filters, first_line, fmt_time, parse_time, table, task_id
 from balsam_dask.errors import BalsamDaskError, InvalidSpec
@@ -135,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="filter by state (repeatable)")  # fmt: skip
     cli_tasks.add_commands(sub)
     cli_apps.add_commands(sub)
+    cli_site.add_commands(sub)
     return p
 
 
@@ -157,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "limit", 1) is not None and getattr(args, "limit", 1) <= 0:
         parser.error(f"--limit {args.limit} must be positive, e.g. --limit 50")
+    if args.command == "site":  # no store
+        return cli_site.run(args)
     store: Store | None = None
     try:
         store = Store(args.store, create=args.command == "init", kind="cli", read_only=read_only(args))

@@ -40,7 +40,7 @@ def load_site(site_dir: str | os.PathLike[str]) -> SiteConfig:
     init = f"create it with: balsam-dask site init --scheduler local {site_dir}"
     if not base.is_dir():
         what = "is not a directory" if base.exists() else "does not exist"
-        raise InvalidSiteConfig(str(base), "", f"the site directory {base} {what}: {init}")
+        raise InvalidSiteConfig(str(base), "", f"the site directory {what}: {init}")
     try:
         text = path.read_text()
     except FileNotFoundError:
