@@ -211,9 +211,11 @@ def worker_count(cluster: Any) -> int:
 def test_extra_backlog_makes_the_policy_request_an_allocation(tmp_path: Path) -> None:
     """Nothing submitted to the scheduler; an extra backlog of N waiting 1-node tasks (the
     store's, for serve) is enough for the policy to request an allocation."""
-    (tmp_path / "site.yaml").write_text("scheduler: local\nnode: {cores_per_node: 1}\nlocal: {nodes: 0}\n"
-                                        "limits: {max_nodes_per_job: 2, max_total_nodes: 2, min_walltime: 60, "
-                                        "default_task_walltime: 30, max_queued_jobs: 2}\n")  # one job per decision
+    (tmp_path / "site.yaml").write_text(
+        "scheduler: local\nnode: {cores_per_node: 1}\nlocal: {nodes: 0}\n"
+        "limits: {max_nodes_per_job: 2, max_total_nodes: 2, min_walltime: 60, "
+        "default_task_walltime: 30, max_queued_jobs: 2}\n"
+    )  # one job per decision
     site = load_site(tmp_path)
     waiting = [BacklogShape(nodes=1, cores=1, gpus=0, walltime=30.0, count=6)]
     with cluster_for_site(site) as cluster:
