@@ -263,7 +263,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], str, str]]] = {
         "persistent": (lambda v: validate.flag("persistent", v), "true or false", "false"),
     },
     "tasks": {
-        "tags": (lambda v: validate_tags(v or {}), "a mapping of tag names to values", "{experiment: sweep1}"),
+        "tags": (validate_tags, "a mapping of tag names to values", "{experiment: sweep1}"),
         "apps": (_apps, "a list of app names", "[sim, post]"),
     },
 }
@@ -348,7 +348,7 @@ def parse_site(data: Mapping[str, Any] | None, where: str = "site.yaml", *, cpu_
         batch=BatchOptions(**batch), node=NodeOptions(**node), local=LocalOptions(**local), limits=Limits(**limits),
         serve=ServeOptions(**given["serve"]), tasks=TaskSelection(**given["tasks"]),
     )  # fmt: skip
-    _check_limits(where, site)
+    _check_limits(where, site, data.get("limits") or {})
     if site.serve.max_in_flight is None and site.total_cores is not None:
         site = replace(site, serve=replace(site.serve, max_in_flight=IN_FLIGHT_PER_CORE * site.total_cores))
     return site
@@ -373,15 +373,17 @@ def _check_scheduler(where: str, scheduler: str, batch: dict[str, Any], node: di
                        "are --partition)", "null")  # fmt: skip
 
 
-def _check_limits(where: str, site: SiteConfig) -> None:
+def _check_limits(where: str, site: SiteConfig, given: Mapping[str, Any]) -> None:
+    """Limits that contradict each other (a value shown as given)."""
     lim = site.limits
     for key in ("max_nodes_per_job", "max_total_nodes"):
         if getattr(lim, key) < lim.min_nodes:
             raise _invalid(where, f"limits.{key}", getattr(lim, key), f"an integer >= limits.min_nodes "
                            f"({lim.min_nodes})", str(max(lim.min_nodes, 16)))  # fmt: skip
     if lim.max_walltime < lim.min_walltime:
-        raise _invalid(where, "limits.max_walltime", lim.max_walltime, f"a duration >= limits.min_walltime "
-                       f"({lim.min_walltime:g} s)", "'06:00:00'")  # fmt: skip
+        shown = given.get("max_walltime", lim.max_walltime)
+        want = f"a duration >= limits.min_walltime ({lim.min_walltime:g} s)"
+        raise _invalid(where, "limits.max_walltime", shown, want, "'06:00:00'")
     if site.scheduler == "local" and site.local.nodes > lim.max_nodes_per_job:
         raise _invalid(where, "local.nodes", site.local.nodes, f"at most limits.max_nodes_per_job "
                        f"({lim.max_nodes_per_job})", str(lim.max_nodes_per_job))  # fmt: skip

@@ -99,7 +99,7 @@ BAD: list[tuple[Any, str]] = [
     ({"scheduler": "local", "limits": {"idle_timeout": "soon"}}, r"limits.idle_timeout='soon' is invalid: give a "
                                                                  r"duration, e.g. idle_timeout: 60"),
     ({"scheduler": "local", "limits": {"min_walltime": "2h", "max_walltime": "1h"}},
-     r"limits.max_walltime=3600.0 is invalid: give a duration >= limits.min_walltime \(7200 s\)"),
+     r"limits.max_walltime='1h' is invalid: give a duration >= limits.min_walltime \(7200 s\)"),
     ({**SLURM, "limits": {"min_nodes": 4, "max_nodes_per_job": 2}}, r"limits.max_nodes_per_job=2 is invalid: give "
                                                                     r"an integer >= limits.min_nodes \(4\)"),
     ({"scheduler": "local", "limits": {"max_queued_jobs": 0}}, r"limits.max_queued_jobs=0 is invalid"),
