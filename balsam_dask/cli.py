@@ -7,6 +7,7 @@
     balsam-dask app add|ls|show|rm          apps: named, versioned command templates (cli_apps.py)
     balsam-dask submit APP -p k=v ...       add tasks, or --file tasks.{yaml,csv,jsonl} (cli_tasks.py)
     balsam-dask modify|retry|kill|rm        change, retry, kill or remove tasks (ls's filters)
+    balsam-dask site init|check DIR         a site directory (site.yaml) for serve (commands/site.py)
 
 The store comes from ``--store``, ``$BALSAM_DASK_STORE``, Dask config
 ``balsam-dask.store``, or ``./balsam.db``. Commands that only read it open it read-only (a
@@ -26,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from balsam_dask.commands import apps as cli_apps
 from balsam_dask.commands import serve as cli_serve
+from balsam_dask.commands import site as cli_site
 from balsam_dask.commands import tasks as cli_tasks
 from balsam_dask.commands.common import add_filters, first_line, fmt_time, parse_time, table, task_id
 from balsam_dask.errors import BalsamDaskError, InvalidSpec
@@ -139,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_tasks.add_commands(sub)
     cli_apps.add_commands(sub)
     cli_serve.add_commands(sub)
+    cli_site.add_commands(sub)
     return p
 
 
@@ -161,8 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "limit", 1) is not None and getattr(args, "limit", 1) <= 0:
         parser.error(f"--limit {args.limit} must be positive, e.g. --limit 50")
+    if args.command == "site":  # no store
+        return cli_site.run(args)
     store: Store | None = None
     try:
+        if args.command == "serve" and args.site and not args.store:  # the site names its store
+            return cli_serve.cmd_serve(None, args)
         store = Store(args.store, create=args.command == "init", kind="cli", read_only=read_only(args))
         if store.snapshot and os.path.exists(f"{store.url.database}-wal"):
             print(f"balsam-dask: note: {store.url.database} is read as it was last checkpointed (its directory "

@@ -34,6 +34,20 @@ class InvalidTaskRow(InvalidSpec):
         return f"{self.where}, field {self.field!r}: {self.reason}; nothing was written"
 
 
+class InvalidSiteConfig(InvalidSpec):
+    """A site's configuration (``site.yaml``, ``balsam-dask site``) is invalid: ``where`` names
+    the file, ``key`` the key path at fault (``batch.queue``; empty for the whole file)."""
+
+    def __init__(self, where: str, key: str, reason: str) -> None:
+        super().__init__(where, key, reason)
+        self.where = where
+        self.key = key
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
 class UnpicklableArgument(InvalidSpec, TypeError):
     """An argument of a task cannot be serialized to travel to the workers."""
 

@@ -25,8 +25,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--nodes", type=int, help="local nodes (default 1)")
     p.add_argument("--cores-per-node", type=int, help="cores of each local node (default: this machine's / nodes)")
     p.add_argument("--workdir", help="where work directories go (default: the current directory)")
-    p.add_argument("--lease", default="60", help="seconds a claim lasts without heartbeat (default 60)")
-    p.add_argument("--idle-ttl", default="300", help="stop after this long with nothing to do (default 300 s)")
+    p.add_argument("--lease", help="seconds a claim lasts without heartbeat (default 60, or the site's)")
+    p.add_argument("--idle-ttl", help="stop after this long with nothing to do (default 300 s, or the site's)")
     p.add_argument("--persistent", action="store_true", help="never stop for idleness")
     p.add_argument("--max-in-flight", type=int, help="tasks submitted at once (default: twice the cores)")
     p.add_argument("--tag", action="append", type=parse_tag, help="take only tasks with this tag (repeatable)")
@@ -44,43 +44,73 @@ def _seconds(option: str, text: str, example: str) -> float:
     return value
 
 
-def cmd_serve(store: Store, args: argparse.Namespace) -> int:
+def cmd_serve(store: Store | None, args: argparse.Namespace) -> int:
     # Dask and the cluster are imported here: the other commands start without them
-    from balsam_dask.deploy.local import LocalEnsembleCluster
     from balsam_dask.serve.progress import progress_for
-    from balsam_dask.serve.service import ServeOptions, serve
+    from balsam_dask.serve.service import serve
 
     if not args.local and not args.site:
         raise CLIError("serve needs where to run: --local (this machine) or --site DIR, "
                        "e.g. balsam-dask serve --local --nodes 2")  # fmt: skip
-    options = ServeOptions(
-        lease=_seconds("--lease", args.lease, "60"), idle_ttl=_seconds("--idle-ttl", args.idle_ttl, "5m"),
-        persistent=args.persistent, max_in_flight=args.max_in_flight, tags=dict(args.tag) if args.tag else None,
-        apps=args.app,
-    )  # fmt: skip
-    url = store.url.render_as_string(hide_password=False)
     if args.site:
-        make = _site_cluster(args, url)
+        from balsam_dask.serve.sites import site_plan
+
+        plan = site_plan(args.site, nodes=args.nodes, overrides=option_overrides(args),
+                         store=store)  # fmt: skip
     else:
-        nodes = 1 if args.nodes is None else args.nodes
-        if nodes < 1:
-            raise CLIError(f"--nodes {nodes} is invalid: give at least 1, e.g. --nodes 2")
-
-        async def make() -> Any:
-            return await LocalEnsembleCluster(nodes=nodes, cores_per_node=args.cores_per_node, store=url,
-                                              workdir=args.workdir or os.getcwd(), asynchronous=True)  # fmt: skip
-
+        assert store is not None
+        plan = _local_plan(args, store)
     callback, context = progress_for(args.progress)
     with context:
-        report = asyncio.run(serve(store, make, options, progress=callback))
+        report = asyncio.run(serve(plan.store, plan.make_cluster, plan.options, progress=callback))
     took = report.ended_at - report.started_at
     print(f"serve: {report.finished} finished, {report.failed} failed, {report.cancelled} cancelled, "
           f"{report.created} created by hooks, in {took:.1f} s ({report.reason})", file=sys.stderr)  # fmt: skip
     return 0
 
 
-def _site_cluster(args: argparse.Namespace, url: str) -> Any:
-    raise CLIError("--site: not available in this build")
+def seconds(option: str, text: str | None, example: str) -> float | None:
+    """A duration option's seconds (None when not given)."""
+    if text is None:
+        return None
+    try:
+        value = parse_duration(option, float(text) if text.replace(".", "", 1).isdigit() else text)
+    except Exception:
+        value = None
+    if value is None:
+        raise CLIError(f"{option} {text!r} is invalid: give seconds or a duration, e.g. {option} {example}")
+    return value
+
+
+def option_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The ServeOptions fields given on the command line."""
+    out: dict[str, Any] = {}
+    lease = seconds("--lease", args.lease, "60")
+    ttl = seconds("--idle-ttl", args.idle_ttl, "5m")
+    for k, v in (("lease", lease), ("idle_ttl", ttl), ("max_in_flight", args.max_in_flight),
+                 ("tags", dict(args.tag) if args.tag else None), ("apps", args.app)):  # fmt: skip
+        if v is not None:
+            out[k] = v
+    if args.persistent:
+        out["persistent"] = True
+    return out
+
+
+def _local_plan(args: argparse.Namespace, store: Store) -> Any:
+    from balsam_dask.deploy.local import LocalEnsembleCluster
+    from balsam_dask.serve.service import ServeOptions, ServePlan
+
+    options = ServeOptions(**option_overrides(args))
+    nodes = 1 if args.nodes is None else args.nodes
+    if nodes < 1:
+        raise CLIError(f"--nodes {nodes} is invalid: give at least 1, e.g. --nodes 2")
+    url = store.url.render_as_string(hide_password=False)
+
+    async def make() -> Any:
+        return await LocalEnsembleCluster(nodes=nodes, cores_per_node=args.cores_per_node, store=url,
+                                          workdir=args.workdir or os.getcwd(), asynchronous=True)  # fmt: skip
+
+    return ServePlan(store, make, options)
 
 
 COMMANDS = {"serve": cmd_serve}

@@ -6,13 +6,15 @@ and remaining time), and asks :func:`~balsam_dask.packing.policy.decide` which a
 to request, which to cancel, and which idle nodes of running ones to give back. A node
 holding a result a client still references is never counted idle, so neither an allocation
 nor a node is retired from under live results (Dask's own Adaptive, with a target of 0,
-closes such workers and the results are recomputed).
+closes such workers and the results are recomputed). ``extra_backlog`` adds shapes of work
+not yet submitted to the scheduler (``balsam-dask serve``: the store's whole backlog).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from distributed.deploy.adaptive import Adaptive
@@ -26,8 +28,10 @@ log = logging.getLogger(__name__)
 class PolicyAdaptive(Adaptive):
     cluster: Any  # an AllocationCluster
 
-    def __init__(self, cluster: Any, *, limits: SiteLimits, interval: Any = "2s", **kwargs: Any) -> None:
+    def __init__(self, cluster: Any, *, limits: SiteLimits, interval: Any = "2s",
+                 extra_backlog: Callable[[], list[BacklogShape]] | None = None, **kwargs: Any) -> None:  # fmt: skip
         self.limits = limits
+        self.extra_backlog = extra_backlog
         self.decisions: list[tuple[float, Decision]] = []
         self._idle_since: dict[str, float] = {}
         self._node_idle_since: dict[str, float] = {}  # releasable node-workers, by name
@@ -35,9 +39,13 @@ class PolicyAdaptive(Adaptive):
                          **kwargs)  # fmt: skip
 
     def backlog(self) -> list[BacklogShape]:
+        """The placer's backlog by shape, and the extra backlog's shapes."""
         counts = self.cluster.plugin.placer.backlog_counts()
-        return [BacklogShape(nodes, cores, gpus, wt, waiting, running)
-                for (nodes, cores, gpus, wt), (waiting, running) in counts.items()]  # fmt: skip
+        shapes = [BacklogShape(nodes, cores, gpus, wt, waiting, running)
+                  for (nodes, cores, gpus, wt), (waiting, running) in counts.items()]  # fmt: skip
+        if self.extra_backlog is not None:
+            shapes += self.extra_backlog()
+        return shapes
 
     def allocations(self, now: float) -> list[AllocationView]:
         usage = self.cluster.node_usage()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from distributed import Scheduler, SpecCluster
 from distributed.security import Security
@@ -22,6 +22,9 @@ from balsam_dask.network import protocol
 from balsam_dask.scheduler.plugin import BalsamPlugin
 from balsam_dask.spec import NodeShape, parse_duration
 from balsam_dask.store.states import ALLOCATION_ENDED, ALLOCATION_LIVE
+
+if TYPE_CHECKING:
+    from balsam_dask.packing.policy import BacklogShape
 
 log = logging.getLogger(__name__)
 
@@ -241,9 +244,10 @@ class AllocationCluster(SpecCluster):
         self, *, min_nodes: int = 1, max_nodes_per_job: int | None = None, max_walltime: Any = "06:00:00",
         min_walltime: Any = "00:10:00", max_queued_jobs: int = 8, max_total_nodes: int = 64,
         queued_timeout: Any = "04:00:00", idle_timeout: Any = 60, default_task_walltime: Any = "01:00:00",
-        interval: Any = "2s", **kwargs: Any,
+        interval: Any = "2s", extra_backlog: Callable[[], list[BacklogShape]] | None = None, **kwargs: Any,
     ) -> Any:  # fmt: skip
-        """Scale with the packing policy (see ``packing/policy.py``) instead of Dask's Adaptive."""
+        """Scale with the packing policy (see ``packing/policy.py``) instead of Dask's Adaptive;
+        ``extra_backlog()``: shapes of work the scheduler has not seen yet, sized for too."""
         from balsam_dask.deploy.adaptive import PolicyAdaptive
         from balsam_dask.packing.policy import SiteLimits
 
@@ -259,7 +263,7 @@ class AllocationCluster(SpecCluster):
         previous = getattr(self, "_adaptive", None)
         if previous is not None:
             previous.stop()
-        self._adaptive = PolicyAdaptive(self, limits=limits, interval=interval, **kwargs)
+        self._adaptive = PolicyAdaptive(self, limits=limits, interval=interval, extra_backlog=extra_backlog, **kwargs)
         return self._adaptive
 
     def node_usage(self) -> dict[str, tuple[int, int]]:

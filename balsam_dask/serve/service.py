@@ -79,6 +79,15 @@ class ServeReport:
 Progress = Callable[[dict[str, Any]], None]
 
 
+@dataclass(frozen=True)
+class ServePlan:
+    """What ``serve`` needs: the store, how to start the cluster, the options."""
+
+    store: Store
+    make_cluster: Callable[[], Awaitable[Any]]
+    options: ServeOptions
+
+
 class Service:
     """One ``serve`` run: ``cluster`` is an AllocationCluster started asynchronously (its
     scheduler has the plugin on ``store``'s database); ``progress`` gets a snapshot each second."""
