@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
 APART = [("worker", "scheduler"), ("worker", "store"), ("scheduler", "client"), ("scheduler", "worker")]
 #: Pure cores: no Dask, no database, no processes, no files.
 PURE = ("spec", "validate", "protocol", "template", "packing", "mpi_tasks.launchers", "deploy.jobs", "deploy.systems",
-        "taskdb.fields", "taskdb.apps", "taskdb.rows")  # fmt: skip
+        "taskdb.fields", "taskdb.apps", "taskdb.rows", "taskdb.job")  # fmt: skip
 IMPURE_IMPORTS = ("dask", "distributed", "sqlalchemy", "subprocess", "asyncio", "socket", "threading")
 MAX_LINES = 400
 
