@@ -5,3 +5,9 @@ from __future__ import annotations
 
 def square(x: int, *, offset: int = 0) -> int:
     return x * x + offset
+
+
+def spawn_children(ctx) -> None:  # type: ignore[no-untyped-def]
+    """A ``post`` hook: one child task per word its task wrote (a dynamic workflow)."""
+    for word in (ctx.workdir / "out.txt").read_text().split():
+        ctx.add_task({"app": "echo", "name": f"child-{word}", "params": {"text": word}, "parents": [ctx.task_id]})

@@ -107,3 +107,27 @@ def test_serve_options_and_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "--idle-ttl 'soon' is invalid: give seconds or a duration, e.g. --idle-ttl 5m" in capsys.readouterr().err
     assert main([*store, "serve", "--local", "--nodes", "0"]) == 1
     assert "--nodes 0 is invalid" in capsys.readouterr().err
+
+
+def test_hooks_spawn_children_and_a_failed_stage_in_is_recorded(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    url = f"sqlite:///{tmp_path}/s.db"
+    with Store(url) as s:
+        s.add_app("words", PRODUCE, hooks={"post": "tests.serve.funcs:spawn_children"})
+        s.add_app("echo", ["sh", "-c", 'echo "$1" > out.txt', "sh", "{text}"])
+        parent, missing = s.add_tasks([
+            {"app": "words", "name": "words", "params": {"text": "alpha beta gamma"}},
+            {"app": "echo", "name": "needs-data", "params": {"text": "x"}, "stage_in": [str(tmp_path / "nope.h5")]},
+        ])  # fmt: skip
+    report = run_serve(url, tmp_path)
+    assert report.created == 3
+    with Store(url) as s:
+        kids = {t.name: t for t in s.tasks(name="child-*", limit=None)}
+        assert sorted(kids) == ["child-alpha", "child-beta", "child-gamma"]
+        assert all(t.state == "FINISHED" and t.parents == [parent] for t in kids.values())
+        assert Path(kids["child-beta"].workdir or "", "out.txt").read_text() == "beta\n"
+        failed = s.task(missing)
+        assert failed.state == "FAILED" and "stage-in" in (s.history(missing)[-1].message or "")
+    assert main(["--store", url, "show", str(missing)]) == 0
+    out = capsys.readouterr().out
+    assert "nope.h5" in out and "in" in out
