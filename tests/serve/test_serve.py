@@ -109,8 +109,9 @@ def test_serve_options_and_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "--nodes 0 is invalid" in capsys.readouterr().err
 
 
-def test_hooks_spawn_children_and_a_failed_stage_in_is_recorded(tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_hooks_spawn_children_and_a_failed_stage_in_is_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     url = f"sqlite:///{tmp_path}/s.db"
     with Store(url) as s:
         s.add_app("words", PRODUCE, hooks={"post": "tests.serve.funcs:spawn_children"})
