@@ -14,6 +14,7 @@ import pytest
 from balsam_dask.cli import main
 from balsam_dask.spec import TaskSpec
 from balsam_dask.store import Store, Transition
+from balsam_dask.store.ops import Settle
 
 BIN = str(Path(sys.executable).parent / "balsam-dask")
 
@@ -89,7 +90,7 @@ def test_submit_and_the_filters(store_url: str, capsys: pytest.CaptureFixture[st
         assert s.task(first).walltime == 1200.0 and s.task(first).params == {"n": "4", "m": "1"}
         s.apply([Transition(s.new_id(), first, "READY", "RUNNING", time.time()),
                  Transition(s.new_id(), first, "RUNNING", "RUN_ERROR", time.time()),
-                 Transition(s.new_id(), first, "RUN_ERROR", "FAILED", time.time())])  # fmt: skip
+                 Transition(s.new_id(), first, "RUN_ERROR", "FAILED", time.time()), Settle(first)])  # fmt: skip
     # its end failed its child ``fit`` (settled with it): both are retried, fit waits for it again
     assert _out(capsys, [*cli, "retry", "--state", "FAILED"]) == "retried 2 task(s) (FAILED -> RESTART_READY)\n"
     out = _out(capsys, [*cli, "kill", str(fit), "--id", str(client)])

@@ -88,8 +88,8 @@ class Handlers:
         assert p.store is not None
         loop = asyncio.get_running_loop()
         items = await loop.run_in_executor(None, claim_jobs, p.store, limit, lease, tags, apps)
-        for item in items:
-            p.resumed[item["key"]] = (item["task_id"], item["state"], item["attempt"])
+        for item in items:  # a database task: its end settles its children
+            p.resumed[item["key"]] = (item["task_id"], item["state"], item["attempt"], True)
         return items
 
     async def renew(self, lease: float, release: list[int] | None = None) -> int:

@@ -71,7 +71,8 @@ class BalsamPlugin(SchedulerPlugin):
         self.handlers = Handlers(self)
         self.errors: list[str] = []
         self.close_error: str | None = None  # what the writer could not write when the plugin closed
-        self.resumed: dict[Hashable, tuple[int, str, int]] = {}  # key -> (task id, state, attempt)
+        # key -> (task id, state, attempt[, a database task]): rows a client resumes or a service claimed
+        self.resumed: dict[Hashable, tuple[Any, ...]] = {}
         self.resumed_data: set[Hashable] = set()  # finished parents re-entered as data: not new tasks
         self._poll_task: asyncio.Task[None] | None = None
 
@@ -211,8 +212,10 @@ class BalsamPlugin(SchedulerPlugin):
             payload = partial(dump_payload, spec, ts.run_spec) if spec is not None and spec.durable else None
             rec.new_task(key, spec, deps, payload, submitted_by).dask_placed = dask_placed
 
-    def _adopt(self, key: Hashable, spec: TaskSpec | None, task_id: int, state: str, attempt: int) -> Track:
+    def _adopt(self, key: Hashable, spec: TaskSpec | None, task_id: int, state: str, attempt: int,
+               settles: bool = False) -> Track:  # fmt: skip
         track = self.recorder.adopt(key, task_id, state, attempt, spec)
+        track.settles = settles
         if state not in (State.CREATED, State.AWAITING_PARENTS, State.READY, State.RESTART_READY):
             self.recorder.move(track, State.RESTART_READY, message="resumed: the previous scheduler died")
         return track

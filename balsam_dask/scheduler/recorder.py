@@ -14,7 +14,7 @@ from typing import Any
 
 from balsam_dask.protocol import LostReason
 from balsam_dask.spec import TaskSpec
-from balsam_dask.store.ops import NewTask, Op, TaskUpdate, Transition
+from balsam_dask.store.ops import NewTask, Op, Settle, TaskUpdate, Transition
 from balsam_dask.store.states import ACTIVE_STATES, LEGAL, UNFINISHED_STATES, State
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ _NOTHING: frozenset[str] = frozenset()
 _WAITING: frozenset[str] = frozenset({CREATED, AWAITING_PARENTS})
 #: The states from which a plain task starts RUNNING in one step.
 _RUNNABLE: frozenset[str] = frozenset({READY, RESTART_READY})
+_FINAL: frozenset[str] = frozenset({FINISHED, FAILED, KILLED})
 
 
 @lru_cache(maxsize=256)
@@ -73,6 +74,8 @@ class Track:
     worker: str | None = None
     #: Placed by Dask (``workers=``/``resources=`` annotations), not by the placer, spec or not.
     dask_placed: bool = False
+    #: A database task (claimed by a service): its end settles its waiting children (``Settle``).
+    settles: bool = False
 
 
 class Recorder:
@@ -135,6 +138,8 @@ class Recorder:
             track.state = target
             if worker is not None:
                 track.worker = worker
+            if track.settles and target in _FINAL:
+                self.put(Settle(track.id))
             return True
         steps = path_to(src, target)
         if steps is None:
@@ -152,6 +157,8 @@ class Recorder:
             track.state = state
         if worker is not None:
             track.worker = worker
+        if track.settles and target in _FINAL:
+            self.put(Settle(track.id))
         return True
 
     def restored(self, track: Track, message: str) -> None:

@@ -43,7 +43,7 @@ from balsam_dask.store.schema import ensure_schema
 from balsam_dask.store.sessions import SESSION_STALE_AFTER, is_dead, open_session
 from balsam_dask.store.shapes import Shape, shape_of
 from balsam_dask.store.signing import FORMAT_DATA, FORMAT_FILE, signer_for
-from balsam_dask.store.states import ALL_STATES, BACKLOG_STATES, FINAL_STATES, UNFINISHED_STATES
+from balsam_dask.store.states import ALL_STATES, BACKLOG_STATES, UNFINISHED_STATES
 from balsam_dask.store.taskdb import TaskDatabase
 from balsam_dask.store.writer import BatchWriter
 
@@ -167,26 +167,29 @@ class Store(TaskDatabase, Leases):
     # --- writes ---
     def apply(self, ops: Sequence[Op], *, replay: bool = False) -> ApplyStats:
         """Apply a batch of operations in one transaction (all or nothing). The waiting
-        children of tasks it ends move on in the same transaction (``dag.settle_children``)."""
+        children of the database tasks it ends (``Settle`` ops) move on in the same transaction."""
         sid = self.session_id
-        ended = [op.task_id for op in ops if type(op) is Transition and op.to_state in FINAL_STATES]
-        new_id = self._dag_ids().next if ended else None
-        with self._write_tx() as conn:
-            stats = apply_ops(conn, ops, sid, replay=replay, signer=self.signer)
-            if new_id is not None:
-                settled = settle_children(conn, ended, new_id, time.time())
-                if settled:
-                    apply_ops(conn, settled, sid, signer=self.signer)
-            return stats
+        fresh = self._own_ids is None
+        try:
+            with self._write_tx() as conn:
+                stats = apply_ops(conn, ops, sid, replay=replay, signer=self.signer)
+                if stats.settle:  # database tasks ended: their waiting children move on, in this transaction
+                    settled = settle_children(conn, stats.settle, self._dag_ids(conn).next, time.time())
+                    if settled:
+                        apply_ops(conn, settled, sid, signer=self.signer)
+                return stats
+        except BaseException:
+            if fresh:  # a session opened in a transaction that did not commit does not exist
+                self._own_ids = None
+            raise
 
-    def _dag_ids(self) -> IdAllocator:
+    def _dag_ids(self, conn: Connection) -> IdAllocator:
         """Ids for the events this store makes itself: its own, or (bound to a scheduler's
-        session, which makes the others) those of a session of its own, opened once."""
+        session, which makes the others) those of a session of its own, opened in ``conn``."""
         if not getattr(self, "_bound", False):
             return self.ids
         if self._own_ids is None:
-            with self._write_tx() as conn:
-                self._own_ids = IdAllocator(open_session(conn, "writer"))
+            self._own_ids = IdAllocator(open_session(conn, "writer"))
         return self._own_ids
 
     def writer(self, **options: Any) -> BatchWriter:

@@ -15,7 +15,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, select, update
@@ -29,6 +29,7 @@ from balsam_dask.store.ops import (
     Heartbeat,
     NewTask,
     Op,
+    Settle,
     TaskUpdate,
     Transition,
 )
@@ -47,6 +48,8 @@ class ApplyStats:
     events: int = 0
     updates: int = 0
     skipped: int = 0
+    #: Database tasks the batch ended whose children the caller settles (``Settle`` ops).
+    settle: list[int] = field(default_factory=list)
 
 
 def chunks(seq: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
@@ -218,6 +221,8 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
             allocs.append(cast(AllocationWrite, op))
         elif t is Heartbeat:
             beats[op.session_id] = max(op.ts, beats.get(op.session_id, 0.0))  # type: ignore[union-attr]
+        elif t is Settle:
+            stats.settle.append(op.task_id)  # type: ignore[union-attr]  # for the caller: dag.settle_children
         else:
             raise TypeError(f"not a store operation: {op!r}")
 

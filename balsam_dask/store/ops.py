@@ -101,7 +101,13 @@ class Heartbeat(NamedTuple):
     ts: float
 
 
-Op = NewTask | Transition | TaskUpdate | AllocationWrite | Heartbeat
+class Settle(NamedTuple):
+    """A database task ended (its end is earlier in the batch): its waiting children move on."""
+
+    task_id: int
+
+
+Op = NewTask | Transition | TaskUpdate | AllocationWrite | Heartbeat | Settle
 
 
 @dataclass(frozen=True, slots=True)

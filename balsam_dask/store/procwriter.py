@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from balsam_dask.errors import StoreUnavailable
-from balsam_dask.store.ops import AllocationWrite, Heartbeat, NewTask, Op, TaskUpdate, Transition
+from balsam_dask.store.ops import AllocationWrite, Heartbeat, NewTask, Op, Settle, TaskUpdate, Transition
 from balsam_dask.store.writer import Applier, OpQueue, WriterStats
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ MAX_DELAY = 0.5
 NICE = 0
 #: Ops travel as plain tuples led by their type's index here: pickling named tuples costs
 #: three times as much (a Python-level ``__getnewargs__`` per op) in the scheduler's process.
-_OP_TYPES: tuple[type, ...] = (Transition, NewTask, TaskUpdate, AllocationWrite, Heartbeat)
+_OP_TYPES: tuple[type, ...] = (Transition, NewTask, TaskUpdate, AllocationWrite, Heartbeat, Settle)
 _OP_CODE = {t: i for i, t in enumerate(_OP_TYPES)}
 #: Fields of one transition in the flat list.
 _WIDTH = len(Transition._fields)

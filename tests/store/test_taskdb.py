@@ -13,6 +13,7 @@ from balsam_dask.errors import InvalidSpec, InvalidTaskRow, UnknownApp, UnknownT
 from balsam_dask.spec import TaskSpec
 from balsam_dask.store import Store, Transition
 from balsam_dask.store.models import tasks_t
+from balsam_dask.store.ops import Settle
 
 
 def _move(store: Store, tid: int, *states: str) -> None:
@@ -21,6 +22,8 @@ def _move(store: Store, tid: int, *states: str) -> None:
     for s in states:
         ops.append(Transition(store.new_id(), tid, cur, s, time.time()))
         cur = s
+    if cur in ("FINISHED", "FAILED", "KILLED"):
+        ops.append(Settle(tid))  # as a service's recorder ends a database task
     store.apply(ops)
 
 
