@@ -28,7 +28,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--lease", help="seconds a claim lasts without heartbeat (default 60, or the site's)")
     p.add_argument("--idle-ttl", help="stop after this long with nothing to do (default 300 s, or the site's)")
     p.add_argument("--persistent", action="store_true", help="never stop for idleness")
-    p.add_argument("--max-in-flight", type=int, help="tasks submitted at once (default: twice the cores)")
+    p.add_argument("--max-in-flight", type=int, help="tasks submitted at once (default: 4 x the cores, at least 16)")
     p.add_argument("--tag", action="append", type=parse_tag, help="take only tasks with this tag (repeatable)")
     p.add_argument("--app", action="append", help="take only tasks of this app (repeatable)")
     p.add_argument("--progress", choices=("auto", "live", "plain", "none"), default="auto")

@@ -27,13 +27,15 @@ def task_key(t: TaskRecord) -> str:
 
 
 def claim_jobs(store: Store, limit: int, lease: float, tags: dict[str, str] | None = None,
-               apps: list[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+               apps: list[str] | None = None, app_defs: dict[tuple[str, int], AppRecord] | None = None,
+               ) -> list[dict[str, Any]]:  # fmt: skip
     """Lease up to ``limit`` runnable database tasks; for each: key, task id, state, attempt,
-    spec (``TaskSpec.to_json`` with name and tags) and job (``DbJob`` fields)."""
+    spec (``TaskSpec.to_json`` with name and tags) and job (``DbJob`` fields). ``app_defs``: the
+    app versions read so far (a version never changes), filled in."""
     claimed = store.claim_runnable(limit, lease=lease, tags=tags, apps=apps)
     if not claimed:
         return []
-    app_defs: dict[tuple[str, int], AppRecord] = {}
+    app_defs = {} if app_defs is None else app_defs
     for t in claimed:
         if t.app and (t.app, t.app_version or 0) not in app_defs:
             app_defs[(t.app, t.app_version or 0)] = store.app(t.app, t.app_version)

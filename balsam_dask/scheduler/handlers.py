@@ -20,6 +20,7 @@ class Handlers:
         """``plugin``: the BalsamPlugin whose parts the handlers read (its store, dispatcher,
         recorder, writer)."""
         self.plugin = plugin
+        self.app_defs: dict[tuple[str, int], Any] = {}  # app versions read by claims (they never change)
 
     def install(self, scheduler: Any) -> None:
         for name in NAMES:
@@ -87,7 +88,7 @@ class Handlers:
         p = self.plugin
         assert p.store is not None
         loop = asyncio.get_running_loop()
-        items = await loop.run_in_executor(None, claim_jobs, p.store, limit, lease, tags, apps)
+        items = await loop.run_in_executor(None, claim_jobs, p.store, limit, lease, tags, apps, self.app_defs)
         for item in items:  # a database task: its end settles its children
             p.resumed[item["key"]] = (item["task_id"], item["state"], item["attempt"], True)
         return items

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import time
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 class ServeOptions:
     """How a service runs: ``lease`` (seconds a claim lasts without heartbeat), ``idle_ttl``
     (seconds with nothing to do before it stops; ``persistent``: never), ``max_in_flight``
-    (tasks submitted at once; default: twice the cluster's cores), which tasks it takes
+    (tasks submitted at once; default: four times the cluster's cores, at least 16), which tasks it takes
     (``tags`` all match, ``apps``), ``tick`` (seconds between claims)."""
 
     lease: float = 60.0
@@ -102,6 +103,7 @@ class Service:
         self.client: Client | None = None
         self.in_flight: dict[str, distributed.Future] = {}
         self._done: asyncio.Queue[distributed.Future] = asyncio.Queue()
+        self._outcomes: set[str] = set()  # keys whose result carries transfers or new tasks
         self._stopping = 0  # signals received
         self._stop = asyncio.Event()
 
@@ -148,11 +150,11 @@ class Service:
                 await asyncio.get_running_loop().run_in_executor(None, self.store.requeue_expired)
                 next_beat = now + opts.lease / 3
             got = 0
-            if not self._stopping and len(self.in_flight) < limit:
+            # refill at half: fewer, larger claims (each is a write transaction and a graph update)
+            if not self._stopping and len(self.in_flight) <= limit // 2:
                 items = await rpc.balsam_claim(limit=limit - len(self.in_flight), lease=opts.lease, tags=opts.tags,
                                                apps=opts.apps)  # fmt: skip
-                for item in items:
-                    self._submit(client, item)
+                self._submit(client, items)
                 got = len(items)
             if got or self.in_flight:
                 last_busy = now
@@ -162,7 +164,7 @@ class Service:
             if self.progress is not None and now >= next_progress:
                 self.progress(await self._snapshot(client))
                 next_progress = now + 1.0
-            if not got or len(self.in_flight) >= limit:
+            if not got or len(self.in_flight) > limit // 2:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake(), opts.tick)
         await self._collect()
@@ -187,31 +189,54 @@ class Service:
     async def _default_in_flight(self, client: Client) -> int:
         shapes = client.balsam_info().get("node_shapes") or []
         cores = sum(s["cores"] for s in shapes)
-        return max(4, 2 * cores)
+        return max(16, 4 * cores)
 
     # ------------------------------------------------------------------ tasks
-    def _submit(self, client: Client, item: dict[str, Any]) -> None:
-        spec, job = spec_of(item), job_of(item)
-        with dask.annotate(**{SPEC_ANNOTATION: spec}):
-            fut = distributed.Client.submit(client, run_db_task, job, key=item["key"], pure=False,
-                                            priority=spec.priority)  # fmt: skip
-        self.in_flight[item["key"]] = fut
-        self.report.submitted += 1
+    def _submit(self, client: Client, items: list[dict[str, Any]]) -> None:
+        """Submit claimed tasks: one graph update per spec (a sweep of one app is one)."""
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for item in items:
+            groups.setdefault(json.dumps(item["spec"], sort_keys=True), []).append(item)
         loop = asyncio.get_running_loop()
-        fut.add_done_callback(lambda f: loop.call_soon_threadsafe(self._done.put_nowait, f))
+
+        def done(f: distributed.Future) -> None:
+            loop.call_soon_threadsafe(self._done.put_nowait, f)
+
+        for group in groups.values():
+            spec = spec_of(group[0])
+            jobs = [job_of(item) for item in group]
+            keys = [item["key"] for item in group]
+            with dask.annotate(**{SPEC_ANNOTATION: spec}):
+                futs = distributed.Client.map(client, run_db_task, jobs, key=keys, pure=False,
+                                              priority=spec.priority)  # fmt: skip
+            for key, job, fut in zip(keys, jobs, futs, strict=True):
+                self.in_flight[key] = fut
+                if job.hooks or job.stage_in or job.stage_out:
+                    self._outcomes.add(key)
+                fut.add_done_callback(done)
+        self.report.submitted += len(items)
 
     async def _collect(self) -> None:
         """Record what the ended tasks sent back; forget their futures."""
         loop = asyncio.get_running_loop()
         while not self._done.empty():
             fut = self._done.get_nowait()
-            if self.in_flight.pop(str(fut.key), None) is None:
+            key = str(fut.key)
+            if self.in_flight.pop(key, None) is None:
                 continue
             value: Any = None
             error: BaseException | None = None
             if fut.status == "cancelled":
                 self.report.cancelled += 1
+            elif key not in self._outcomes:  # nothing to record beyond what the plugin did: no round trip
+                if fut.status == "finished":
+                    self.report.finished += 1
+                else:
+                    self.report.failed += 1
+                fut.release()
+                continue
             else:
+                self._outcomes.discard(key)
                 try:
                     value = await fut
                 except asyncio.CancelledError:
