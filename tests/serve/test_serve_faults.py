@@ -99,7 +99,7 @@ def test_two_services_on_one_postgres_store_never_run_a_task_twice(tmp_path: Pat
         logs = [tmp_path / "a.log", tmp_path / "b.log"]
         for i in range(2):
             (tmp_path / f"w{i}").mkdir()
-        procs = [_serve(url, tmp_path / f"w{i}", logs[i], "--max-in-flight", "8") for i in range(2)]
+        procs = [_serve(url, tmp_path / f"w{i}", logs[i]) for i in range(2)]
         for p, log in zip(procs, logs, strict=True):
             _wait(p, 300, log)
         with Store(url) as s:
