@@ -48,13 +48,22 @@ class Live:
     def _render(self, snap: dict[str, Any] | None) -> Any:
         from rich.table import Table
 
-        t = Table(title="balsam-dask serve", show_header=True)
-        for s in ("in flight", "nodes busy", *ORDER):
-            t.add_column(s.replace("_", " ").lower(), justify="right")
-        if snap is not None:
-            st = snap["states"]
-            busy = f"{snap['busy_nodes']}/{snap['nodes']}"
-            t.add_row(str(snap["in_flight"]), busy, *(str(st.get(s, 0)) for s in ORDER))
+        t = Table(title="balsam-dask serve", show_header=False, min_width=40)
+        t.add_column("what")
+        t.add_column("count", justify="right")
+        if snap is None:
+            t.add_row("starting", "")
+            return t
+        r = snap["report"]
+        t.add_row("in flight", str(snap["in_flight"]))
+        t.add_row("nodes busy", f"{snap['busy_nodes']}/{snap['nodes']}")
+        t.add_row("this service", f"{r.finished} finished, {r.failed} failed, {r.created} created")
+        if snap.get("stopping"):
+            t.add_row("draining", "yes")
+        states = snap["states"]
+        for s in ORDER:
+            if states.get(s):
+                t.add_row(s, str(states[s]))
         return t
 
     def __call__(self, snap: dict[str, Any]) -> None:

@@ -264,7 +264,7 @@ class Service:
             nodes = status.get("nodes", {})
         except Exception:  # the scheduler is closing
             nodes = {}
-        busy = sum(1 for n in nodes.values() if n.get("used_cores") or n.get("running"))
+        busy = sum(1 for n in nodes.values() if n.get("running") or n.get("free_cores", 0) < n.get("cores", 0))
         return {"states": counts, "in_flight": len(self.in_flight), "nodes": len(nodes), "busy_nodes": busy,
                 "report": self.report, "stopping": self._stopping}  # fmt: skip
 
