@@ -145,6 +145,7 @@ class LocalEnsembleCluster(AllocationCluster):
         listen = check_host("host", host) or LOOPBACK
         tls = check_security(security)
         dashboard = dashboard_address_for(dashboard_address, listen)
+        http = dashboard or [(listen, 0)]  # without a dashboard, Dask's HTTP routes on a free port (no 8787 clash)
         base = Path(workdir or os.getcwd()).absolute()
         self.local_options = {
             "cores": shape.cores, "gpus": shape.gpus, "memory": memory_per_node or "auto",
@@ -160,7 +161,7 @@ class LocalEnsembleCluster(AllocationCluster):
         super().__init__(
             node_shape=shape, store_url=store_url, max_nodes_per_job=max_nodes_per_job or max(nodes, 1),
             default_walltime=seconds, plugin_options=plugin_options,
-            scheduler_options={"host": listen, "dashboard": dashboard is not None, "dashboard_address": dashboard,
+            scheduler_options={"host": listen, "dashboard": dashboard is not None, "dashboard_address": http,
                                "validate": validate},
             asynchronous=asynchronous, loop=loop, silence_logs=silence_logs, name="LocalEnsembleCluster", security=tls,
         )  # fmt: skip
