@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-from balsam_dask.commands.common import CLIError, parse_tag
+from balsam_dask.commands.common import CLIError, duration, parse_tag
 from balsam_dask.spec import parse_duration
 from balsam_dask.store.api import Store
 
@@ -32,16 +32,6 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--tag", action="append", type=parse_tag, help="take only tasks with this tag (repeatable)")
     p.add_argument("--app", action="append", help="take only tasks of this app (repeatable)")
     p.add_argument("--progress", choices=("auto", "live", "plain", "none"), default="auto")
-
-
-def _seconds(option: str, text: str, example: str) -> float:
-    try:
-        value = parse_duration(option, float(text) if text.replace(".", "", 1).isdigit() else text)
-    except Exception:
-        value = None
-    if value is None:
-        raise CLIError(f"{option} {text!r} is invalid: give seconds or a duration, e.g. {option} {example}")
-    return value
 
 
 def cmd_serve(store: Store | None, args: argparse.Namespace) -> int:
@@ -74,7 +64,7 @@ def seconds(option: str, text: str | None, example: str) -> float | None:
     if text is None:
         return None
     try:
-        value = parse_duration(option, float(text) if text.replace(".", "", 1).isdigit() else text)
+        value = parse_duration(option, duration(text))
     except Exception:
         value = None
     if value is None:
