@@ -20,7 +20,7 @@ from balsam_dask.store import queries as Q
 from balsam_dask.store.apply import add_shape_counts, chunks
 from balsam_dask.store.dag import AWAITING, KILLED, children_of, start_state, task_states
 from balsam_dask.store.models import events_t, task_parents_t, tasks_t, transfers_t
-from balsam_dask.store.ops import TaskRecord, Transition
+from balsam_dask.store.ops import TaskRecord, TaskUpdate, Transition
 from balsam_dask.store.shapes import Shape, shape_of
 from balsam_dask.store.states import FINAL_STATES, UNFINISHED_STATES, State
 from balsam_dask.taskdb import fields as taskfields
@@ -166,14 +166,14 @@ def _columns(tid: int, r: TaskRow, now: float) -> dict[str, Any]:
 
 
 def retries(conn: Connection, records: list[TaskRecord], new_id: Callable[[], int],
-            now: float) -> tuple[list[Transition], dict[int, str]]:  # fmt: skip
+            now: float) -> tuple[list[Transition | TaskUpdate], dict[int, str]]:  # fmt: skip
     """FAILED -> RESTART_READY for these failed database tasks, then AWAITING_PARENTS for those
-    whose parents are not all FINISHED; and why the tasks whose parent stays failed are not
-    retried (a missing parent counts as KILLED)."""
+    whose parents are not all FINISHED, their leases cleared (any service may take them); and
+    why the tasks whose parent stays failed are not retried (a missing parent counts as KILLED)."""
     restarting = {t.id for t in records}
     states = task_states(conn, {p for t in records for p in t.parents} - restarting)
     states.update(dict.fromkeys(restarting, State.RESTART_READY.value))
-    ops: list[Transition] = []
+    ops: list[Transition | TaskUpdate] = []
     why: dict[int, str] = {}
     for t in records:
         after, cause = start_state([(p, states.get(p, KILLED)) for p in t.parents], t.on_parent_failure or "fail")
@@ -182,6 +182,7 @@ def retries(conn: Connection, records: list[TaskRecord], new_id: Callable[[], in
             continue
         ops.append(Transition(new_id(), t.id, t.state, State.RESTART_READY.value, now, t.attempt, None, None,
                               "retry requested"))  # fmt: skip
+        ops.append(TaskUpdate(t.id, {"lease_owner": None, "lease_expires": None}))
         if after == AWAITING:
             ops.append(Transition(new_id(), t.id, State.RESTART_READY.value, AWAITING, now, t.attempt))
     return ops, why

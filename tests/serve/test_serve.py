@@ -51,6 +51,7 @@ def test_serve_runs_apps_functions_and_their_dag(tmp_path: Path) -> None:
         s.add_app("consume", CONSUME)
         s.add_app("fail", ["false"])
         s.add_app("sleep", ["sleep", "{seconds}"])
+        s.add_app("flaky", ["sh", "-c", 'test -e "$1"', "sh", str(tmp_path / "ok")])
         ids = s.add_tasks([
             {"app": "produce", "name": "a", "params": {"text": "hello from a"}},
             {"app": "consume", "name": "b", "parents": ["a"], "input_files": ["out.txt"]},
@@ -59,8 +60,9 @@ def test_serve_runs_apps_functions_and_their_dag(tmp_path: Path) -> None:
             {"app": "produce", "name": "y", "parents": ["x"], "params": {"text": "never"}},
             {"app": "produce", "name": "z", "parents": ["x"], "on_parent_failure": "run", "params": {"text": "z"}},
             {"app": "sleep", "name": "long", "params": {"seconds": 60}},
+            {"app": "flaky", "name": "flaky"},
         ])  # fmt: skip
-    a, b, f, x, y, z, long = ids
+    a, b, f, x, y, z, long, flaky = ids
     added: list[int] = []
 
     def during() -> None:
@@ -71,6 +73,10 @@ def test_serve_runs_apps_functions_and_their_dag(tmp_path: Path) -> None:
             while s2.task(long).state != "RUNNING" and time.time() < deadline:
                 time.sleep(0.1)
             s2.kill_tasks(ids=[long])
+            while s2.task(flaky).state != "FAILED" and time.time() < deadline:
+                time.sleep(0.1)
+            (tmp_path / "ok").touch()  # fixed: a retry while serve runs is taken by it
+            assert s2.retry_tasks(ids=[flaky]) == (1, 0)
 
     t0 = time.time()
     report = run_serve(url, tmp_path, during=during)
@@ -78,9 +84,10 @@ def test_serve_runs_apps_functions_and_their_dag(tmp_path: Path) -> None:
     assert report.reason == "idle for 2 s"
     with Store(url) as s:
         states = {t.id: t.state for t in s.tasks(limit=None)}
-        assert states[a] == states[b] == states[f] == states[z] == states[added[0]] == "FINISHED"
+        assert states[a] == states[b] == states[f] == states[z] == states[added[0]] == states[flaky] == "FINISHED"
         assert states[x] == "FAILED" and states[y] == "FAILED" and states[long] == "KILLED"
         assert s.history(y)[-1].message == f"parent {x} is FAILED (on_parent_failure=fail)"
+        assert _events(s, flaky)[-4:] == ["RESTART_READY", "RUNNING", "RUN_DONE", "FINISHED"]
         # the child ran in its own directory with the parent's output brought in
         wb = Path(s.task(b).workdir or "")
         assert wb.name == f"b-{b}" and (wb / "copy.txt").read_text() == "hello from a\n"
@@ -91,7 +98,7 @@ def test_serve_runs_apps_functions_and_their_dag(tmp_path: Path) -> None:
         assert _events(s, b) == ["AWAITING_PARENTS", "READY", "RUNNING", "RUN_DONE", "FINISHED"]
         # claimed by the scheduler's session: the lease is its provenance
         assert s.task(a).lease_owner is not None
-    assert report.finished == 5 and report.failed == 1 and report.submitted == 7
+    assert report.finished == 6 and report.failed == 2 and report.submitted == 9
 
 
 def test_serve_options_and_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
