@@ -56,31 +56,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
 import distributed
+from throughput import count
 
 WORKS = ("array", "map")
 
 
 def inc(x: int) -> int:
     return x + 1
-
-
-def count(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= ``minimum``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {minimum}")
-        return value
-
-    return parse
 
 
 def two_sizes(text: str) -> tuple[int, int]:

@@ -28,9 +28,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
+
+from throughput import count
 
 SYSTEMS = ("bare", "ours")
 
@@ -216,19 +217,6 @@ def run_one(system: str, rounds: int, samples: int, workers: int, warmup: int) -
         "p90_ms": round(times[int(0.9 * (len(times) - 1))], 3),
         "breakdown": breakdown(trips, sched, wlogs),
     }
-
-
-def count(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {minimum} (for example 200)")
-        return value
-
-    return parse
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
