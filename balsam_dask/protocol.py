@@ -9,6 +9,14 @@ worker's stream. Worker -> scheduler: a :class:`NodeConfig` at registration
 (``WorkerState.extra[EXTRA_KEY]``), an :class:`AttemptReport` per failed attempt (a worker
 event on ``TOPIC``) and a :class:`DoneReport` in the finished task's metadata.
 Scheduler -> client: :class:`ResumeItem` for each durable task to resume.
+
+Bundled dispatch (no Dask task per balsam task): a client sends ``BUNDLE_SUBMIT_OP`` on its
+stream with :class:`BundledCall` items; the plugin places them and sends each node one
+``BUNDLE_OP`` message per placement round (:class:`BundledTask` items); the node's executor
+runs them and sends back ``BUNDLE_REPORTS_OP`` batches (:class:`BundleReport`: each task's
+start, failed attempts, end with its result); the plugin records them and sends the owner
+``BUNDLE_RESULTS_OP`` batches (:class:`BundledOutcome`). ``BUNDLE_UNQUEUE_OP`` takes queued,
+unstarted tasks back from a node.
 """
 
 from __future__ import annotations
@@ -35,6 +43,13 @@ KILL_OP = "balsam_kill"
 #: Kill reason that sends a task back for placement again (a node of its gang was lost): the
 #: worker releases it cleanly through Dask's ``Reschedule``.
 RESCHEDULE_REASON = "reschedule"
+#: Bundled dispatch: client -> scheduler, scheduler -> node, node -> scheduler, scheduler -> client,
+#: scheduler -> node (take queued tasks back).
+BUNDLE_SUBMIT_OP = "balsam_bundle_submit"
+BUNDLE_OP = "balsam_bundle"
+BUNDLE_REPORTS_OP = "balsam_bundle_reports"
+BUNDLE_RESULTS_OP = "balsam_bundle_results"
+BUNDLE_UNQUEUE_OP = "balsam_bundle_unqueue"
 #: Environment variable holding a node-worker's :meth:`NodeConfig.to_env`.
 ENV_VAR = "BALSAM_DASK_NODE"
 #: Key under which workers report their NodeConfig (``WorkerState.extra[EXTRA_KEY]``).
@@ -100,6 +115,60 @@ class DoneReport(Launch, total=False):
     result: bytes  # the pickled result, up to the inline limit
     result_ref: str  # else the file holding it
     result_digest: bytes  # and that file's SHA-256
+
+
+class BundledCall(TypedDict, total=False):
+    """One bundled task as its owner submits it: its key, spec (``wire_spec``), priority and
+    what to run: ``fn`` (an id into the message's pickled functions) with pickled ``args``
+    (a ``(args, kwargs)`` pair), or ``job`` (a database task's ``DbJob`` fields)."""
+
+    key: str
+    spec: bytes
+    priority: int
+    fn: str
+    args: bytes
+    job: dict[str, Any]
+
+
+class BundledTask(BundledCall, total=False):
+    """One bundled task as a node receives it: the call and its :class:`Dispatch`."""
+
+    dispatch: Dispatch
+
+
+class BundleReport(Launch, total=False):
+    """What a node's executor says of one bundled task: ``start`` (its first attempt began),
+    ``attempt`` (an :class:`AttemptReport`'s fields: a failed attempt), ``end`` (``status``
+    "ok" with the pickled ``value`` and the :class:`DoneReport` fields, "error" with the
+    pickled ``error`` and its text, or "killed"), ``unqueued``/``kept`` (answers to
+    ``BUNDLE_UNQUEUE_OP``: given back unstarted, or already started)."""
+
+    op: Literal["start", "attempt", "end", "unqueued", "kept"]
+    key: str
+    ts: float
+    attempt: int
+    status: Literal["ok", "error", "killed"]
+    value: bytes
+    error: bytes
+    text: str
+    traceback: str
+    done: dict[str, Any]  # the DoneReport's fields
+    # AttemptReport's fields, for op "attempt"
+    kind: Literal["error", "timeout"]
+    retry: bool
+    message: str
+    error_tail: str
+
+
+class BundledOutcome(TypedDict, total=False):
+    """A bundled task's end as its owner learns it: ``status`` "ok" (``value``: pickled),
+    "error" (``error``: the pickled exception, ``text``), "killed" (``text``: why)."""
+
+    key: str
+    status: Literal["ok", "error", "killed"]
+    value: bytes
+    error: bytes
+    text: str
 
 
 class ResumeItem(TypedDict):

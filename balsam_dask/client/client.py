@@ -20,6 +20,7 @@ from dask.base import tokenize
 from dask.utils import funcname
 
 from balsam_dask import validate
+from balsam_dask.client.bundled import BundledFuture, BundledFutures, calls_for, new_fn_id, submit_messages
 from balsam_dask.client.checks import (
     check_callable,
     check_template,
@@ -32,7 +33,7 @@ from balsam_dask.client.checks import (
 from balsam_dask.daskconfig import register as register_dask_config
 from balsam_dask.errors import InvalidSpec
 from balsam_dask.function import pack, pickled
-from balsam_dask.protocol import SPEC_ANNOTATION
+from balsam_dask.protocol import BUNDLE_RESULTS_OP, SPEC_ANNOTATION
 from balsam_dask.spec import NodeShape, Resources, TaskSpec, freeze_pairs
 from balsam_dask.worker.execute import AppCall, run_app, run_python
 
@@ -58,8 +59,18 @@ class Client(distributed.Client):
             raise RuntimeError("the client is not connected to a scheduler")
         return self.scheduler
 
+    _bundled: BundledFutures | None = None
+
+    @property
+    def bundled_futures(self) -> BundledFutures:
+        """This client's bundled futures, resolved from the scheduler's result batches."""
+        if self._bundled is None:
+            self._bundled = BundledFutures()
+        return self._bundled
+
     async def _start(self, *args: Any, **kwargs: Any) -> Any:
         register_dask_config()
+        self._stream_handlers[BUNDLE_RESULTS_OP] = self.bundled_futures.on_results
         out = await super()._start(*args, **kwargs)
         await self._refresh_info()
         return out
@@ -160,10 +171,19 @@ class Client(distributed.Client):
         tags: Mapping[str, Any] | None = None, name: str | None = None, priority: int = 0, isolate: bool = False,
         on_error: Callable[[BaseException, int], bool] | None = None, on_timeout: Callable[[int], bool] | None = None,
         durable: bool = True, key: str | list[Hashable] | None = None, pure: bool = True,
-        batch_size: int | None = None, **kwargs: Any,
-    ) -> list[distributed.Future]:  # fmt: skip
+        batch_size: int | None = None, bundled: bool = False, **kwargs: Any,
+    ) -> list[Any]:  # fmt: skip
         """``fn`` over the iterables as balsam tasks (one spec for all); with Dask's own placement
-        (``workers=``, ``resources=``...) as plain Dask tasks, recorded."""
+        (``workers=``, ``resources=``...) as plain Dask tasks, recorded. ``bundled=True``: the
+        tasks travel and run in bundles (many per message, no Dask task each) and each returns a
+        :class:`~balsam_dask.client.bundled.BundledFuture` (see docs/ARCHITECTURE.md)."""
+        if not isinstance(bundled, bool):
+            raise InvalidSpec(f"bundled={bundled!r} is invalid: use bundled=True or bundled=False")
+        if bundled and dask_placed(kwargs, cores=cores, gpus=gpus, walltime=walltime, timeout=timeout, tags=tags,
+                                   name=name, isolate=isolate, on_error=on_error, on_timeout=on_timeout,
+                                   durable=durable):  # fmt: skip
+            raise InvalidSpec("bundled=True tasks are placed by balsam_dask: drop workers=/resources=, or bundled=False"
+                              )  # fmt: skip
         if dask_placed(kwargs, cores=cores, gpus=gpus, walltime=walltime, timeout=timeout, tags=tags, name=name,
                         isolate=isolate, on_error=on_error, on_timeout=on_timeout, durable=durable):  # fmt: skip
             return super().map(fn, *iterables, key=key, pure=pure, retries=retries, priority=priority,  # type: ignore[arg-type]
@@ -175,6 +195,8 @@ class Client(distributed.Client):
         data = check_callable(fn, tuple(v[0] for v in lists), kwargs) if lists and all(lists) else pickled(fn)
         warn_if_large(data)
         task_fn = pack(fn, data)
+        if bundled:
+            return self._map_bundled(spec, task_fn, handlers, lists, kwargs, key, funcname(fn))
         if key is None:
             key = f"{funcname(fn)}-{tokenize(spec)[:8]}"
         with dask.annotate(**{SPEC_ANNOTATION: spec}):
@@ -182,6 +204,51 @@ class Client(distributed.Client):
             with naming_unpicklable(fn, lists, kwargs, mapped=True):
                 return super().map(run_python, [task_fn] * n, [handlers] * n, *lists, key=key, pure=pure,
                                    priority=priority, batch_size=batch_size, **kwargs)  # fmt: skip
+
+    def _map_bundled(self, spec: TaskSpec, task_fn: Any, handlers: Any, lists: list[list[Any]], kwargs: dict[str, Any],
+                     key: str | list[Hashable] | None, prefix: str) -> list[BundledFuture]:  # fmt: skip
+        import cloudpickle
+
+        fn_id = new_fn_id()
+        calls = calls_for(spec, fn_id, lists, kwargs, key, prefix)
+        futs = self.bundled_futures.expect(self, [c["key"] for c in calls])
+        for msg in submit_messages(calls, fn_id, cloudpickle.dumps((task_fn, handlers))):
+            self._send_to_scheduler(msg)
+        return futs
+
+    def expect_bundled(self, keys: Sequence[str]) -> list[BundledFuture]:
+        """Futures for bundled tasks submitted for this client by other means (``serve``'s claims)."""
+        return self.bundled_futures.expect(self, keys)
+
+    async def balsam_kill_keys(self, keys: list[Hashable], reason: str) -> list[str]:
+        """Kill tasks by key (what a BundledFuture's ``cancel`` sends)."""
+        return await self._kill(keys, None, reason)
+
+    def gather(self, futures: Any, *args: Any, **kwargs: Any) -> Any:
+        """Dask's ``gather``; a list that holds bundled futures gives their values in place."""
+        if not isinstance(futures, (list, tuple)) or not any(isinstance(f, BundledFuture) for f in futures):
+            return super().gather(futures, *args, **kwargs)
+        errors = kwargs.get("errors", args[0] if args else "raise")
+        if self.asynchronous:
+            return self._gather_bundled(list(futures), errors)
+        return self.sync(self._gather_bundled, list(futures), errors)
+
+    async def _gather_bundled(self, futures: list[Any], errors: str) -> list[Any]:
+        dask_futs = [f for f in futures if isinstance(f, distributed.Future)]
+        got = iter(await super().gather(dask_futs, errors=errors, asynchronous=True) if dask_futs else [])
+        out = []
+        for f in futures:
+            if isinstance(f, BundledFuture):
+                try:
+                    out.append(await f)
+                except Exception:
+                    if errors != "skip":
+                        raise
+            elif isinstance(f, distributed.Future):
+                out.append(next(got))
+            else:
+                out.append(f)
+        return out
 
     # ------------------------------------------------------------------ executables
     def submit_app(
@@ -278,9 +345,9 @@ class Client(distributed.Client):
         (awaitable on an asynchronous client)."""
         if futures is None and not tags:
             raise InvalidSpec("kill() needs futures or tags={...}, e.g. client.kill(tags={'exp': 'sweep'})")
-        if isinstance(futures, distributed.Future):
+        if isinstance(futures, (distributed.Future, BundledFuture)):
             futures = [futures]
-        keys = [f.key if isinstance(f, distributed.Future) else f for f in (futures or [])]
+        keys = [f.key if isinstance(f, (distributed.Future, BundledFuture)) else f for f in (futures or [])]
         tag_pairs = dict(freeze_pairs("tags", tags)) if tags else None
         return self.sync(self._kill, keys, tag_pairs, reason)
 

@@ -66,9 +66,4 @@ def spec_of(item: dict[str, Any]) -> TaskSpec:
 
 def job_of(item: dict[str, Any]) -> DbJob:
     """The DbJob of a claimed item."""
-    j = dict(item["job"])
-    j["args"] = tuple(j.get("args") or ())
-    j["inputs"] = tuple(tuple(i) for i in j.get("inputs") or ())
-    j["stage_in"] = tuple(j.get("stage_in") or ())
-    j["stage_out"] = tuple(j.get("stage_out") or ())
-    return DbJob(**j)
+    return DbJob.from_dict(item["job"])

@@ -57,6 +57,7 @@ class Dispatcher:
         self.gangs: dict[int, tuple[str, ...]] = {}  # running gang task id -> its nodes, leader first
         self.steal_fallback: Any = None  # Dask's steal-response handler (work stealing)
         self.long_running_fallback: Any = None  # Dask's long-running handler (a task seceded)
+        self.bundler: Any = None  # bundled tasks (scheduler/bundles.py): placed here, sent by it
         self._only: dict[str, frozenset[str]] = {}  # worker -> the restriction to it, shared by its tasks
         self._order = 0  # dispatch order: the Dask priority of balsam tasks on their worker
         self._pending = False
@@ -120,8 +121,12 @@ class Dispatcher:
         self._send_steals(now)
         serial: dict[Hashable, str] = {}
         dask_priority: dict[Hashable, Any] = {}  # tasks sent with their dispatch order as priority
+        bundler = self.bundler
         for a in assignments:
             track = self.recorder.by_id.get(a.task_id)  # type: ignore[call-overload]
+            if track is not None and track.bundled:
+                bundler.assign(track, a, now)
+                continue
             ts = s.tasks.get(track.key) if track is not None else None
             if track is None or ts is None or ts.state != "no-worker" or any(n not in s.workers for n in a.nodes):
                 self.placer.cancel(a.task_id)
@@ -163,6 +168,8 @@ class Dispatcher:
                 self._check_dispatched(track.key)
             else:
                 serial[track.key] = "processing"
+        if bundler is not None and bundler.outbox:
+            bundler.send()
         self._sync_holds()  # before the serial tasks: a node a gang just left takes them
         if serial:
             # Dask pops recommendations last-in first: reversed, the compute-task messages
@@ -229,13 +236,19 @@ class Dispatcher:
             self.want()
 
     def _send_steals(self, now: float) -> None:
+        bundled = []
         for task_id, node in self.placer.take_steals():
             track = self.recorder.by_id.get(task_id)  # type: ignore[call-overload]
+            if track is not None and track.bundled:
+                bundled.append((task_id, node))
+                continue
             if track is None or node not in self.scheduler.stream_comms:
                 self.placer.steal_refused(task_id)
                 continue
             msg = {"op": "steal-request", "key": track.key, "stimulus_id": f"{UNQUEUE}{now}"}
             self.scheduler.worker_send(node, msg)
+        if bundled:
+            self.bundler.unqueue(bundled)
 
     # ------------------------------------------------------------------ nodes
     def node_added(self, worker: str, config: NodeConfig, running: bool) -> None:
@@ -290,7 +303,10 @@ class Dispatcher:
     def node_lost(self, worker: str) -> None:
         """Free a node's placement before its tasks come back through Dask."""
         self.placed.discard(worker)
-        for task_id in self.placer.remove_node(worker):
+        lost = self.placer.remove_node(worker)
+        if self.bundler is not None:  # its bundled tasks come back through no one: place them again
+            self.bundler.node_lost(worker, self.why_lost(worker))
+        for task_id in lost:
             nodes = self.gangs.pop(task_id, None) if isinstance(task_id, int) else None
             track = self.recorder.by_id.get(task_id) if isinstance(task_id, int) else None
             if nodes and track is not None and nodes[0] != worker:

@@ -19,7 +19,18 @@ from balsam_dask.errors import StoreUnavailable
 from balsam_dask.packing.holds import HOLD_AFTER
 from balsam_dask.packing.placer import Placer
 from balsam_dask.payload import dump_payload
-from balsam_dask.protocol import EXTRA_KEY, KILL_OP, PARENT_ANNOTATION, SPEC_ANNOTATION, TOPIC, NodeConfig, wire_spec
+from balsam_dask.protocol import (
+    BUNDLE_REPORTS_OP,
+    BUNDLE_SUBMIT_OP,
+    EXTRA_KEY,
+    KILL_OP,
+    PARENT_ANNOTATION,
+    SPEC_ANNOTATION,
+    TOPIC,
+    NodeConfig,
+    wire_spec,
+)
+from balsam_dask.scheduler.bundles import Bundler
 from balsam_dask.scheduler.dispatch import HELD, Dispatcher
 from balsam_dask.scheduler.graph import parents_first
 from balsam_dask.scheduler.handlers import Handlers
@@ -67,6 +78,7 @@ class BalsamPlugin(SchedulerPlugin):
         self.writer: Any = None
         self.recorder: Recorder
         self.dispatcher: Dispatcher | None = None
+        self.bundler: Bundler | None = None
         self.restorer: Restorer
         self.handlers = Handlers(self)
         self.errors: list[str] = []
@@ -103,6 +115,9 @@ class BalsamPlugin(SchedulerPlugin):
         self.recorder = Recorder(self.writer.put, store.ids.next, self.writer.put_transition)
         d = self.dispatcher = Dispatcher(self.placer, self.recorder, scheduler, self.errors)
         self.recorder.names = d.names
+        b = self.bundler = d.bundler = Bundler(d, scheduler)
+        scheduler.stream_handlers[BUNDLE_SUBMIT_OP] = b.on_submit
+        scheduler.stream_handlers[BUNDLE_REPORTS_OP] = b.on_reports
         self.restorer = Restorer(scheduler, self.recorder, d, store, self.writer)
         self.handlers.install(scheduler)
         # answers to our requests for queued tasks come back as Dask's steal responses; a task
@@ -122,6 +137,9 @@ class BalsamPlugin(SchedulerPlugin):
         d = self.dispatcher
         if s is not None:
             self.handlers.remove(s)
+        if s is not None and self.bundler is not None:
+            for op in (BUNDLE_SUBMIT_OP, BUNDLE_REPORTS_OP):
+                s.stream_handlers.pop(op, None)
         if s is not None and d is not None:
             for op, ours, original in (("steal-response", d.on_steal_response, d.steal_fallback),
                                        ("long-running", d.on_long_running, d.long_running_fallback)):  # fmt: skip
@@ -293,6 +311,10 @@ class BalsamPlugin(SchedulerPlugin):
             return
         self.dispatcher.node_added(worker, config, running=ws.status.name == "running")
 
+    def remove_client(self, scheduler: Any, client: str) -> None:
+        if self.bundler is not None:
+            self.bundler.owner_left(client)
+
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         if self.dispatcher is not None:
             self.dispatcher.worker_removed(worker)
@@ -336,19 +358,26 @@ class BalsamPlugin(SchedulerPlugin):
         s = self.scheduler
         by_worker: dict[str, list[str]] = {}
         killed = []
+        bundled = []
         for key in keys:
             track = self.recorder.tracks.get(key)
             if track is None or track.state in FINAL_STATES:
+                continue
+            if track.bundled:
+                self.recorder.move(track, State.KILLED, message=reason)
+                bundled.append(track)
                 continue
             ts = s.tasks.get(key)
             if ts is not None and ts.processing_on is not None:
                 by_worker.setdefault(ts.processing_on.address, []).append(str(key))
             self.recorder.move(track, State.KILLED, message=reason)
             killed.append(key)
+        if bundled and self.bundler is not None:
+            self.bundler.kill(bundled, reason)
         for addr, wkeys in by_worker.items():
             s.worker_send(addr, {"op": KILL_OP, "keys": wkeys, "reason": reason})
         if killed:
             cs = client or next(iter(s.clients), None)
             if cs is not None:
                 s.stimulus_cancel(killed, cs, force=True, reason=reason, msg=reason)
-        return [str(k) for k in killed]
+        return [str(k) for k in killed] + [str(t.key) for t in bundled]

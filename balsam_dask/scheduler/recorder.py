@@ -76,6 +76,8 @@ class Track:
     dask_placed: bool = False
     #: A database task (claimed by a service): its end settles its waiting children (``Settle``).
     settles: bool = False
+    #: Run by a node's bundle executor (scheduler/bundles.py), not as a Dask task.
+    bundled: bool = False
 
 
 class Recorder:

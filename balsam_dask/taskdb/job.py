@@ -51,6 +51,16 @@ class DbJob:
     hooks: dict[str, str] = field(default_factory=dict)
     transfer_retries: int = 2
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DbJob:
+        """A job from its fields as they travel (``dataclasses.asdict``; lists for tuples)."""
+        j = dict(d)
+        j["args"] = tuple(j.get("args") or ())
+        j["inputs"] = tuple(tuple(i) for i in j.get("inputs") or ())
+        j["stage_in"] = tuple(j.get("stage_in") or ())
+        j["stage_out"] = tuple(j.get("stage_out") or ())
+        return cls(**j)
+
 
 @dataclass(frozen=True)
 class DbResult:

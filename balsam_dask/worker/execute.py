@@ -72,6 +72,26 @@ class AppCall:
     check: bool = True
 
 
+@dataclass(frozen=True)
+class AttemptSite:
+    """Where attempts run when no Dask task carries them (a bundled task on its node's
+    executor): the key, spec and dispatch, and where the attempt and done reports go."""
+
+    key: str
+    spec: TaskSpec
+    dispatch: dict[str, Any]
+    report: Callable[[dict[str, Any]], None]
+    done: Callable[[dict[str, Any]], None]
+
+
+_site = threading.local()
+
+
+def set_site(site: AttemptSite | None) -> None:
+    """Run this thread's next attempts at ``site`` (None: as a Dask task)."""
+    _site.value = site
+
+
 class _TimedOut(Exception):
     pass
 
@@ -140,14 +160,20 @@ def run_attempts(body: Callable[[TaskContext, RunHandle], Any], handlers: Handle
     """Run ``body(ctx, handle)`` once per attempt until it succeeds or ``handlers`` (or the
     spec's retries) give up: each failed or timed-out attempt reported, the result reported.
     ``task_id``/``name`` (a database task's) replace the dispatch's id and the spec's name."""
-    from distributed.worker import thread_state
+    site: AttemptSite | None = getattr(_site, "value", None)
+    report: Callable[[dict[str, Any]], None] = _report
+    attach: Callable[[dict[str, Any]], None] = _attach_done
+    if site is None:
+        from distributed.worker import thread_state
 
-    key = str(getattr(thread_state, "key", "direct-call"))
-    ann = _annotations(key)
-    spec = task_spec(ann.get(SPEC_ANNOTATION))
+        key = str(getattr(thread_state, "key", "direct-call"))
+        ann = _annotations(key)
+        spec = task_spec(ann.get(SPEC_ANNOTATION))
+        dispatch: dict[str, Any] = ann.get(DISPATCH_ANNOTATION) or {}
+    else:
+        key, spec, dispatch, report, attach = site.key, site.spec, site.dispatch, site.report, site.done
     if name is not None and spec.name != name:
         spec = dataclasses.replace(spec, name=name)
-    dispatch: dict[str, Any] = ann.get(DISPATCH_ANNOTATION) or {}
     handlers = handlers or Handlers()
     rt = get_runtime()
     attempt = int(dispatch.get("attempt", 1))
@@ -171,17 +197,17 @@ def run_attempts(body: Callable[[TaskContext, RunHandle], Any], handlers: Handle
             except _TimedOut as e:
                 timeouts += 1
                 retry = _decide(handlers.on_timeout, (attempt,), timeouts <= spec.timeout_retries)
-                _report(_attempt_report(ctx, "timeout", retry, str(e), str(e)))
+                report(_attempt_report(ctx, "timeout", retry, str(e), str(e)))
                 if not retry:
                     raise TaskTimeout(f"task {key}", spec.timeout or 0.0, timeouts) from None
             except Exception as e:
                 errors += 1
                 retry = _decide(handlers.on_error, (e, attempt), errors <= spec.retries)
-                _report(_attempt_report(ctx, "error", retry, _tail(f"{type(e).__name__}: {e}"), own_error_tail(e)))
+                report(_attempt_report(ctx, "error", retry, _tail(f"{type(e).__name__}: {e}"), own_error_tail(e)))
                 if not retry:
                     raise
             else:
-                _report_done(ctx, spec, value, started)
+                _report_done(ctx, spec, value, started, attach, always=site is not None)
                 return value
             finally:
                 set_current(None)
@@ -229,7 +255,8 @@ def _decide(handler: Callable[..., bool] | None, args: tuple[Any, ...], default:
         raise RuntimeError(f"error handler {handler!r} raised {type(e).__name__}: {e}") from e
 
 
-def _report_done(ctx: TaskContext, spec: TaskSpec, value: Any, started: float) -> None:
+def _report_done(ctx: TaskContext, spec: TaskSpec, value: Any, started: float,
+                 attach: Callable[[dict[str, Any]], None], always: bool = False) -> None:  # fmt: skip
     msg: dict[str, Any] = {"op": "done", "key": ctx.key, "attempt": ctx.attempt, "ts": time.time(),
                            "started": started, "node": ctx.node}  # fmt: skip
     if ctx.gpu_ids:
@@ -248,8 +275,8 @@ def _report_done(ctx: TaskContext, spec: TaskSpec, value: Any, started: float) -
                 write_private(path, data)
                 msg["result_ref"] = str(path.absolute())
                 msg["result_digest"] = hashlib.sha256(data).digest()
-    if spec.durable or ctx.gpu_ids or ctx.launch:
-        _attach_done(msg)
+    if always or spec.durable or ctx.gpu_ids or ctx.launch:
+        attach(msg)
 
 
 def _attach_done(msg: dict[str, Any]) -> None:

@@ -148,8 +148,9 @@ class BalsamWorkerPlugin(WorkerPlugin):
 
     name = "balsam-dask"
 
-    def __init__(self, runtime: NodeRuntime | None = None) -> None:
+    def __init__(self, runtime: NodeRuntime | None = None, bundles: Any = None) -> None:
         self.runtime = runtime
+        self.bundles = bundles  # the node's BundleExecutor (worker/bundles.py), if any
         self.worker: Any = None
 
     def setup(self, worker: Any) -> None:
@@ -161,8 +162,14 @@ class BalsamWorkerPlugin(WorkerPlugin):
     def _on_kill(self, keys: list[str], reason: str = "killed", **_: Any) -> None:
         assert self.runtime is not None
         killed = self.runtime.kill(keys, reason)
+        if self.bundles is not None:
+            self.bundles.kill(keys, reason)
         if killed:
             log.info("balsam_dask: killing %d task(s): %s", len(killed), reason)
+
+    def teardown(self, worker: Any) -> None:
+        if self.bundles is not None:
+            self.bundles.close()
 
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
         if start == "executing" and finish in _ABANDONED and self.runtime is not None:

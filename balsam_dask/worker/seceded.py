@@ -24,11 +24,11 @@ def release_worker_cores(worker: Any, key: Hashable) -> bool:
     state.available_resources[CORES_RESOURCE] += held
     # called inside the worker's transitions, after Dask looked for a task to start: look again
     # once they are over
-    worker.loop.add_callback(_start_waiting, worker)
+    worker.loop.add_callback(start_waiting, worker)
     return True
 
 
-def _start_waiting(worker: Any) -> None:
+def start_waiting(worker: Any) -> None:
     """Let the worker start tasks that were waiting for resources (as it does when it resumes
     from a pause: the only state machine event that does just that)."""
     from distributed.worker_state_machine import UnpauseEvent

@@ -15,6 +15,7 @@ from typing import Any
 from balsam_dask.daskconfig import register as register_dask_config
 from balsam_dask.protocol import CORES_RESOURCE, ENV_VAR, EXTRA_KEY, STREAM_INTERVAL, NodeConfig
 from balsam_dask.worker import guard
+from balsam_dask.worker.bundles import BundleExecutor
 from balsam_dask.worker.runtime import BalsamWorkerPlugin, install
 
 
@@ -34,5 +35,7 @@ async def setup_node(worker: Any) -> None:
         state.total_resources[CORES_RESOURCE] = state.available_resources[CORES_RESOURCE] = config.cores
     info = {**config.to_dict(), "host": runtime.host}
     worker.startup_information[EXTRA_KEY] = lambda _worker: info
-    await worker.plugin_add(BalsamWorkerPlugin(runtime), name=BalsamWorkerPlugin.name)
+    bundles = BundleExecutor(worker, runtime)
+    bundles.install()
+    await worker.plugin_add(BalsamWorkerPlugin(runtime, bundles), name=BalsamWorkerPlugin.name)
     worker.batched_stream.interval = STREAM_INTERVAL  # report completions without Dask's 2 ms delay

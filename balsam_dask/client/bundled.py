@@ -1,0 +1,139 @@
+"""Bundled tasks on the client: ``client.map(fn, items, bundled=True)``.
+
+The tasks go to the scheduler plugin in one stream message (no Dask task each); the plugin
+places them and nodes run them in bundles (scheduler/bundles.py, worker/bundles.py). Each
+task's future is a :class:`BundledFuture`: a ``concurrent.futures.Future`` (so
+``concurrent.futures.wait``/``as_completed`` work, and ``await`` on an asynchronous client)
+that resolves when its outcome arrives, with the others of its batch. What they cannot do
+that Dask futures can: be passed as arguments to other tasks, or be used with
+``distributed.wait``/``as_completed``; their results travel through the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import uuid
+from collections.abc import Generator, Hashable, Sequence
+from typing import Any
+
+import cloudpickle
+import distributed
+
+from balsam_dask.errors import InvalidSpec
+from balsam_dask.protocol import BUNDLE_SUBMIT_OP, BundledCall, BundledOutcome, wire_spec
+from balsam_dask.spec import TaskSpec
+
+#: Tasks per submit message (a very large map leaves in several).
+SUBMIT_CHUNK = 5000
+
+
+class BundledFuture(concurrent.futures.Future):
+    """The future of one bundled task."""
+
+    def __init__(self, key: str, client: Any) -> None:
+        super().__init__()
+        self.key = key
+        self.client = client
+
+    @property
+    def status(self) -> str:
+        """As a Dask future's: pending, finished, error or cancelled."""
+        if not self.done():
+            return "pending"
+        if self.cancelled():
+            return "cancelled"
+        return "error" if self.exception() is not None else "finished"
+
+    def cancel(self) -> bool:
+        """Kill the task (recorded KILLED); False if it already ended."""
+        if self.done():
+            return False
+        self.client.loop.add_callback(self.client.balsam_kill_keys, [self.key], "cancelled")
+        return super().cancel()
+
+    def release(self) -> None:
+        """Nothing to release (Dask futures hold data on workers; these hold their value)."""
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return asyncio.wrap_future(self).__await__()
+
+    def __repr__(self) -> str:
+        return f"<BundledFuture: {self.status}, key: {self.key}>"
+
+
+class BundledFutures:
+    """A client's bundled futures by key, resolved by the scheduler's result batches."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, BundledFuture] = {}
+        self.early: dict[str, BundledOutcome] = {}  # outcomes that came before their future
+
+    def expect(self, client: Any, keys: Sequence[str]) -> list[BundledFuture]:
+        futs = []
+        for key in keys:
+            fut = BundledFuture(key, client)
+            outcome = self.early.pop(key, None)
+            if outcome is None:
+                self.pending[key] = fut
+            else:
+                resolve(fut, outcome)
+            futs.append(fut)
+        return futs
+
+    def on_results(self, results: list[BundledOutcome], **_: Any) -> None:
+        """The client's stream handler for ``BUNDLE_RESULTS_OP``."""
+        for outcome in results:
+            fut = self.pending.pop(outcome["key"], None)
+            if fut is None:
+                self.early[outcome["key"]] = outcome
+            elif not fut.done():
+                resolve(fut, outcome)
+
+
+def resolve(fut: BundledFuture, outcome: BundledOutcome) -> None:
+    status = outcome.get("status")
+    try:
+        if status == "ok":
+            fut.set_result(cloudpickle.loads(outcome["value"]))
+        elif status == "error":
+            fut.set_exception(cloudpickle.loads(outcome["error"]))
+        else:
+            concurrent.futures.Future.cancel(fut)
+    except Exception as e:  # a value or error that does not unpickle here
+        if not fut.done():
+            fut.set_exception(e)
+
+
+def calls_for(spec: TaskSpec, fn_id: str, lists: list[list[Any]], kwargs: dict[str, Any],
+              key: str | list[Hashable] | None, prefix: str) -> list[BundledCall]:  # fmt: skip
+    """One call per item of the mapped lists (their keys unique: bundled tasks are never
+    deduplicated); a future among the arguments is refused."""
+    n = min((len(v) for v in lists), default=0)
+    if isinstance(key, list):
+        if len(key) != n:
+            raise InvalidSpec(f"key= has {len(key)} keys for {n} tasks: give one key per task, or key='prefix'")
+        keys = [str(k) for k in key]
+    else:
+        base = key or prefix
+        keys = [f"{base}-{uuid.uuid4().hex}" for _ in range(n)]
+    for i in range(n):
+        for v in (*(lst[i] for lst in lists), *kwargs.values()):
+            if isinstance(v, (distributed.Future, BundledFuture)):
+                raise InvalidSpec(
+                    f"bundled tasks take values, not futures (task {i}'s argument {v!r}): "
+                    "gather them first, or map with bundled=False to pass futures"
+                )
+    wire = wire_spec(spec)
+    return [{"key": keys[i], "spec": wire, "priority": spec.priority, "fn": fn_id,
+             "args": cloudpickle.dumps((tuple(lst[i] for lst in lists), kwargs))} for i in range(n)]  # fmt: skip
+
+
+def submit_messages(calls: list[BundledCall], fn_id: str, fn_bytes: bytes) -> list[dict[str, Any]]:
+    """The stream messages carrying ``calls`` (the function in each)."""
+    return [{"op": BUNDLE_SUBMIT_OP, "tasks": calls[i : i + SUBMIT_CHUNK], "fns": {fn_id: fn_bytes}}
+            for i in range(0, len(calls), SUBMIT_CHUNK)]  # fmt: skip
+
+
+def new_fn_id() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,209 @@
+"""The node-local executor of bundled tasks: it takes the bundles the scheduler plugin sends
+this node (``BUNDLE_OP``), starts each task when its cores are free, in the order received
+(exactly as the placer mirrors it), runs it through the attempt machinery of every balsam task
+(retries, timeouts, kill, work directories, output files), and sends back each task's start,
+failed attempts and end with its result in batches (``BUNDLE_REPORTS_OP``).
+
+Cores are the worker's ``BALSAM_CORES`` resource, shared with the balsam tasks Dask runs here,
+so both kinds together never use more cores than the node has. State is touched on the
+worker's event loop only; the tasks run in a thread pool of one thread per core.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import cloudpickle
+
+from balsam_dask.errors import TaskKilled
+from balsam_dask.protocol import (
+    BUNDLE_OP,
+    BUNDLE_REPORTS_OP,
+    BUNDLE_UNQUEUE_OP,
+    CORES_RESOURCE,
+    BundledTask,
+    BundleReport,
+    task_spec,
+)
+from balsam_dask.taskdb.job import DbJob
+from balsam_dask.worker.execute import ERROR_TAIL, AttemptSite, own_error_tail, run_python, set_site
+from balsam_dask.worker.runtime import NodeRuntime
+from balsam_dask.worker.seceded import start_waiting
+
+log = logging.getLogger(__name__)
+
+#: Unpickled functions kept per node (a map's function is sent with each bundle, loaded once).
+FUNCTION_CACHE = 64
+
+
+class BundleExecutor:
+    """Runs the bundled tasks of one node-worker."""
+
+    def __init__(self, worker: Any, runtime: NodeRuntime) -> None:
+        self.worker = worker
+        self.runtime = runtime
+        self.queue: deque[BundledTask] = deque()
+        self.running: dict[str, int] = {}  # key -> cores it holds
+        self.killed: dict[str, str] = {}  # running key -> why it was killed
+        self.fn_bytes: dict[str, bytes] = {}  # function id -> pickled (of queued or running tasks)
+        self.fns: OrderedDict[str, Any] = OrderedDict()  # function id -> (task_fn, handlers)
+        self.own_cores = runtime.config.cores  # used when the worker has no BALSAM_CORES resource
+        self.pool = ThreadPoolExecutor(max_workers=max(1, runtime.config.cores), thread_name_prefix="balsam-bundle")
+        self._reports: list[BundleReport] = []
+        self._lock = threading.Lock()
+        self._flushing = False
+
+    def install(self) -> None:
+        self.worker.stream_handlers[BUNDLE_OP] = self.on_bundle
+        self.worker.stream_handlers[BUNDLE_UNQUEUE_OP] = self.on_unqueue
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ messages (event loop)
+    def on_bundle(self, tasks: list[BundledTask], fns: dict[str, bytes] | None = None, **_: Any) -> None:
+        if fns:
+            self.fn_bytes.update(fns)
+        self.queue.extend(tasks)
+        self._start()
+
+    def on_unqueue(self, keys: list[str], **_: Any) -> None:
+        """Give back the queued tasks among ``keys`` that have not started."""
+        wanted = set(keys)
+        kept = [t for t in self.queue if t["key"] not in wanted]
+        back = len(self.queue) - len(kept)
+        if back:
+            self.queue = deque(kept)
+        now = time.time()
+        for key in wanted:
+            self._report({"op": "kept" if key in self.running else "unqueued", "key": key, "ts": now})
+        if back:
+            self._start()
+
+    def kill(self, keys: Iterable[str], reason: str) -> None:
+        """Drop queued tasks among ``keys`` (each reported killed); running ones are stopped by
+        the runtime (their processes) and reported killed when they return."""
+        wanted = set(keys)
+        now = time.time()
+        for key in wanted & self.running.keys():
+            self.killed[key] = reason
+        if any(t["key"] in wanted for t in self.queue):
+            self.queue = deque(t for t in self.queue if t["key"] not in wanted)
+            for key in wanted - self.running.keys():
+                self._report({"op": "end", "key": key, "ts": now, "status": "killed", "text": reason})
+
+    # ------------------------------------------------------------------ starting (event loop)
+    def _free_cores(self) -> int:
+        avail = self.worker.state.available_resources
+        return int(avail[CORES_RESOURCE]) if CORES_RESOURCE in avail else self.own_cores
+
+    def _take_cores(self, n: int) -> None:
+        avail = self.worker.state.available_resources
+        if CORES_RESOURCE in avail:
+            avail[CORES_RESOURCE] -= n
+        else:
+            self.own_cores -= n
+
+    def _start(self) -> None:
+        """Start queued tasks in order while the head's cores are free."""
+        q = self.queue
+        free = self._free_cores()
+        while q:
+            task = q[0]
+            cores = task_spec(task["spec"]).resources.cores
+            if cores > free:
+                break
+            q.popleft()
+            self._take_cores(cores)
+            free -= cores
+            self.running[task["key"]] = cores
+            self.pool.submit(self._run, task)
+
+    def _ended(self, key: str) -> None:
+        cores = self.running.pop(key, 0)
+        self.killed.pop(key, None)
+        avail = self.worker.state.available_resources
+        if CORES_RESOURCE in avail:
+            avail[CORES_RESOURCE] += cores
+            start_waiting(self.worker)  # a Dask-run balsam task may be waiting for these cores
+        else:
+            self.own_cores += cores
+        if not self.queue and not self.running:
+            self.fn_bytes.clear()
+        self._start()
+
+    # ------------------------------------------------------------------ running (pool threads)
+    def _run(self, task: BundledTask) -> None:
+        key = task["key"]
+        done: dict[str, Any] = {}
+        report: BundleReport
+        site = AttemptSite(key, task_spec(task["spec"]), dict(task["dispatch"]), self._report, done.update)
+        self._report({"op": "start", "key": key, "ts": time.time(), "attempt": site.dispatch.get("attempt", 1)})
+        set_site(site)
+        try:
+            value = self._call(task)
+        except TaskKilled as e:
+            report = {"op": "end", "key": key, "ts": time.time(), "status": "killed", "text": str(e)}
+        except BaseException as e:  # the task's own error, for its owner and the record
+            report = {"op": "end", "key": key, "ts": time.time(), "status": "error", "error": _pickled_error(e),
+                      "text": f"{type(e).__name__}: {e}"[-ERROR_TAIL:], "traceback": own_error_tail(e)}  # fmt: skip
+        else:
+            data = done.get("result")  # a durable result, pickled once for both
+            report = {"op": "end", "key": key, "ts": time.time(), "status": "ok",
+                      "value": data if data is not None else cloudpickle.dumps(value), "done": done}  # fmt: skip
+        finally:
+            set_site(None)
+        reason = self.killed.get(key)
+        if reason is not None and report["status"] != "ok":
+            report = {"op": "end", "key": key, "ts": report["ts"], "status": "killed", "text": reason}
+        self._report(report)
+        self.worker.loop.add_callback(self._ended, key)
+
+    def _call(self, task: BundledTask) -> Any:
+        job = task.get("job")
+        if job is not None:
+            from balsam_dask.worker.dbtask import run_db_task
+
+            return run_db_task(DbJob.from_dict(job))
+        fn_id = task["fn"]
+        entry = self.fns.get(fn_id)
+        if entry is None:
+            entry = cloudpickle.loads(self.fn_bytes[fn_id])
+            self.fns[fn_id] = entry
+            if len(self.fns) > FUNCTION_CACHE:
+                self.fns.popitem(last=False)
+        task_fn, handlers = entry
+        args, kwargs = cloudpickle.loads(task["args"])
+        return run_python(task_fn, handlers, *args, **kwargs)
+
+    # ------------------------------------------------------------------ reports
+    def _report(self, msg: Any) -> None:
+        """Queue a report (any thread); they leave in one message per turn of the event loop."""
+        with self._lock:
+            self._reports.append(msg)
+            if self._flushing:
+                return
+            self._flushing = True
+        self.worker.loop.add_callback(self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            reports, self._reports = self._reports, []
+            self._flushing = False
+        if reports:
+            self.worker.batched_stream.send({"op": BUNDLE_REPORTS_OP, "reports": reports})
+
+
+def _pickled_error(e: BaseException) -> bytes:
+    try:
+        return bytes(cloudpickle.dumps(e))
+    except Exception:  # an exception that does not pickle travels as its text
+        text = "".join(traceback.format_exception_only(type(e), e)).strip()
+        return bytes(cloudpickle.dumps(RuntimeError(text)))
