@@ -9,9 +9,11 @@ plugin recognizes the key and tracks the existing row instead of creating one.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from typing import Any
 
+from balsam_dask.protocol import BundledCall, wire_spec
 from balsam_dask.spec import TaskSpec
 from balsam_dask.store.api import Store
 from balsam_dask.store.ops import AppRecord, TaskRecord
@@ -55,6 +57,27 @@ def claim_jobs(store: Store, limit: int, lease: float, tags: dict[str, str] | No
         out.append({"key": task_key(t), "task_id": t.id, "state": t.state, "attempt": t.attempt,
                     "spec": {**spec.to_json(), "name": spec.name, "tags": spec.tag_dict},
                     "job": dataclasses.asdict(job)})  # fmt: skip
+    return out
+
+
+def bundleable(item: dict[str, Any]) -> bool:
+    """A claimed task a node's executor can run: serial, not an MPI launch (those are gangs
+    and launches the dispatcher reserves nodes for)."""
+    spec = item["spec"]
+    return spec.get("kind") != "mpi" and int(spec.get("nodes") or 1) == 1
+
+
+def bundled_calls(items: list[dict[str, Any]]) -> list[BundledCall]:
+    """Claimed items as bundled calls (one pickled spec per distinct spec)."""
+    wired: dict[str, bytes] = {}
+    out: list[BundledCall] = []
+    for item in items:
+        text = json.dumps(item["spec"], sort_keys=True)
+        wire = wired.get(text)
+        if wire is None:
+            wire = wired[text] = wire_spec(spec_of(item))
+        out.append({"key": item["key"], "spec": wire, "priority": int(item["spec"].get("priority") or 0),
+                    "job": item["job"]})  # fmt: skip
     return out
 
 

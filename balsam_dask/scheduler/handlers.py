@@ -9,7 +9,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from balsam_dask.protocol import ResumeItem
-from balsam_dask.scheduler.claims import claim_jobs
+from balsam_dask.scheduler.claims import bundleable, bundled_calls, claim_jobs
 from balsam_dask.scheduler.resume import claim_for_resume
 
 NAMES = ("info", "kill", "resume", "status", "flush", "declare_nodes", "claim", "renew")
@@ -82,14 +82,23 @@ class Handlers:
         return plan
 
     async def claim(self, limit: int, lease: float, tags: dict[str, str] | None = None,
-                    apps: list[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+                    apps: list[str] | None = None, owner: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
         """Lease runnable database tasks to this scheduler's session and expect their keys
-        (``balsam-dask serve`` submits them next)."""
+        (``balsam-dask serve`` submits them next); with an ``owner`` (the service's client id)
+        they run bundled at once, their outcomes sent to it."""
         p = self.plugin
         assert p.store is not None
         loop = asyncio.get_running_loop()
         items = await loop.run_in_executor(None, claim_jobs, p.store, limit, lease, tags, apps, self.app_defs)
+        if owner is not None and p.bundler is not None:
+            bundle = [i for i in items if bundleable(i)]
+            for item in bundle:
+                item["bundled"] = True
+            p.bundler.submit(owner, bundled_calls(bundle), None,
+                             {i["key"]: (i["task_id"], i["state"], i["attempt"]) for i in bundle})  # fmt: skip
         for item in items:  # a database task: its end settles its children
+            if item.get("bundled"):
+                continue
             p.resumed[item["key"]] = (item["task_id"], item["state"], item["attempt"], True)
         return items
 

@@ -40,8 +40,10 @@ log = logging.getLogger(__name__)
 class ServeOptions:
     """How a service runs: ``lease`` (seconds a claim lasts without heartbeat), ``idle_ttl``
     (seconds with nothing to do before it stops; ``persistent``: never), ``max_in_flight``
-    (tasks submitted at once; default: four times the cluster's cores, at least 16), which tasks it takes
-    (``tags`` all match, ``apps``), ``tick`` (seconds between claims)."""
+    (tasks submitted at once; default: four times the cluster's cores, at least 16; bundled:
+    32 times, at least 256), which tasks it takes (``tags`` all match, ``apps``), ``tick``
+    (seconds between claims), ``bundled`` (the tasks run in bundles on node executors, no Dask
+    task each: the default; False submits one Dask task per database task)."""
 
     lease: float = 60.0
     idle_ttl: float = 300.0
@@ -50,8 +52,10 @@ class ServeOptions:
     tags: dict[str, str] | None = None
     apps: list[str] | None = None
     tick: float = 0.25
+    bundled: bool = True
 
     def __post_init__(self) -> None:
+        validate.flag("bundled", self.bundled)
         validate.number("lease", self.lease, "lease=60", above=1.0)
         validate.number("idle_ttl", self.idle_ttl, "idle_ttl=300", 0)
         if self.max_in_flight is not None:
@@ -101,8 +105,8 @@ class Service:
         self.progress = progress
         self.report = ServeReport()
         self.client: Client | None = None
-        self.in_flight: dict[str, distributed.Future] = {}
-        self._done: asyncio.Queue[distributed.Future] = asyncio.Queue()
+        self.in_flight: dict[str, Any] = {}  # key -> its Dask or bundled future
+        self._done: asyncio.Queue[Any] = asyncio.Queue()
         self._outcomes: set[str] = set()  # keys whose result carries transfers or new tasks
         self._stopping = 0  # signals received
         self._stop = asyncio.Event()
@@ -153,8 +157,12 @@ class Service:
             # refill at half: fewer, larger claims (each is a write transaction and a graph update)
             if not self._stopping and len(self.in_flight) <= limit // 2:
                 items = await rpc.balsam_claim(limit=limit - len(self.in_flight), lease=opts.lease, tags=opts.tags,
-                                               apps=opts.apps)  # fmt: skip
-                self._submit(client, items)
+                                               apps=opts.apps, owner=client.id if opts.bundled else None)  # fmt: skip
+                bundled = [item for item in items if item.get("bundled")]
+                if bundled:  # the scheduler runs them already: follow them
+                    self._follow(client.expect_bundled([item["key"] for item in bundled]), bundled)
+                if len(bundled) < len(items):  # MPI launches, or not bundled: one Dask task each
+                    self._submit(client, [item for item in items if not item.get("bundled")])
                 got = len(items)
             if got or self.in_flight:
                 last_busy = now
@@ -189,19 +197,34 @@ class Service:
     async def _default_in_flight(self, client: Client) -> int:
         shapes = client.balsam_info().get("node_shapes") or []
         cores = sum(s["cores"] for s in shapes)
-        return max(16, 4 * cores)
+        return max(256, 32 * cores) if self.options.bundled else max(16, 4 * cores)
 
     # ------------------------------------------------------------------ tasks
+    def _done_callback(self) -> Callable[[Any], None]:
+        loop = asyncio.get_running_loop()
+
+        def done(f: Any) -> None:
+            loop.call_soon_threadsafe(self._done.put_nowait, f)
+
+        return done
+
+    def _follow(self, futures: list[Any], items: list[dict[str, Any]]) -> None:
+        """Follow claimed tasks the scheduler runs bundled (their futures, from their outcomes)."""
+        done = self._done_callback()
+        for item, fut in zip(items, futures, strict=True):
+            job = item["job"]
+            self.in_flight[item["key"]] = fut
+            if job.get("hooks") or job.get("stage_in") or job.get("stage_out"):
+                self._outcomes.add(item["key"])
+            fut.add_done_callback(done)
+        self.report.submitted += len(items)
+
     def _submit(self, client: Client, items: list[dict[str, Any]]) -> None:
         """Submit claimed tasks: one graph update per spec (a sweep of one app is one)."""
         groups: dict[str, list[dict[str, Any]]] = {}
         for item in items:
             groups.setdefault(json.dumps(item["spec"], sort_keys=True), []).append(item)
-        loop = asyncio.get_running_loop()
-
-        def done(f: distributed.Future) -> None:
-            loop.call_soon_threadsafe(self._done.put_nowait, f)
-
+        done = self._done_callback()
         for group in groups.values():
             spec = spec_of(group[0])
             jobs = [job_of(item) for item in group]

@@ -155,7 +155,7 @@ class BundleExecutor:
             report = {"op": "end", "key": key, "ts": time.time(), "status": "error", "error": _pickled_error(e),
                       "text": f"{type(e).__name__}: {e}"[-ERROR_TAIL:], "traceback": own_error_tail(e)}  # fmt: skip
         else:
-            data = done.get("result")  # a durable result, pickled once for both
+            data = None if "job" in task else done.get("result")  # a durable result: pickled once for both
             report = {"op": "end", "key": key, "ts": time.time(), "status": "ok",
                       "value": data if data is not None else cloudpickle.dumps(value), "done": done}  # fmt: skip
         finally:
