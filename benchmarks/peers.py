@@ -15,7 +15,8 @@ repetition the systems run one at a time in rotated order (each repetition start
          (``pip install .[peers]``)
   pool   ``concurrent.futures.ProcessPoolExecutor(workers)``: the floor without a scheduler; shell
          tasks are ``subprocess.run(["/bin/true"])`` in the pool
-  bundled  ours with bundled dispatch: not built yet, printed as such
+  bundled  ours with bundled dispatch: ``client.map(noop, ..., bundled=True)``; shell tasks are
+         ``client.map(run_true, ..., bundled=True)`` (a function running ``/bin/true``, as the dask row's)
 
 Figures per system and kind (``py``: ``--py-tasks`` no-op Python tasks, benchmarks/serve_funcs.py's
 ``noop``; ``sh``: ``--sh-tasks`` runs of ``/bin/true``): tasks/s from the first submit to the last
@@ -54,7 +55,7 @@ from typing import Any
 from serve_throughput import environ, run_serve
 from throughput import count, rotated
 
-SYSTEMS = ("dask", "ours", "serve", "parsl", "pool")
+SYSTEMS = ("dask", "ours", "bundled", "serve", "parsl", "pool")
 KINDS = ("py", "sh")
 SERVE_KIND = {"py": "function", "sh": "app"}
 RT_PAUSE = 0.05
@@ -102,7 +103,7 @@ def round_trip_ms(one: Callable[[int], Any], samples: int) -> float:
 
 def host_child(system: str, workers: int, workdir: str) -> None:
     """Hold the cluster (and so its scheduler) in this process until stdin closes."""
-    if system == "ours":
+    if system in ("ours", "bundled"):
         from balsam_dask import LocalEnsembleCluster
 
         cluster: Any = LocalEnsembleCluster(nodes=workers, cores_per_node=1, store=f"sqlite:///{workdir}.db",
@@ -131,16 +132,19 @@ def futures_child(system: str, args: argparse.Namespace) -> dict[str, float]:
         line = next((x for x in host.stdout if x.startswith("ADDRESS ")), "")
         if not line:
             raise RuntimeError(f"the {system} cluster's host did not start (exit code {host.wait()})")
-        ours = system == "ours"
+        ours = system in ("ours", "bundled")
+        bundled = {"bundled": True} if system == "bundled" else {}
         cls = Client if ours else distributed.Client
         with cls(line.split()[1]) as client:
             client.wait_for_workers(args.workers)
 
             def py(n: int) -> None:
-                client.gather(client.map(noop, range(n), pure=False))
+                client.gather(client.map(noop, range(n), pure=False, **bundled))
 
             def sh(n: int) -> None:
-                if ours:
+                if bundled:
+                    client.gather(client.map(run_true, range(n), bundled=True))
+                elif ours:
                     client.gather([client.submit_app(["/bin/true"]) for _ in range(n)])
                 else:
                     client.gather(client.map(run_true, range(n), pure=False))
@@ -151,7 +155,10 @@ def futures_child(system: str, args: argparse.Namespace) -> dict[str, float]:
                 c0 = client.run_on_scheduler(time.process_time)
                 out[f"{kind}_tasks_per_s"] = timed(partial(run, n), n)
                 out[f"{kind}_sched_cpu_us_per_task"] = (client.run_on_scheduler(time.process_time) - c0) / n * 1e6
-            out["rt_ms"] = round_trip_ms(lambda i: client.submit(noop, i, pure=False).result(), args.rt_samples)
+            if bundled:
+                out["rt_ms"] = round_trip_ms(lambda i: client.map(noop, [i], bundled=True)[0].result(), args.rt_samples)
+            else:
+                out["rt_ms"] = round_trip_ms(lambda i: client.submit(noop, i, pure=False).result(), args.rt_samples)
     finally:
         if host.stdin is not None:
             host.stdin.close()
@@ -253,6 +260,12 @@ RATIOS = [
     ("rt_ours_over_dask", "ours_rt_ms", "dask_rt_ms"),
     ("sched_cpu_ours_over_dask_py", "ours_py_sched_cpu_us_per_task", "dask_py_sched_cpu_us_per_task"),
     ("sched_cpu_ours_over_dask_sh", "ours_sh_sched_cpu_us_per_task", "dask_sh_sched_cpu_us_per_task"),
+    ("bundled_over_parsl_py", "bundled_py_tasks_per_s", "parsl_py_tasks_per_s"),
+    ("bundled_over_parsl_sh", "bundled_sh_tasks_per_s", "parsl_sh_tasks_per_s"),
+    ("bundled_over_pool_py", "bundled_py_tasks_per_s", "pool_py_tasks_per_s"),
+    ("rt_bundled_over_dask", "bundled_rt_ms", "dask_rt_ms"),
+    ("sched_cpu_bundled_over_ours_py", "bundled_py_sched_cpu_us_per_task", "ours_py_sched_cpu_us_per_task"),
+    ("sched_cpu_bundled_over_ours_sh", "bundled_sh_sched_cpu_us_per_task", "ours_sh_sched_cpu_us_per_task"),
 ]
 
 
@@ -283,7 +296,6 @@ def table(out: dict[str, float], chosen: list[str]) -> str:
         if system == "serve":
             walls = [f"{out[f'serve_{k}_wall_tasks_per_s']:>17.1f}" for k in KINDS]
             lines.append(f"{'  serve wall':14s}" + "".join(walls))
-    lines.append(f"{'ours bundled':14s} not built yet")
     return "\n".join(lines)
 
 
@@ -297,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--systems", type=systems, default=list(SYSTEMS), help=f"which of {','.join(SYSTEMS)}")
     p.add_argument("--workdir", help="where stores and run directories go (default: a new temporary directory)")
     p.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
-    p.add_argument("--child-host", choices=("dask", "ours"), help=argparse.SUPPRESS)
+    p.add_argument("--child-host", choices=("dask", "ours", "bundled"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child_host:
         host_child(args.child_host, args.workers, args.workdir)

@@ -67,7 +67,7 @@ class Prefetch:
             self.stealing.discard(task.id)
             self.started.append(task.id)
         node.est_dirty = True
-        if self.depth and not node.free_cores and len(q) < self.depth:
+        if self.depth and not node.free_cores and len(q) <= self.depth // 2:  # refilled at half: fewer, larger
             self.refill[node] = None
 
     def drop_node(self, node: Node) -> None:

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 #: Unpickled functions kept per node (a map's function is sent with each bundle, loaded once).
 FUNCTION_CACHE = 64
+#: While tasks wait in its queue, the node holds reports this long to send more per message
+#: (an idle node sends at once: the round trip of a lone task pays nothing).
+REPORT_DELAY = 0.002
 
 
 class BundleExecutor:
@@ -57,7 +60,7 @@ class BundleExecutor:
         self.own_cores = runtime.config.cores  # used when the worker has no BALSAM_CORES resource
         self.pool = ThreadPoolExecutor(max_workers=max(1, runtime.config.cores), thread_name_prefix="balsam-bundle")
         self._reports: list[BundleReport] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the queue, running, killed and functions: loop and pool threads
         self._flushing = False
 
     def install(self) -> None:
@@ -69,21 +72,24 @@ class BundleExecutor:
 
     # ------------------------------------------------------------------ messages (event loop)
     def on_bundle(self, tasks: list[BundledTask], fns: dict[str, bytes] | None = None, **_: Any) -> None:
-        if fns:
-            self.fn_bytes.update(fns)
-        self.queue.extend(tasks)
+        with self._lock:
+            if fns:
+                self.fn_bytes.update(fns)
+            self.queue.extend(tasks)
         self._start()
 
     def on_unqueue(self, keys: list[str], **_: Any) -> None:
         """Give back the queued tasks among ``keys`` that have not started."""
         wanted = set(keys)
-        kept = [t for t in self.queue if t["key"] not in wanted]
-        back = len(self.queue) - len(kept)
-        if back:
-            self.queue = deque(kept)
+        with self._lock:
+            kept = [t for t in self.queue if t["key"] not in wanted]
+            back = len(self.queue) - len(kept)
+            if back:
+                self.queue = deque(kept)
+            running = set(self.running)
         now = time.time()
         for key in wanted:
-            self._report({"op": "kept" if key in self.running else "unqueued", "key": key, "ts": now})
+            self._report({"op": "kept" if key in running else "unqueued", "key": key, "ts": now})
         if back:
             self._start()
 
@@ -92,12 +98,14 @@ class BundleExecutor:
         the runtime (their processes) and reported killed when they return."""
         wanted = set(keys)
         now = time.time()
-        for key in wanted & self.running.keys():
-            self.killed[key] = reason
-        if any(t["key"] in wanted for t in self.queue):
-            self.queue = deque(t for t in self.queue if t["key"] not in wanted)
-            for key in wanted - self.running.keys():
-                self._report({"op": "end", "key": key, "ts": now, "status": "killed", "text": reason})
+        with self._lock:
+            for key in wanted & self.running.keys():
+                self.killed[key] = reason
+            dropped = [t["key"] for t in self.queue if t["key"] in wanted]
+            if dropped:
+                self.queue = deque(t for t in self.queue if t["key"] not in wanted)
+        for key in dropped:
+            self._report({"op": "end", "key": key, "ts": now, "status": "killed", "text": reason})
 
     # ------------------------------------------------------------------ starting (event loop)
     def _free_cores(self) -> int:
@@ -113,34 +121,62 @@ class BundleExecutor:
 
     def _start(self) -> None:
         """Start queued tasks in order while the head's cores are free."""
-        q = self.queue
         free = self._free_cores()
-        while q:
-            task = q[0]
-            cores = task_spec(task["spec"]).resources.cores
-            if cores > free:
-                break
-            q.popleft()
+        started = []
+        with self._lock:
+            q = self.queue
+            while q:
+                cores = task_spec(q[0]["spec"]).resources.cores
+                if cores > free:
+                    break
+                task = q.popleft()
+                free -= cores
+                self.running[task["key"]] = cores
+                started.append((task, cores))
+        for task, cores in started:
             self._take_cores(cores)
-            free -= cores
-            self.running[task["key"]] = cores
             self.pool.submit(self._run, task)
 
-    def _ended(self, key: str) -> None:
-        cores = self.running.pop(key, 0)
-        self.killed.pop(key, None)
+    def _give_back(self, cores: int) -> None:
+        """Cores a pool thread freed (it found no queued task to hand them to)."""
         avail = self.worker.state.available_resources
         if CORES_RESOURCE in avail:
             avail[CORES_RESOURCE] += cores
             start_waiting(self.worker)  # a Dask-run balsam task may be waiting for these cores
         else:
             self.own_cores += cores
-        if not self.queue and not self.running:
-            self.fn_bytes.clear()
+        with self._lock:
+            if not self.queue and not self.running:
+                self.fn_bytes.clear()
         self._start()
 
+    def _next(self, key: str) -> BundledTask | None:
+        """After ``key`` ended in a pool thread: the queue's head if it fits the cores ``key``
+        held (it starts in this thread at once, no trip through the event loop); the cores
+        left over go back on the loop."""
+        with self._lock:
+            cores = self.running.pop(key, 0)
+            self.killed.pop(key, None)
+            nxt = None
+            if self.queue:
+                need = task_spec(self.queue[0]["spec"]).resources.cores
+                if need <= cores:
+                    nxt = self.queue.popleft()
+                    self.running[nxt["key"]] = need
+                    cores -= need
+        if cores:
+            self.worker.loop.add_callback(self._give_back, cores)
+        return nxt
+
     # ------------------------------------------------------------------ running (pool threads)
-    def _run(self, task: BundledTask) -> None:
+    def _run(self, first: BundledTask) -> None:
+        """Run ``first``, then queued tasks that fit its cores, one after the other."""
+        task: BundledTask | None = first
+        while task is not None:
+            self._run_one(task)
+            task = self._next(task["key"])
+
+    def _run_one(self, task: BundledTask) -> None:
         key = task["key"]
         done: dict[str, Any] = {}
         report: BundleReport
@@ -160,11 +196,11 @@ class BundleExecutor:
                       "value": data if data is not None else cloudpickle.dumps(value), "done": done}  # fmt: skip
         finally:
             set_site(None)
-        reason = self.killed.get(key)
+        with self._lock:
+            reason = self.killed.get(key)
         if reason is not None and report["status"] != "ok":
             report = {"op": "end", "key": key, "ts": report["ts"], "status": "killed", "text": reason}
         self._report(report)
-        self.worker.loop.add_callback(self._ended, key)
 
     def _call(self, task: BundledTask) -> Any:
         job = task.get("job")
@@ -173,12 +209,17 @@ class BundleExecutor:
 
             return run_db_task(DbJob.from_dict(job))
         fn_id = task["fn"]
-        entry = self.fns.get(fn_id)
+        with self._lock:
+            entry = self.fns.get(fn_id)
+            data = self.fn_bytes.get(fn_id) if entry is None else None
         if entry is None:
-            entry = cloudpickle.loads(self.fn_bytes[fn_id])
-            self.fns[fn_id] = entry
-            if len(self.fns) > FUNCTION_CACHE:
-                self.fns.popitem(last=False)
+            if data is None:
+                raise RuntimeError(f"bundled task {task['key']}: its function {fn_id} did not reach this node")
+            entry = cloudpickle.loads(data)
+            with self._lock:
+                self.fns[fn_id] = entry
+                if len(self.fns) > FUNCTION_CACHE:
+                    self.fns.popitem(last=False)
         task_fn, handlers = entry
         args, kwargs = cloudpickle.loads(task["args"])
         return run_python(task_fn, handlers, *args, **kwargs)
@@ -191,7 +232,10 @@ class BundleExecutor:
             if self._flushing:
                 return
             self._flushing = True
-        self.worker.loop.add_callback(self._flush)
+        if self.queue:
+            self.worker.loop.add_callback(self.worker.loop.call_later, REPORT_DELAY, self._flush)
+        else:
+            self.worker.loop.add_callback(self._flush)
 
     def _flush(self) -> None:
         with self._lock:
