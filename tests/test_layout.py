@@ -168,6 +168,16 @@ def test_the_plugin_is_a_thin_set_of_hooks() -> None:
     tree = ast.parse((ROOT / "scheduler" / "plugin.py").read_text())
     (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "BalsamPlugin"]
     methods = {n.name for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
-    hooks = {"__init__", "start", "close", "update_graph", "transition", "add_worker", "remove_worker", "log_event"}
+    hooks = {
+        "__init__",
+        "start",
+        "close",
+        "update_graph",
+        "transition",
+        "add_worker",
+        "remove_worker",
+        "log_event",
+        "remove_client",
+    }
     assert methods - hooks <= {"nodes", "placed", "_poll", "_adopt", "new_allocation", "update_allocation", "kill"}
     assert len(cls.body) < 25

@@ -31,8 +31,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--max-in-flight", type=int, help="tasks submitted at once (default: 4 x the cores, at least 16)")
     p.add_argument("--tag", action="append", type=parse_tag, help="take only tasks with this tag (repeatable)")
     p.add_argument("--app", action="append", help="take only tasks of this app (repeatable)")
-    p.add_argument("--no-bundle", action="store_true",
-                   help="one Dask task per database task (default: bundles run by node executors)")
+    p.add_argument(
+        "--no-bundle",
+        action="store_true",
+        help="one Dask task per database task (default: bundles run by node executors)",
+    )
     p.add_argument("--progress", choices=("auto", "live", "plain", "none"), default="auto")
 
 

@@ -33,7 +33,8 @@ from balsam_dask.protocol import (
     task_spec,
 )
 from balsam_dask.taskdb.job import DbJob
-from balsam_dask.worker.execute import ERROR_TAIL, AttemptSite, own_error_tail, run_python, set_site
+from balsam_dask.worker.context import AttemptSite, set_site
+from balsam_dask.worker.execute import ERROR_TAIL, own_error_tail, run_python
 from balsam_dask.worker.runtime import NodeRuntime
 from balsam_dask.worker.seceded import start_waiting
 

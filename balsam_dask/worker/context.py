@@ -7,6 +7,7 @@ processes too.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,3 +44,24 @@ def current_task() -> TaskContext | None:
 def set_current(ctx: TaskContext | None) -> None:
     """Make ``ctx`` this thread's running task (None: no task)."""
     _local.ctx = ctx
+
+
+@dataclass(frozen=True)
+class AttemptSite:
+    """Where attempts run when no Dask task carries them (a bundled task on its node's
+    executor): the key, spec and dispatch, and where the attempt and done reports go."""
+
+    key: str
+    spec: TaskSpec
+    dispatch: dict[str, Any]
+    report: Callable[[dict[str, Any]], None]
+    done: Callable[[dict[str, Any]], None]
+
+
+def set_site(site: AttemptSite | None) -> None:
+    """Run this thread's next attempts at ``site`` (None: as a Dask task)."""
+    _local.site = site
+
+
+def current_site() -> AttemptSite | None:
+    return getattr(_local, "site", None)

@@ -43,7 +43,7 @@ from balsam_dask.protocol import (
 )
 from balsam_dask.spec import TaskSpec
 from balsam_dask.template import render
-from balsam_dask.worker.context import TaskContext, set_current
+from balsam_dask.worker.context import TaskContext, current_site, set_current
 from balsam_dask.worker.process import ProcessResult, run_process
 from balsam_dask.worker.runtime import NodeRuntime, RunHandle, get_runtime
 from balsam_dask.worker.threads import POOL_VARIABLES
@@ -70,26 +70,6 @@ class AppCall:
     command: str | tuple[str, ...]
     params: dict[str, Any] = field(default_factory=dict)
     check: bool = True
-
-
-@dataclass(frozen=True)
-class AttemptSite:
-    """Where attempts run when no Dask task carries them (a bundled task on its node's
-    executor): the key, spec and dispatch, and where the attempt and done reports go."""
-
-    key: str
-    spec: TaskSpec
-    dispatch: dict[str, Any]
-    report: Callable[[dict[str, Any]], None]
-    done: Callable[[dict[str, Any]], None]
-
-
-_site = threading.local()
-
-
-def set_site(site: AttemptSite | None) -> None:
-    """Run this thread's next attempts at ``site`` (None: as a Dask task)."""
-    _site.value = site
 
 
 class _TimedOut(Exception):
@@ -160,7 +140,7 @@ def run_attempts(body: Callable[[TaskContext, RunHandle], Any], handlers: Handle
     """Run ``body(ctx, handle)`` once per attempt until it succeeds or ``handlers`` (or the
     spec's retries) give up: each failed or timed-out attempt reported, the result reported.
     ``task_id``/``name`` (a database task's) replace the dispatch's id and the spec's name."""
-    site: AttemptSite | None = getattr(_site, "value", None)
+    site = current_site()
     report: Callable[[dict[str, Any]], None] = _report
     attach: Callable[[dict[str, Any]], None] = _attach_done
     if site is None:

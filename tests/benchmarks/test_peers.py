@@ -17,8 +17,7 @@ TINY = ["--py-tasks", "6", "--sh-tasks", "3", "--rt-samples", "2", "--repeat", "
 FIGURES = {
     "dask": ["py_tasks_per_s", "sh_tasks_per_s", "rt_ms", "py_sched_cpu_us_per_task", "sh_sched_cpu_us_per_task"],
     "ours": ["py_tasks_per_s", "sh_tasks_per_s", "rt_ms", "py_sched_cpu_us_per_task", "sh_sched_cpu_us_per_task"],
-    "bundled": ["py_tasks_per_s", "sh_tasks_per_s", "rt_ms", "py_sched_cpu_us_per_task",
-                "sh_sched_cpu_us_per_task"],
+    "bundled": ["py_tasks_per_s", "sh_tasks_per_s", "rt_ms", "py_sched_cpu_us_per_task", "sh_sched_cpu_us_per_task"],
     "serve": ["py_tasks_per_s", "sh_tasks_per_s", "py_wall_tasks_per_s", "sh_wall_tasks_per_s"],
     "parsl": ["py_tasks_per_s", "sh_tasks_per_s", "rt_ms"],
     "pool": ["py_tasks_per_s", "sh_tasks_per_s", "rt_ms"],
@@ -63,9 +62,7 @@ def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
         peers.main(["--systems", "dask,ray"])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert (
-        "argument --systems: 'dask,ray' is not a list of dask, ours, bundled, serve, parsl, pool (for example dask,ours)" in err
-    )
+    assert "argument --systems: 'dask,ray' is not a list of dask, ours, bundled, serve, parsl, pool" in err
     with pytest.raises(SystemExit) as e:
         peers.main(["--rt-samples", "0"])
     assert e.value.code == 2

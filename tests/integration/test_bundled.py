@@ -85,7 +85,7 @@ def test_each_bundled_task_is_recorded_as_its_own(store_url: str, tmp_path: Path
 def test_cores_are_exact_with_bundled_and_dask_tasks_together(tmp_path: Path) -> None:
     log = str(tmp_path / "log")
     url = f"sqlite:///{tmp_path}/s.db"
-    with ensemble(url, tmp_path, nodes=2, cores_per_node=2) as (cluster, client):
+    with ensemble(url, tmp_path, nodes=2, cores_per_node=2) as (_, client):
         ones = client.map(hold, [0.15] * 16, [log] * 16, range(16), bundled=True, cores=1)
         twos = client.map(hold, [0.15] * 6, [log] * 6, range(100, 106), bundled=True, cores=2)
         plain = client.map(hold, [0.15] * 6, [log] * 6, range(200, 206), cores=1)  # Dask-dispatched
@@ -119,6 +119,7 @@ def test_retries_timeouts_and_errors_per_task(store_url: str, tmp_path: Path) ->
             slow.result(timeout=60)
         client.flush()
         with Store(cluster.store_url) as s:
+
             def states(key: str) -> list[str]:
                 (t,) = s.tasks(key=key)
                 return [e.to_state for e in s.history(t.id)]
