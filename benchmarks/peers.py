@@ -15,8 +15,8 @@ repetition the systems run one at a time in rotated order (each repetition start
          (``pip install .[peers]``)
   pool   ``concurrent.futures.ProcessPoolExecutor(workers)``: the floor without a scheduler; shell
          tasks are ``subprocess.run(["/bin/true"])`` in the pool
-  bundled  ours with bundled dispatch: ``client.map(noop, ..., bundled=True)``; shell tasks are
-         ``client.map(run_true, ..., bundled=True)`` (a function running ``/bin/true``, as the dask row's)
+  bundled  ours with bundled dispatch: ``client.map(noop, ..., bundled=True)`` and
+         ``submit_app(["/bin/true"], bundled=True)`` in a loop (work directory and output files, as ours)
 
 Figures per system and kind (``py``: ``--py-tasks`` no-op Python tasks, benchmarks/serve_funcs.py's
 ``noop``; ``sh``: ``--sh-tasks`` runs of ``/bin/true``): tasks/s from the first submit to the last
@@ -142,10 +142,8 @@ def futures_child(system: str, args: argparse.Namespace) -> dict[str, float]:
                 client.gather(client.map(noop, range(n), pure=False, **bundled))
 
             def sh(n: int) -> None:
-                if bundled:
-                    client.gather(client.map(run_true, range(n), bundled=True))
-                elif ours:
-                    client.gather([client.submit_app(["/bin/true"]) for _ in range(n)])
+                if ours:
+                    client.gather([client.submit_app(["/bin/true"], **bundled) for _ in range(n)])
                 else:
                     client.gather(client.map(run_true, range(n), pure=False))
 

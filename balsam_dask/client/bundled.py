@@ -1,4 +1,4 @@
-"""Bundled tasks on the client: ``client.map(fn, items, bundled=True)``.
+"""Bundled tasks on the client: ``client.map(fn, items, bundled=True)``, ``submit_app(..., bundled=True)``.
 
 The tasks go to the scheduler plugin in one stream message (no Dask task each); the plugin
 places them and nodes run them in bundles (scheduler/bundles.py, worker/bundles.py). Each
@@ -23,6 +23,7 @@ import distributed
 from balsam_dask.errors import InvalidSpec
 from balsam_dask.protocol import BUNDLE_SUBMIT_OP, BundledCall, BundledOutcome, wire_spec
 from balsam_dask.spec import TaskSpec
+from balsam_dask.worker.execute import AppCall, run_app, run_python
 
 #: Tasks per submit message (a very large map leaves in several).
 SUBMIT_CHUNK = 5000
@@ -129,11 +130,85 @@ def calls_for(spec: TaskSpec, fn_id: str, lists: list[list[Any]], kwargs: dict[s
              "args": cloudpickle.dumps((tuple(lst[i] for lst in lists), kwargs))} for i in range(n)]  # fmt: skip
 
 
+def app_call(spec: TaskSpec, fn_id: str, key: str, app: Any, handlers: Any) -> BundledCall:
+    """One ``submit_app(..., bundled=True)``: ``run_app(app, handlers)`` on its node."""
+    return {"key": key, "spec": wire_spec(spec), "priority": spec.priority, "fn": fn_id,
+            "args": cloudpickle.dumps(((app, handlers), {}))}  # fmt: skip
+
+
 def submit_messages(calls: list[BundledCall], fn_id: str, fn_bytes: bytes) -> list[dict[str, Any]]:
-    """The stream messages carrying ``calls`` (the function in each)."""
+    """The stream messages carrying ``calls`` (the function in each: ``(callable, *leading
+    arguments)`` pickled, which a node calls with each task's arguments after them)."""
     return [{"op": BUNDLE_SUBMIT_OP, "tasks": calls[i : i + SUBMIT_CHUNK], "fns": {fn_id: fn_bytes}}
             for i in range(0, len(calls), SUBMIT_CHUNK)]  # fmt: skip
 
 
 def new_fn_id() -> str:
     return uuid.uuid4().hex
+
+
+class BundledClient(distributed.Client):
+    """What ``balsam_dask.Client`` adds to ``distributed.Client`` for bundled tasks."""
+
+    _bundled: BundledFutures | None = None
+    _app_fn_id: str | None = None
+
+    @property
+    def bundled_futures(self) -> BundledFutures:
+        """This client's bundled futures, resolved from the scheduler's result batches."""
+        if self._bundled is None:
+            self._bundled = BundledFutures()
+        return self._bundled
+
+    def _map_bundled(self, spec: TaskSpec, task_fn: Any, handlers: Any, lists: list[list[Any]], kwargs: dict[str, Any],
+                     key: str | list[Hashable] | None, prefix: str) -> list[BundledFuture]:  # fmt: skip
+        fn_id = new_fn_id()
+        calls = calls_for(spec, fn_id, lists, kwargs, key, prefix)
+        futs = self.bundled_futures.expect(self, [c["key"] for c in calls])
+        for msg in submit_messages(calls, fn_id, cloudpickle.dumps((run_python, task_fn, handlers))):
+            self._send_to_scheduler(msg)
+        return futs
+
+    def _submit_app_bundled(self, spec: TaskSpec, key: str, app: AppCall, handlers: Any) -> BundledFuture:
+        if self._app_fn_id is None:
+            self._app_fn_id = new_fn_id()
+        (fut,) = self.bundled_futures.expect(self, [key])
+        (msg,) = submit_messages([app_call(spec, self._app_fn_id, key, app, handlers)], self._app_fn_id,
+                                 cloudpickle.dumps((run_app,)))  # fmt: skip
+        self._send_to_scheduler(msg)
+        return fut
+
+    def expect_bundled(self, keys: Sequence[str]) -> list[BundledFuture]:
+        """Futures for bundled tasks submitted for this client by other means (``serve``'s claims)."""
+        return self.bundled_futures.expect(self, keys)
+
+    async def balsam_kill_keys(self, keys: list[Hashable], reason: str) -> list[str]:
+        """Kill tasks by key (what a BundledFuture's ``cancel`` sends)."""
+        rpc: Any = self.scheduler
+        return list(await rpc.balsam_kill(keys=keys, tags=None, reason=reason, client=self.id))
+
+    def gather(self, futures: Any, *args: Any, **kwargs: Any) -> Any:
+        """Dask's ``gather``; a list that holds bundled futures gives their values in place."""
+        if not isinstance(futures, (list, tuple)) or not any(isinstance(f, BundledFuture) for f in futures):
+            return super().gather(futures, *args, **kwargs)
+        errors = kwargs.get("errors", args[0] if args else "raise")
+        if self.asynchronous:
+            return self._gather_bundled(list(futures), errors)
+        return self.sync(self._gather_bundled, list(futures), errors)
+
+    async def _gather_bundled(self, futures: list[Any], errors: str) -> list[Any]:
+        dask_futs = [f for f in futures if isinstance(f, distributed.Future)]
+        got = iter(await super().gather(dask_futs, errors=errors, asynchronous=True) if dask_futs else [])
+        out = []
+        for f in futures:
+            if isinstance(f, BundledFuture):
+                try:
+                    out.append(await f)
+                except Exception:
+                    if errors != "skip":
+                        raise
+            elif isinstance(f, distributed.Future):
+                out.append(next(got))
+            else:
+                out.append(f)
+        return out

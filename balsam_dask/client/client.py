@@ -20,7 +20,7 @@ from dask.base import tokenize
 from dask.utils import funcname
 
 from balsam_dask import validate
-from balsam_dask.client.bundled import BundledFuture, BundledFutures, calls_for, new_fn_id, submit_messages
+from balsam_dask.client.bundled import BundledClient, BundledFuture
 from balsam_dask.client.checks import (
     check_callable,
     check_template,
@@ -40,7 +40,7 @@ from balsam_dask.worker.execute import AppCall, run_app, run_python
 _INFO_TTL = 2.0
 
 
-class Client(distributed.Client):
+class Client(BundledClient):
     """A Dask client whose tasks are placed by balsam_dask and recorded in its store.
 
     Works synchronously and asynchronously (``Client(..., asynchronous=True)``, ``await
@@ -58,15 +58,6 @@ class Client(distributed.Client):
         if self.scheduler is None:
             raise RuntimeError("the client is not connected to a scheduler")
         return self.scheduler
-
-    _bundled: BundledFutures | None = None
-
-    @property
-    def bundled_futures(self) -> BundledFutures:
-        """This client's bundled futures, resolved from the scheduler's result batches."""
-        if self._bundled is None:
-            self._bundled = BundledFutures()
-        return self._bundled
 
     async def _start(self, *args: Any, **kwargs: Any) -> Any:
         register_dask_config()
@@ -205,51 +196,6 @@ class Client(distributed.Client):
                 return super().map(run_python, [task_fn] * n, [handlers] * n, *lists, key=key, pure=pure,
                                    priority=priority, batch_size=batch_size, **kwargs)  # fmt: skip
 
-    def _map_bundled(self, spec: TaskSpec, task_fn: Any, handlers: Any, lists: list[list[Any]], kwargs: dict[str, Any],
-                     key: str | list[Hashable] | None, prefix: str) -> list[BundledFuture]:  # fmt: skip
-        import cloudpickle
-
-        fn_id = new_fn_id()
-        calls = calls_for(spec, fn_id, lists, kwargs, key, prefix)
-        futs = self.bundled_futures.expect(self, [c["key"] for c in calls])
-        for msg in submit_messages(calls, fn_id, cloudpickle.dumps((task_fn, handlers))):
-            self._send_to_scheduler(msg)
-        return futs
-
-    def expect_bundled(self, keys: Sequence[str]) -> list[BundledFuture]:
-        """Futures for bundled tasks submitted for this client by other means (``serve``'s claims)."""
-        return self.bundled_futures.expect(self, keys)
-
-    async def balsam_kill_keys(self, keys: list[Hashable], reason: str) -> list[str]:
-        """Kill tasks by key (what a BundledFuture's ``cancel`` sends)."""
-        return await self._kill(keys, None, reason)
-
-    def gather(self, futures: Any, *args: Any, **kwargs: Any) -> Any:
-        """Dask's ``gather``; a list that holds bundled futures gives their values in place."""
-        if not isinstance(futures, (list, tuple)) or not any(isinstance(f, BundledFuture) for f in futures):
-            return super().gather(futures, *args, **kwargs)
-        errors = kwargs.get("errors", args[0] if args else "raise")
-        if self.asynchronous:
-            return self._gather_bundled(list(futures), errors)
-        return self.sync(self._gather_bundled, list(futures), errors)
-
-    async def _gather_bundled(self, futures: list[Any], errors: str) -> list[Any]:
-        dask_futs = [f for f in futures if isinstance(f, distributed.Future)]
-        got = iter(await super().gather(dask_futs, errors=errors, asynchronous=True) if dask_futs else [])
-        out = []
-        for f in futures:
-            if isinstance(f, BundledFuture):
-                try:
-                    out.append(await f)
-                except Exception:
-                    if errors != "skip":
-                        raise
-            elif isinstance(f, distributed.Future):
-                out.append(next(got))
-            else:
-                out.append(f)
-        return out
-
     # ------------------------------------------------------------------ executables
     def submit_app(
         self, command: str | Sequence[str], params: Mapping[str, Any] | None = None, *, cores: int = 1,
@@ -257,11 +203,15 @@ class Client(distributed.Client):
         check: bool = True, walltime: Any = None, retries: int | None = None, tags: Mapping[str, Any] | None = None,
         name: str | None = None, priority: int = 0, on_error: Callable[[BaseException, int], bool] | None = None,
         on_timeout: Callable[[int], bool] | None = None, durable: bool = True, key: Hashable | None = None,
-    ) -> distributed.Future:  # fmt: skip
+        bundled: bool = False,
+    ) -> Any:  # fmt: skip
         """Run an unmodified executable; the future's result is an ``AppResult``.
 
         ``command`` is a template (``"./sim --n {n}"``, every parameter shell-quoted) or an
-        argv list. A non-zero exit raises ``AppError`` unless ``check=False``."""
+        argv list. A non-zero exit raises ``AppError`` unless ``check=False``. ``bundled=True``:
+        it travels and runs bundled with the client's other bundled tasks (a ``BundledFuture``)."""
+        if not isinstance(bundled, bool):
+            raise InvalidSpec(f"bundled={bundled!r} is invalid: use bundled=True or bundled=False")
         cmd = command if isinstance(command, str) else tuple(command)
         params_d = dict(params or {})
         if not isinstance(check, bool):
@@ -274,6 +224,9 @@ class Client(distributed.Client):
         check_template(cmd, params_d)
         if key is None:
             key = f"app-{name or 'task'}-{uuid.uuid4().hex}"
+        if bundled:
+            return self._submit_app_bundled(spec, str(key), AppCall(cmd, params_d, check),
+                                            handlers_of(on_error, on_timeout))  # fmt: skip
         with dask.annotate(**{SPEC_ANNOTATION: spec}):
             return super().submit(run_app, AppCall(cmd, params_d, check), handlers_of(on_error, on_timeout),
                                   key=key, pure=False, priority=priority)  # fmt: skip

@@ -34,7 +34,7 @@ from balsam_dask.protocol import (
 )
 from balsam_dask.taskdb.job import DbJob
 from balsam_dask.worker.context import AttemptSite, set_site
-from balsam_dask.worker.execute import ERROR_TAIL, own_error_tail, run_python
+from balsam_dask.worker.execute import ERROR_TAIL, own_error_tail
 from balsam_dask.worker.runtime import NodeRuntime
 from balsam_dask.worker.seceded import start_waiting
 
@@ -57,7 +57,7 @@ class BundleExecutor:
         self.running: dict[str, int] = {}  # key -> cores it holds
         self.killed: dict[str, str] = {}  # running key -> why it was killed
         self.fn_bytes: dict[str, bytes] = {}  # function id -> pickled (of queued or running tasks)
-        self.fns: OrderedDict[str, Any] = OrderedDict()  # function id -> (task_fn, handlers)
+        self.fns: OrderedDict[str, Any] = OrderedDict()  # function id -> (callable, *leading arguments)
         self.own_cores = runtime.config.cores  # used when the worker has no BALSAM_CORES resource
         self.pool = ThreadPoolExecutor(max_workers=max(1, runtime.config.cores), thread_name_prefix="balsam-bundle")
         self._reports: list[BundleReport] = []
@@ -221,9 +221,9 @@ class BundleExecutor:
                 self.fns[fn_id] = entry
                 if len(self.fns) > FUNCTION_CACHE:
                     self.fns.popitem(last=False)
-        task_fn, handlers = entry
+        target, *lead = entry  # e.g. (run_python, task_fn, handlers) or (run_app,)
         args, kwargs = cloudpickle.loads(task["args"])
-        return run_python(task_fn, handlers, *args, **kwargs)
+        return target(*lead, *args, **kwargs)
 
     # ------------------------------------------------------------------ reports
     def _report(self, msg: Any) -> None:

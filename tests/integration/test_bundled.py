@@ -15,7 +15,7 @@ import pytest
 
 from balsam_dask import Client, Store, TaskTimeout
 from balsam_dask.client.bundled import BundledFuture
-from balsam_dask.errors import InvalidSpec
+from balsam_dask.errors import AppError, InvalidSpec
 from tests.clusters import ensemble
 from tests.integration.test_faults import flaky
 
@@ -201,6 +201,28 @@ def test_a_node_lost_mid_bundle_gives_back_only_unfinished_tasks(tmp_path: Path)
     assert finished_once >= 60 - 10  # a task recorded FINISHED before the kill never ran again
 
 
+def test_bundled_apps_keep_their_work_directories_and_output(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    with ensemble(url, tmp_path, nodes=1, cores_per_node=2) as (cluster, client):
+        futs = [client.submit_app("sh -c 'echo out {i}; echo err {i} >&2'", {"i": i}, bundled=True, name=f"echo{i}")
+                for i in range(4)]  # fmt: skip
+        bad = client.submit_app(["sh", "-c", "exit 3"], bundled=True, name="bad")
+        results = client.gather(futs)
+        assert [r.stdout_tail.strip() for r in results] == [f"out {i}" for i in range(4)]
+        assert results[1].stdout_path.read_text() == "out 1\n" and results[1].stderr_path.read_text() == "err 1\n"
+        assert len({r.workdir for r in results}) == 4
+        with pytest.raises(AppError, match="return code 3"):
+            bad.result(timeout=60)
+        client.flush()
+        with Store(cluster.store_url) as s:
+            (t,) = s.tasks(name="echo1")
+            assert t.state == "FINISHED" and t.return_code == 0 and Path(t.workdir) == results[1].workdir
+            hist = s.history(t.id)
+            assert "command: sh -c" in (hist[-2].message or "")  # RUN_DONE names the command
+            (b,) = s.tasks(name="bad")
+            assert b.state == "FAILED" and b.return_code == 3
+
+
 def test_the_asynchronous_client(tmp_path: Path) -> None:
     async def main() -> list[int]:
         from balsam_dask import LocalEnsembleCluster
@@ -229,4 +251,6 @@ def test_bad_input_is_refused_at_submit(ens: tuple[object, Client]) -> None:
         client.map(inc, [1, 2], bundled=True, key=["only-one"])
     with pytest.raises(InvalidSpec, match=r"cores=99"):
         client.map(inc, [1], bundled=True, cores=99)
+    with pytest.raises(InvalidSpec, match=r"bundled=1 is invalid: use bundled=True or bundled=False"):
+        client.submit_app("true", bundled=1)  # type: ignore[arg-type]
     assert fut.result() == 2
