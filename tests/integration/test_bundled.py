@@ -223,6 +223,26 @@ def test_bundled_apps_keep_their_work_directories_and_output(tmp_path: Path) -> 
             assert b.state == "FAILED" and b.return_code == 3
 
 
+def test_a_long_task_holds_no_queued_task_hostage(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    with ensemble(url, tmp_path, nodes=2, cores_per_node=1) as (cluster, client):
+        long = client.map(time.sleep, [4.0], bundled=True, key=["long"], priority=1)[0]
+        time.sleep(0.5)  # it runs on one node; the short ones fill both nodes' queues
+        short = client.map(time.sleep, [0.05] * 30, bundled=True)
+        client.gather(short)
+        assert not long.done()  # the short tasks queued behind it were taken back and ran elsewhere
+        long.result(timeout=30)
+        client.flush()
+        with Store(cluster.store_url) as s:
+            (lt,) = s.tasks(key="long")
+            node = next(e.worker for e in s.history(lt.id) if e.to_state == "RUNNING")
+            ran_there = 0
+            for f in short:
+                (t,) = s.tasks(key=f.key)
+                ran_there += next(e.worker for e in s.history(t.id) if e.to_state == "RUNNING") == node
+            assert ran_there == 0
+
+
 def test_the_asynchronous_client(tmp_path: Path) -> None:
     async def main() -> list[int]:
         from balsam_dask import LocalEnsembleCluster
