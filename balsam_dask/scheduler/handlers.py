@@ -61,6 +61,7 @@ class Handlers:
             "waiting": len(placer.waiting()),
             "running": len(placer.running()),
             "anomalies": list(p.recorder.anomalies),
+            "bundled": p.bundler.stats() if p.bundler is not None else {},
             "errors": list(p.errors),
             "writer": {"pending": w.pending, "in_flight": w.in_flight, "written": stats.written,
                        "rejected": len(stats.rejected), "retries": stats.retries, "restarts": stats.restarts,
