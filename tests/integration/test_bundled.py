@@ -106,8 +106,8 @@ def test_cores_are_exact_with_bundled_and_dask_tasks_together(tmp_path: Path) ->
     assert max(_overlap(i) for i in spans.values()) == 2  # and the cores were used
 
 
-def test_retries_timeouts_and_errors_per_task(store_url: str, tmp_path: Path) -> None:
-    with ensemble(store_url, tmp_path, nodes=1, cores_per_node=2) as (cluster, client):
+def test_retries_timeouts_and_errors_per_task(tmp_path: Path) -> None:
+    with ensemble(f"sqlite:///{tmp_path}/s.db", tmp_path, nodes=1, cores_per_node=2) as (cluster, client):
         ok, bad = client.map(flaky, [str(tmp_path / "a"), str(tmp_path / "b")], [1, 5], retries=1, bundled=True,
                              key=["flaky-ok", "flaky-bad"])  # fmt: skip
         assert ok.result(timeout=60) == "ok after 2"
@@ -134,9 +134,9 @@ def test_retries_timeouts_and_errors_per_task(store_url: str, tmp_path: Path) ->
             assert t.workdir  # the isolated attempt ran in its own work directory
 
 
-def test_kill_bundled_tasks_running_and_queued(store_url: str, tmp_path: Path) -> None:
+def test_kill_bundled_tasks_running_and_queued(tmp_path: Path) -> None:
     out = str(tmp_path / "ran")
-    with ensemble(store_url, tmp_path, nodes=1, cores_per_node=1) as (cluster, client):
+    with ensemble(f"sqlite:///{tmp_path}/s.db", tmp_path, nodes=1, cores_per_node=1) as (cluster, client):
         futs = client.map(once, [out] * 6, range(6), [0.5] * 6, bundled=True)
         deadline = time.time() + 30
         while not Path(out).exists() and time.time() < deadline:
