@@ -107,13 +107,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.child:
         return args
-    if "nwchem" in args.codes and shutil.which(args.nwchem) is None:
-        p.error(f"--nwchem {args.nwchem!r} is not found: install NWChem (scripts/install_nwchem.sh) or give "
-                "--codes pyscf")  # fmt: skip
-    try:
-        import pyscf  # noqa: F401
-    except ImportError:
-        p.error("PySCF is not installed: pip install -e '.[qc]'")
     if args.slurm and not os.environ.get("SLURM_CONF"):
         p.error('--slurm needs the local Slurm cluster: eval "$(scripts/slurm_local.sh env)" first')
     if args.site and args.slurm:
@@ -126,6 +119,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             site = load_site(args.site)
         except InvalidSpec as e:
             p.error(f"--site {args.site}: {e}")
+    if "nwchem" in args.codes and shutil.which(args.nwchem) is None:
+        p.error(f"--nwchem {args.nwchem!r} is not found: install NWChem (scripts/install_nwchem.sh) or give "
+                "--codes pyscf")  # fmt: skip
+    try:
+        import pyscf  # noqa: F401
+    except ImportError:
+        p.error("PySCF is not installed: pip install -e '.[qc]'")
     if args.launcher == "detect":
         args.launcher = site.node.launcher if args.site else None
         if args.launcher is None and "serve" in args.modes and "nwchem" in args.codes:

@@ -13,7 +13,6 @@ A plan is a JSON object: ``url`` (the store), ``workdir``, ``nwchem`` (the progr
 from __future__ import annotations
 
 import importlib
-import json
 import pickle
 import time
 from pathlib import Path
@@ -132,17 +131,19 @@ def task_rows(plan: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def run_serve(plan: dict[str, Any], where: list[str]) -> dict[str, float]:
-    """``balsam-dask init``, ``app add``, ``submit --file tasks.yaml``, then one ``serve`` per
-    phase (``--tag phase=...``, ``where``: ``--local ...`` or ``--site DIR``): each serve
-    command's seconds, start to exit."""
+    """The apps ``nwchem`` and ``nwchem-mpi`` (added in this process: what ``balsam-dask app add``
+    does, without two more interpreter starts), ``balsam-dask submit --file tasks.yaml``, then one
+    ``balsam-dask serve`` per phase (``--tag phase=...``; ``where``: ``--local ...`` or ``--site
+    DIR``): each serve command's seconds, start to exit."""
+    from balsam_dask.store import Store
+
     url, d = plan["url"], Path(plan["workdir"])
     d.mkdir(parents=True, exist_ok=True)
-    cli(url, "init")
     base = [plan["nwchem"], "{input}"]
-    cli(url, "app", "add", "nwchem", "--argv-json", json.dumps([*(OUTSIDE_STEP if plan["slurm_nodes"] else []), *base]))
-    launcher = ["--launcher", plan["launcher"]] if plan["launcher"] else []
-    env = [a for k, v in plan["mpi_env"].items() for a in ("--env", f"{k}={v}")]
-    cli(url, "app", "add", "nwchem-mpi", "--argv-json", json.dumps(base), *launcher, *env)
+    with Store(url) as store:
+        store.add_app("nwchem", [*(OUTSIDE_STEP if plan["slurm_nodes"] else []), *base])
+        launcher = {"launcher": plan["launcher"]} if plan["launcher"] else {}
+        store.add_app("nwchem-mpi", base, defaults={**launcher, "env": plan["mpi_env"]})
     tasks = d / "tasks.yaml"
     tasks.write_text(yaml.safe_dump(task_rows(plan), sort_keys=False))
     cli(url, "submit", "--file", str(tasks))
