@@ -207,7 +207,7 @@ def futures(plan: dict[str, Any]) -> dict[str, Any]:
     path = Path(plan["workdir"], "plan.json")
     path.write_text(json.dumps(plan))
     done = subprocess.run([sys.executable, __file__, "--child", str(path)], env=environ(), capture_output=True,
-                          text=True)  # fmt: skip
+                          text=True, cwd=plan["workdir"])  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"the futures run exited {done.returncode}: {done.stderr.strip()[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -104,6 +104,7 @@ def pyscf_energy(molecule: str, method: str, basis: str, threads: int = 1) -> fl
         mf.xc = "pbe"
         mf.grids.level = 5
     mf.conv_tol = 1e-11
+    mf.chkfile = None  # no HDF5 checkpoint: two tasks in one worker process collided on the file's lock
     energy = float(mf.kernel())
     if not mf.converged:
         raise RuntimeError(f"PySCF {method} of {molecule}/{basis} did not converge")

@@ -148,7 +148,7 @@ def run_serve(plan: dict[str, Any], where: list[str]) -> dict[str, float]:
     tasks.write_text(yaml.safe_dump(task_rows(plan), sort_keys=False))
     cli(url, "submit", "--file", str(tasks))
     return {phase: cli(url, "serve", *where, "--idle-ttl", "1", "--progress", "none", "--workdir", str(d),
-                       "--tag", f"phase={phase}") for phase in plan["phases"]}  # fmt: skip
+                       "--tag", f"phase={phase}", cwd=str(d)) for phase in plan["phases"]}  # fmt: skip
 
 
 def energies(url: str, phase: str) -> dict[str, float]:
