@@ -20,6 +20,9 @@ ENDED = ("FINISHED", "FAILED", "KILLED")
 #: The store's task filters ``progress`` takes (``Store.tasks``'s).
 FILTERS = ("ids", "tags", "name", "state", "key", "kind", "since", "until")
 MODES = ("auto", "live", "plain", "none")
+#: Seconds a filter matching no task is followed before ``progress`` returns: tasks a client
+#: has just submitted reach the store about a second later (the scheduler writes in batches).
+EMPTY_WAIT = 10.0
 #: A future's status once it has ended -> its task's Balsam state.
 FUTURE_ENDED = {"finished": "FINISHED", "error": "FAILED", "cancelled": "KILLED"}
 
@@ -209,7 +212,8 @@ def progress(tasks: Any, *, store: Any = None, mode: str = "auto", interval: flo
     ``tasks``: futures (a future, a list or a dict of them: followed through their scheduler),
     or a filter of the store's tasks (``{'tags': {'exp': 'a'}, 'name': 'fit-*', 'state': [...],
     'ids': [...]}``, as ``balsam-dask ls`` selects; ``store``: a Store or its URL, default the
-    CLI's). ``mode``: ``auto`` (a live table on a terminal, else a plain line when the counts
+    CLI's): followed until the tasks it selects have ended (while none match, for up to
+    ``EMPTY_WAIT`` seconds). ``mode``: ``auto`` (a live table on a terminal, else a plain line when the counts
     change, at most every ``interval`` seconds), ``live``, ``plain`` or ``none``."""
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
         raise InvalidSpec(f"interval={interval!r} is invalid: give seconds > 0, e.g. interval=1.0")
@@ -222,12 +226,16 @@ def progress(tasks: Any, *, store: Any = None, mode: str = "auto", interval: flo
         counts = Counts(source())  # a bad filter fails here, before anything is shown
         out = stream or sys.stderr
         show, context = display_for(mode, out, "balsam_dask progress", counts_line, counts_rows, interval, True)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
         with context:
             while True:
                 if show is not None:
                     show(counts)
-                if counts.done or (deadline is not None and time.monotonic() >= deadline):
+                now = time.monotonic()
+                if counts.done and (counts.total or now - start >= EMPTY_WAIT):
+                    return counts
+                if deadline is not None and now >= deadline:
                     return counts
                 time.sleep(interval)
                 counts = Counts(source())

@@ -28,6 +28,8 @@ COLORS = {"python": "#3b75af", "app": "#ef8636", "mpi": "#519e3e", "other": "#8d
 #: States drawn over time (the others are in the header's counts).
 DRAWN = ("AWAITING_PARENTS", "READY", "RESTART_READY", "RUNNING", "FINISHED", "FAILED", "KILLED")
 STATE_COLORS = ("#8d69b8", "#999999", "#c4ad66", "#3b75af", "#519e3e", "#c53a32", "#444444")
+#: Pixels per table row (Bokeh's DataTable default row height, and its header's).
+ROW = 25
 #: Error tails shown whole (the newest failures).
 TAILS = 3
 
@@ -131,7 +133,8 @@ class BalsamPage:
         stack = [*USE_KINDS, "free"]
         self.bars.hbar_stack(stack, y="node", height=0.8, source=self.nodes_source, color=[COLORS[k] for k in stack],
                              legend_label=stack)  # fmt: skip
-        self.bars.add_layout(self.bars.legend[0], "right")
+        self.bars.legend.orientation = "horizontal"
+        self.bars.add_layout(self.bars.legend[0], "above")
         cols = {"node": "node", "alloc": "allocation", "cores": "cores busy", **{k: k for k in USE_KINDS},
                 "gpus": "GPUs busy", "running": "tasks", "queued": "queued",
                 "kept": "gang / reserved / held"}  # fmt: skip
@@ -167,17 +170,22 @@ class BalsamPage:
         self._set("header", self.header, "text", summary_html(snap))
         self._set("tails", self.tails, "text", failures_html(snap))
         nodes = nodes_data(snap)
-        self._set("nodes", self.nodes_table_source, "data", nodes)
         if self._shown.get("names") != nodes["node"]:
             self._shown["names"] = nodes["node"]
             self.node_range.factors = list(reversed(nodes["node"]))  # the first node on top
-            self.bars.height = 80 + 24 * max(len(nodes["node"]), 1)
-            self.nodes_table.height = 30 + 26 * min(max(len(nodes["node"]), 1), 16)
+            self.bars.height = 110 + 24 * max(len(nodes["node"]), 1)
         bars = {k: nodes[k] for k in ("node", *USE_KINDS, "free")}
         self._set("bars", self.nodes_source, "data", bars)
-        self._set("allocs", self.alloc_source, "data", allocations_data(snap))
-        self._set("keeps", self.keeps_source, "data", keeps_data(snap))
-        self._set("fails", self.fail_source, "data", failures_data(snap))
+        for name, source, table, data, most in (
+            ("nodes", self.nodes_table_source, self.nodes_table, nodes, 16),
+            ("allocs", self.alloc_source, self.alloc_table, allocations_data(snap), 8),
+            ("keeps", self.keeps_source, self.keeps_table, keeps_data(snap), 8),
+            ("fails", self.fail_source, self.fail_table, failures_data(snap), 8),
+        ):
+            self._set(name, source, "data", data)
+            self._set(
+                f"{name}-height", table, "height", ROW * (1 + min(max(len(next(iter(data.values()))), 1), most)) + 4
+            )
 
     def _set(self, name: str, model: Any, attr: str, value: Any) -> None:
         """Send a value to the browser only when it changed."""

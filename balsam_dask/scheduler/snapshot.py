@@ -220,12 +220,14 @@ def take(now: float, nodes: Sequence[NodeInput], kind_of: Callable[[TaskId], str
          history: History, failures: Failures, since: float = 0.0) -> Snapshot:  # fmt: skip
     """A snapshot at ``now``; ``history``'s samples after ``since`` only (a page that has the
     older ones asks for the new ones). Node names in ``gangs``, ``reservations`` and ``holds``
-    are the placer's (worker addresses); the snapshot names nodes by their labels."""
+    are the placer's (worker addresses); the snapshot names nodes by their labels (a gang's
+    leader first)."""
     label = {n.status.name: n.label for n in nodes}
     held = {node: tid for tid, node in holds.items()}
     uses = tuple(sorted((node_use(n, kind_of, gangs, held) for n in nodes), key=lambda u: natural(u.name)))
     keeps = [Keep(t, "gang", tuple(label.get(n, n) for n in ns)) for t, ns in gangs.items()]
-    keeps += [Keep(t, "reserved", tuple(label.get(n, n) for n in ns)) for t, ns in reservations.items()]
+    keeps += [Keep(t, "reserved", tuple(sorted((label.get(n, n) for n in ns), key=natural)))
+              for t, ns in reservations.items()]  # fmt: skip
     keeps += [Keep(t, "held", (label.get(n, n),)) for t, n in holds.items()]
     allocs = allocation_uses(now, allocations, (n.status for n in nodes))
     return Snapshot(now, uses, tuple(allocs), tuple(keeps), history.states,
