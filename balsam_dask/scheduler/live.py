@@ -62,11 +62,17 @@ class Live:
         except ImportError as e:  # no bokeh: Dask has no dashboard either
             log.debug("balsam_dask: no live page: %s", e)
             return
-        self.app = install(scheduler, self)
+        try:
+            self.app = install(scheduler, self)
+        except Exception as e:  # the page is an extra: the scheduler runs without it
+            log.warning("balsam_dask: the dashboard's Balsam page could not be added: %s", e)
 
     def remove(self, scheduler: Any) -> None:
         if self.app is not None:
             from balsam_dask.scheduler.page import uninstall
 
-            uninstall(scheduler, self.app)
-            self.app = None
+            app, self.app = self.app, None
+            try:
+                uninstall(scheduler, app)
+            except Exception as e:
+                log.warning("balsam_dask: the dashboard's Balsam page could not be taken out: %s", e)

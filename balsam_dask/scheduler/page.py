@@ -163,6 +163,18 @@ class BalsamPage:
         self._shown: dict[str, Any] = {}
 
     def update(self) -> None:
+        """Refresh from a snapshot; the changes leave in one message (Bokeh's ``hold``)."""
+        doc = self.root.document
+        if doc is None:  # not shown (a benchmark timing the Python side)
+            self._update()
+            return
+        doc.hold("combine")
+        try:
+            self._update()
+        finally:
+            doc.unhold()
+
+    def _update(self) -> None:
         snap = self.live.snapshot(since=self.since)
         if snap.history:
             self.since = snap.history[-1][0]

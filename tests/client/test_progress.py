@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,10 @@ def fail(x: int) -> int:
     raise ValueError(f"bad {x}")
 
 
+def no_page(dask_scheduler: Any) -> bool:
+    return dask_scheduler.plugins["balsam-dask"].live.app is None
+
+
 @pytest.fixture(scope="module")
 def ens(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, str]]:
     d = tmp_path_factory.mktemp("progress")
@@ -38,6 +43,7 @@ def ens(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, str]
 @pytest.mark.slow
 def test_futures_are_followed_by_balsam_state_until_they_end(ens: tuple[Client, str]) -> None:
     client, _ = ens
+    assert client.run_on_scheduler(no_page)  # no dashboard: no page
     futures = [client.submit(nap, 0.5 + 0.1 * i, cores=1, pure=False) for i in range(6)]
     futures.append(client.submit(fail, 1, retries=1))  # a failed attempt, retried, then the task fails
     out = io.StringIO()

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from distributed.dashboard.scheduler import template_variables
 
 from balsam_dask import Client, LocalEnsembleCluster
 from tests.browser import Chromium, chromium_path
@@ -67,5 +68,8 @@ def test_the_balsam_page_shows_the_nodes_their_busy_cores_and_the_failed_tasks_e
         with urllib.request.urlopen(f"{base}/status", timeout=30) as r:
             status = r.read().decode()
         assert '<a href="balsam">Balsam</a>' in status and '<a href="workers">Workers</a>' in status
+    # the closed plugin took the page and its menu entry out again
+    assert cluster.plugin.live.app is None
+    assert "balsam" not in template_variables(cluster.scheduler)["pages"]
     png = (tmp_path / "live-page.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
