@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Hashable
 from typing import Any
 
@@ -23,6 +24,7 @@ class Live:
         self.allocations: dict[int, dict[str, Any]] = {}  # live ones, by store id
         self.history = History(ALL_STATES)
         self.app: Any = None  # the page's Bokeh server application, while installed
+        self.pages: weakref.WeakSet[Any] = weakref.WeakSet()  # the open pages (one per browser tab)
 
     def allocation(self, alloc_id: int, fields: dict[str, Any]) -> None:
         """An allocation's record changed (an ended one is no longer shown)."""

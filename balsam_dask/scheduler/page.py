@@ -124,6 +124,8 @@ class BalsamPage:
 
     def __init__(self, live: Any) -> None:
         self.live = live
+        live.pages.add(self)
+        self.cpu = 0.0  # CPU seconds its updates took on the event loop, sending included
         self.since = 0.0
         self.header = Div(text="", sizing_mode="stretch_width")
         self.nodes_source = ColumnDataSource({"node": [], **{k: [] for k in (*USE_KINDS, "free")}})
@@ -164,15 +166,19 @@ class BalsamPage:
 
     def update(self) -> None:
         """Refresh from a snapshot; the changes leave in one message (Bokeh's ``hold``)."""
+        t0 = time.thread_time()
         doc = self.root.document
-        if doc is None:  # not shown (a benchmark timing the Python side)
-            self._update()
-            return
-        doc.hold("combine")
         try:
-            self._update()
+            if doc is None:  # not shown (a benchmark timing the Python side)
+                self._update()
+                return
+            doc.hold("combine")
+            try:
+                self._update()
+            finally:
+                doc.unhold()
         finally:
-            doc.unhold()
+            self.cpu += time.thread_time() - t0
 
     def _update(self) -> None:
         snap = self.live.snapshot(since=self.since)
