@@ -191,7 +191,7 @@ class BalsamPage:
         if self._shown.get("names") != nodes["node"]:
             self._shown["names"] = nodes["node"]
             self.node_range.factors = list(reversed(nodes["node"]))  # the first node on top
-            self.bars.height = 110 + 24 * max(len(nodes["node"]), 1)
+            self.bars.height = 150 + 26 * max(len(nodes["node"]), 1)
         bars = {k: nodes[k] for k in ("node", *USE_KINDS, "free")}
         self._set("bars", self.nodes_source, "data", bars)
         for name, source, table, data, most in (
