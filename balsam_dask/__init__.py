@@ -42,6 +42,7 @@ _LAZY = {
     "BalsamPlugin": "balsam_dask.scheduler.plugin",
     "AppResult": "balsam_dask.apps",
     "current_task": "balsam_dask.worker.context",
+    "progress": "balsam_dask.client.progress",
     "SlurmEnsembleCluster": "balsam_dask.deploy.clusters",
     "PBSEnsembleCluster": "balsam_dask.deploy.clusters",
     "LSFEnsembleCluster": "balsam_dask.deploy.clusters",
@@ -80,6 +81,7 @@ __all__ = [
     "UntrustedData",
     "WrongKey",
     "current_task",
+    "progress",
 ]
 
 

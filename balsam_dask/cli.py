@@ -1,7 +1,7 @@
 """``balsam-dask``: create, inspect and query a provenance store.
 
     balsam-dask init                        create (or upgrade) the store
-    balsam-dask ls [--id ID] [--state S] [--tag k=v] [--name GLOB] [--since T] [--limit N]
+    balsam-dask ls [--id ID] [--state S] [--tag k=v] [--name GLOB] [--since T] [--limit N] [--watch [SECONDS]]
     balsam-dask show ID                     a task's spec and full history
     balsam-dask summary                     counts by state and the backlog by shape
     balsam-dask app add|ls|show|rm          apps: named, versioned command templates (cli_apps.py)
@@ -29,7 +29,7 @@ from balsam_dask.commands import apps as cli_apps
 from balsam_dask.commands import serve as cli_serve
 from balsam_dask.commands import site as cli_site
 from balsam_dask.commands import tasks as cli_tasks
-from balsam_dask.commands.common import add_filters, first_line, fmt_time, parse_time, table, task_id
+from balsam_dask.commands.common import add_filters, first_line, fmt_time, parse_time, seconds, table, task_id, watch
 from balsam_dask.errors import BalsamDaskError, InvalidSpec
 from balsam_dask.store.api import Store
 from balsam_dask.store.ops import AllocationRecord, TaskRecord
@@ -51,13 +51,16 @@ def cmd_init(store: Store, args: argparse.Namespace) -> int:
 
 def cmd_ls(store: Store, args: argparse.Namespace) -> int:
     tags = dict(args.tag or [])
-    tasks = store.tasks(state=args.state, tags=tags or None, name=args.name, since=args.since, ids=args.id,
-                        until=args.until, limit=args.limit, after=args.after, newest_first=args.newest)  # fmt: skip
-    header = ["ID", "NAME", "KIND", "STATE", "NODES", "CORES", "GPUS", "ATTEMPT", "UPDATED", "TAGS"]
-    print(table([_ls_row(t) for t in tasks], header))
-    if len(tasks) == args.limit:
-        print(f"(first {args.limit}; next page: --after {tasks[-1].id})", file=sys.stderr)
-    return 0
+
+    def show() -> None:
+        tasks = store.tasks(state=args.state, tags=tags or None, name=args.name, since=args.since, ids=args.id,
+                            until=args.until, limit=args.limit, after=args.after, newest_first=args.newest)  # fmt: skip
+        header = ["ID", "NAME", "KIND", "STATE", "NODES", "CORES", "GPUS", "ATTEMPT", "UPDATED", "TAGS"]
+        print(table([_ls_row(t) for t in tasks], header))
+        if len(tasks) == args.limit:
+            print(f"(first {args.limit}; next page: --after {tasks[-1].id})", file=sys.stderr)
+
+    return watch(args.watch, show)
 
 
 def cmd_show(store: Store, args: argparse.Namespace) -> int:
@@ -132,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, default=50)
     ls.add_argument("--after", type=task_id, help="page: ids after this one")
     ls.add_argument("--newest", action="store_true", help="newest first")
+    ls.add_argument("--watch", nargs="?", type=seconds, const=2.0, metavar="SECONDS",
+                    help="list again every SECONDS (default 2) until Ctrl-C")  # fmt: skip
     show = sub.add_parser("show", help="a task's spec and history")
     show.add_argument("id", type=task_id)
     sub.add_parser("summary", help="counts by state and backlog by shape")

@@ -42,6 +42,16 @@ trap 'exit 130' INT TERM
 step "NWChem (Debian's, with Open MPI: tests/benchmarks/test_qc.py)"
 scripts/install_nwchem.sh
 
+step "Chromium (headless: the dashboard's Balsam page in a real browser)"
+if ! command -v chromium >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y -q chromium >.venv/apt-chromium.log 2>&1; then
+        { apt-get update -q >>.venv/apt-chromium.log 2>&1 &&
+            apt-get install -y -q chromium >>.venv/apt-chromium.log 2>&1; } \
+            || { cat .venv/apt-chromium.log >&2; echo "test.sh: installing chromium failed" >&2; exit 1; }
+    fi
+fi
+
 step "Slurm (4 virtual nodes on localhost)"
 scripts/slurm_local.sh install
 scripts/slurm_local.sh start

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -103,6 +104,8 @@ def test_store_from_environment(filled: tuple[str, list[int]]) -> None:
         (["ls", "--state", "DONE"], 1, "state 'DONE' is unknown; use one of: CREATED"),
         (["ls", "--since", "yesterday"], 2, "time 'yesterday' is malformed"),
         (["ls", "--limit", "0"], 2, "--limit 0 must be positive"),
+        (["ls", "--watch", "0"], 2, "'0' is not a number of seconds > 0; e.g. --watch 2"),
+        (["ls", "--watch", "soon"], 2, "'soon' is not a number of seconds > 0"),
         (["show", "abc"], 2, "task id 'abc' is not an integer"),
         (["show", "424242"], 1, "no task with id 424242"),
         (["kill"], 1, "kill needs task ids or --tag"),
@@ -255,3 +258,30 @@ def test_another_user_reads_a_store_it_cannot_write(sqlite_filled: tuple[str, li
         assert sorted(p.name for p in shared.iterdir()) == ["cli.db"]  # nothing left behind
     finally:
         shutil.rmtree(shared)
+
+
+def test_ls_watch_lists_again_until_ctrl_c(sqlite_filled: tuple[str, list[int]]) -> None:
+    """``ls --watch`` lists every SECONDS, a change included, until SIGINT: exit 0, no traceback."""
+    url, ids = sqlite_filled
+    p = subprocess.Popen([BIN, "--store", url, "ls", "--watch", "0.2", "--tag", "exp=sweep"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert p.stdout is not None
+        lines: list[str] = []
+        while sum(line.startswith("every 0.2s: ") for line in lines) < 2:
+            line = p.stdout.readline()
+            assert line, f"ls --watch ended: {lines} {p.stderr.read() if p.stderr else ''}"
+            lines.append(line)
+        with Store(url) as s:  # a change the next listing shows
+            s.apply([Transition(s.new_id(), ids[1], "CREATED", "READY", time.time())])
+        while not any(f"{ids[1]}  fit-1" in line and "READY" in line for line in lines):
+            line = p.stdout.readline()
+            assert line, lines
+            lines.append(line)
+    finally:
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    listing = "".join(lines) + out
+    assert "ID" in listing and "fit-0" in listing and "sim" not in listing

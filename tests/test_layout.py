@@ -29,7 +29,8 @@ LAYERS: list[tuple[str, ...]] = [
 APART = [("worker", "scheduler"), ("worker", "store"), ("scheduler", "client"), ("scheduler", "worker")]
 #: Pure cores: no Dask, no database, no processes, no files.
 PURE = ("spec", "validate", "protocol", "template", "packing", "mpi_tasks.launchers", "deploy.jobs", "deploy.systems",
-        "taskdb.fields", "taskdb.apps", "taskdb.rows", "taskdb.job", "taskdb.site", "taskdb.sitetemplate")  # fmt: skip
+        "taskdb.fields", "taskdb.apps", "taskdb.rows", "taskdb.job", "taskdb.site", "taskdb.sitetemplate",
+        "scheduler.snapshot")  # fmt: skip
 IMPURE_IMPORTS = ("dask", "distributed", "sqlalchemy", "subprocess", "asyncio", "socket", "threading")
 MAX_LINES = 400
 

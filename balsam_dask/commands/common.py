@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -82,6 +83,35 @@ def duration(text: str) -> Any:
         return float(text)
     except ValueError:
         return text
+
+
+def seconds(text: str) -> float:
+    """A positive number of seconds (``--watch 2``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0; e.g. --watch 2 or --watch 0.5")
+    return value
+
+
+def watch(every: float | None, show: Callable[[], None]) -> int:
+    """``show()`` once, or again every ``every`` seconds until Ctrl-C (exit 0): on a terminal
+    the screen is cleared first, elsewhere each listing follows a line with its time."""
+    if every is None:
+        show()
+        return 0
+    try:
+        while True:
+            if sys.stdout.isatty():
+                sys.stdout.write("\033[H\033[2J")
+            print(f"every {every:g}s: {fmt_time(time.time())}", flush=True)
+            show()
+            sys.stdout.flush()
+            time.sleep(every)
+    except KeyboardInterrupt:
+        return 0
 
 
 def task_id(text: str) -> int:

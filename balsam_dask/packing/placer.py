@@ -233,6 +233,13 @@ class Placer:
         return NodeStatus(n.name, n.alloc, n.cores, n.free_cores, n.gpus, tuple(n.free_gpus), end,
                           n.draining, reserved, running, tuple(t.id for t in n.queued))  # fmt: skip
 
+    def usage(self, name: str) -> tuple[tuple[TaskId, int, int], ...]:
+        """(task, cores, GPUs) of each task running on the node now; a gang holds it whole."""
+        n = self.core.node(name)
+        if n.gang is not None:
+            return ((n.gang.id, n.cores, n.gpus),)
+        return tuple((t.id, t.cores, len(t.gpu_ids)) for t in n.running)
+
     def nodes(self) -> list[str]:
         return list(self.core.nodes)
 

@@ -12,7 +12,7 @@ from balsam_dask.protocol import ResumeItem
 from balsam_dask.scheduler.claims import bundleable, bundled_calls, claim_jobs
 from balsam_dask.scheduler.resume import claim_for_resume
 
-NAMES = ("info", "kill", "resume", "status", "flush", "declare_nodes", "claim", "renew")
+NAMES = ("info", "kill", "resume", "status", "states", "flush", "declare_nodes", "claim", "renew")
 
 
 class Handlers:
@@ -68,6 +68,16 @@ class Handlers:
                        "last_error": stats.last_error, "alive": w.alive, "pid": w.pid},
         }  # fmt: skip
 
+    def states(self, keys: list[Any]) -> dict[str, int]:
+        """Counts by Balsam state of the tasks ``keys`` name (``UNKNOWN``: not recorded)."""
+        tracks = self.plugin.recorder.tracks
+        out: dict[str, int] = {}
+        for key in keys:
+            track = tracks.get(as_key(key))
+            state = track.state if track is not None else "UNKNOWN"
+            out[state] = out.get(state, 0) + 1
+        return out
+
     async def flush(self, timeout: float = 60.0) -> bool:
         loop = asyncio.get_running_loop()
         return bool(await loop.run_in_executor(None, self.plugin.writer.flush, timeout))
@@ -111,3 +121,8 @@ class Handlers:
         if release:
             await loop.run_in_executor(None, p.store.release_leases, release)
         return int(await loop.run_in_executor(None, p.store.renew_leases, lease))
+
+
+def as_key(key: Any) -> Any:
+    """A Dask key as sent in a message (tuples arrive as lists) back to its hashable form."""
+    return tuple(as_key(k) for k in key) if isinstance(key, list) else key

@@ -34,6 +34,7 @@ from balsam_dask.scheduler.bundles import Bundler
 from balsam_dask.scheduler.dispatch import HELD, Dispatcher
 from balsam_dask.scheduler.graph import parents_first
 from balsam_dask.scheduler.handlers import Handlers
+from balsam_dask.scheduler.live import Live
 from balsam_dask.scheduler.pausing import is_ours
 from balsam_dask.scheduler.recorder import Recorder, Track
 from balsam_dask.scheduler.restore import Restorer
@@ -81,6 +82,7 @@ class BalsamPlugin(SchedulerPlugin):
         self.bundler: Bundler | None = None
         self.restorer: Restorer
         self.handlers = Handlers(self)
+        self.live = Live(self)  # the dashboard's Balsam page and what it shows
         self.errors: list[str] = []
         self.close_error: str | None = None  # what the writer could not write when the plugin closed
         # key -> (task id, state, attempt[, a database task]): rows a client resumes or a service claimed
@@ -120,6 +122,7 @@ class BalsamPlugin(SchedulerPlugin):
         scheduler.stream_handlers[BUNDLE_REPORTS_OP] = b.on_reports
         self.restorer = Restorer(scheduler, self.recorder, d, store, self.writer)
         self.handlers.install(scheduler)
+        self.live.install(scheduler)
         # answers to our requests for queued tasks come back as Dask's steal responses; a task
         # that secedes (long-running) gives its cores back: each after Dask's own handler
         d.steal_fallback = scheduler.stream_handlers.get("steal-response")
@@ -137,6 +140,7 @@ class BalsamPlugin(SchedulerPlugin):
         d = self.dispatcher
         if s is not None:
             self.handlers.remove(s)
+            self.live.remove(s)
         if s is not None and self.bundler is not None:
             for op in (BUNDLE_SUBMIT_OP, BUNDLE_REPORTS_OP):
                 s.stream_handlers.pop(op, None)
@@ -168,6 +172,7 @@ class BalsamPlugin(SchedulerPlugin):
         store, dispatcher = self.store, self.dispatcher
         while True:
             await asyncio.sleep(self.poll_interval)
+            self.live.sample()
             try:
                 ids = await loop.run_in_executor(None, store.kill_requests, store.session_id)
                 keys = [self.recorder.by_id[i].key for i in ids if i in self.recorder.by_id]
@@ -346,10 +351,13 @@ class BalsamPlugin(SchedulerPlugin):
         """Record a new allocation (batch job); returns its id in the store."""
         assert self.store is not None
         aid = self.store.new_id()
-        self.writer.put(AllocationWrite(aid, {"state": "PENDING", "submitted_at": time.time(), "info": {}, **fields}))
+        record = {"state": "PENDING", "submitted_at": time.time(), "info": {}, **fields}
+        self.live.allocation(aid, record)
+        self.writer.put(AllocationWrite(aid, record))
         return aid
 
     def update_allocation(self, alloc_id: int, **fields: Any) -> None:
+        self.live.allocation(alloc_id, fields)
         self.writer.put(AllocationWrite(alloc_id, fields))
 
     # ------------------------------------------------------------------ kill

@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from balsam_dask.protocol import LostReason
+from balsam_dask.scheduler.snapshot import Failures
 from balsam_dask.spec import TaskSpec
 from balsam_dask.store.ops import NewTask, Op, Settle, TaskUpdate, Transition
 from balsam_dask.store.states import ACTIVE_STATES, LEGAL, UNFINISHED_STATES, State
@@ -38,6 +39,8 @@ _WAITING: frozenset[str] = frozenset({CREATED, AWAITING_PARENTS})
 #: The states from which a plain task starts RUNNING in one step.
 _RUNNABLE: frozenset[str] = frozenset({READY, RESTART_READY})
 _FINAL: frozenset[str] = frozenset({FINISHED, FAILED, KILLED})
+ALL_STATES = (CREATED, AWAITING_PARENTS, READY, RUNNING, RUN_DONE, RUN_ERROR, RUN_TIMEOUT, RESTART_READY, FINISHED,
+              FAILED, KILLED)  # fmt: skip
 
 
 @lru_cache(maxsize=256)
@@ -93,8 +96,12 @@ class Recorder:
         self.anomalies: list[str] = []
         #: Worker address -> node name: history names the node (addresses do not last).
         self.names: dict[str, str] = {}
+        #: Tasks by Balsam state, kept at every state change (finished tasks stay counted once
+        #: forgotten, as in the store): what the live page reads without walking the tasks.
+        self.counts: dict[str, int] = dict.fromkeys(ALL_STATES, 0)
+        self.failures = Failures()  # the latest failed attempts and tasks, with their error tails
         self._done_notes: dict[Hashable, str] = {}  # key -> its RUN_DONE event's message
-        self._own_tail: set[Hashable] = set()  # keys whose worker reported their own error tail
+        self._own_tail: dict[Hashable, str] = {}  # key -> the error tail its worker reported
 
     # --- tasks ---
     def new_task(
@@ -103,6 +110,7 @@ class Recorder:
     ) -> Track:  # fmt: skip
         tid = self.new_id()
         track = Track(tid, key, CREATED, 0, spec)
+        self.counts[CREATED] += 1
         self.tracks[key] = track
         self.by_id[tid] = track
         self.put(NewTask(tid, _key_text(key), spec, None, None, parents, payload, time.time(), submitted_by))
@@ -111,13 +119,14 @@ class Recorder:
     def adopt(self, key: Hashable, task_id: int, state: str, attempt: int, spec: TaskSpec | None) -> Track:
         """Track a task that already has a row (resumed from a previous session)."""
         track = Track(task_id, key, state, attempt, spec)
+        self.counts[track.state] += 1
         self.tracks[key] = track
         self.by_id[task_id] = track
         return track
 
     def forget(self, key: Hashable) -> None:
         self._done_notes.pop(key, None)
-        self._own_tail.discard(key)
+        self._own_tail.pop(key, None)
         track = self.tracks.pop(key, None)
         if track is not None:
             self.by_id.pop(track.id, None)
@@ -138,6 +147,9 @@ class Recorder:
             self.put_transition(self.new_id(), track.id, src, target, time.time() if ts is None else ts,
                                 track.attempt, worker, hosts if target == RUNNING else None, message)  # fmt: skip
             track.state = target
+            counts = self.counts
+            counts[src] -= 1
+            counts[target] += 1
             if worker is not None:
                 track.worker = worker
             if track.settles and target in _FINAL:
@@ -157,6 +169,8 @@ class Recorder:
             self.put_transition(self.new_id(), track.id, track.state, state, now, track.attempt,
                                 worker, hosts if state == RUNNING else None, msg)  # fmt: skip
             track.state = state
+        self.counts[src] -= 1
+        self.counts[target] += 1
         if worker is not None:
             track.worker = worker
         if track.settles and target in _FINAL:
@@ -246,10 +260,14 @@ class Recorder:
             put(new_id(), tid, RUNNING, RUN_DONE, now if stop is None else min(stop, now), attempt, worker, None, None)
             put(new_id(), tid, RUN_DONE, FINISHED, time.time(), attempt, None, None, None)
             track.state = FINISHED
+            counts = self.counts
+            counts[RUNNING] -= 1
+            counts[FINISHED] += 1
             return True
         if finish == "processing":  # RUNNING, through READY if it was not runnable yet
             if st not in _RUNNABLE and st not in _WAITING:
                 return False
+            track_state = st
             ts = tasks.get(track.key)
             on = ts.processing_on if ts is not None else None
             worker = None if on is None else self.names.get(on.address, on.address)
@@ -260,6 +278,9 @@ class Recorder:
             track.attempt += 1
             put(new_id(), track.id, st, RUNNING, now, track.attempt, worker, None, None)
             track.state = RUNNING
+            counts = self.counts
+            counts[track_state] -= 1
+            counts[RUNNING] += 1
             if worker is not None:
                 track.worker = worker
             return True
@@ -268,6 +289,9 @@ class Recorder:
                 return False
             self.put_transition(self.new_id(), track.id, st, READY, time.time(), track.attempt, None, None, None)
             track.state = READY
+            counts = self.counts
+            counts[st] -= 1
+            counts[READY] += 1
             return True
         if finish == "waiting":  # AWAITING_PARENTS while its dependencies are not all in memory
             if st not in _WAITING or start == "processing":
@@ -278,6 +302,8 @@ class Recorder:
                     self.put_transition(self.new_id(), track.id, CREATED, AWAITING_PARENTS, time.time(),
                                         track.attempt, None, None, None)  # fmt: skip
                     track.state = AWAITING_PARENTS
+                    self.counts[CREATED] -= 1
+                    self.counts[AWAITING_PARENTS] += 1
             return True
         if finish == "forgotten":
             if st in UNFINISHED_STATES and start != "memory":
@@ -296,13 +322,14 @@ class Recorder:
             if track.state == RUNNING:
                 self.move(track, RUN_ERROR, message=text or None, worker=kwargs.get("worker"))
             self.move(track, FAILED, message=text or None)
-            if track.key in self._own_tail:  # the worker's report holds the task's own error
-                self._own_tail.discard(track.key)
-            elif tail:
+            own = self._own_tail.pop(track.key, None)  # the worker's report holds the task's own error
+            if own is None and tail:
                 self.update(track, error_tail=tail)
+            self.failures.add(time.time(), track.id, track.key, track.spec, FAILED, own or tail or text)
         else:
             why = f"parent {cause} failed" if cause is not None and cause != track.key else text or "failed"
             self.move(track, FAILED, message=why)
+            self.failures.add(time.time(), track.id, track.key, track.spec, FAILED, why)
 
     # --- worker reports ---
     def on_attempt(self, key: Hashable, msg: dict[str, Any]) -> None:
@@ -318,8 +345,11 @@ class Recorder:
         if fields:
             self.update(track, **fields)
             if not msg.get("retry") and "error_tail" in fields:
-                self._own_tail.add(key)
-        if msg.get("retry"):
+                self._own_tail[key] = fields["error_tail"]
+        if msg.get("retry"):  # a failed attempt (the last one is shown with the task's failure)
+            self.failures.add(
+                time.time() if ts is None else ts, track.id, track.key, track.spec, to, msg.get("error_tail") or message
+            )
             self.move(track, RESTART_READY, ts=ts, message="retrying")
             self.move(track, RUNNING, ts=ts, worker=track.worker)
 

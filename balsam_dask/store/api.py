@@ -343,10 +343,14 @@ class Store(TaskDatabase, Leases):
                                          "balsam_dask before it signed its store, or not by balsam_dask)")  # fmt: skip
         return None
 
-    def summary(self) -> dict[str, int]:
-        """Task counts by state (from the shape counters: O(shapes), not O(tasks))."""
-        with read_tx(self.engine) as conn:
+    def summary(self, **filters: Any) -> dict[str, int]:
+        """Task counts by state: all tasks from the shape counters (O(shapes), not O(tasks)), or
+        those matching ``filters`` (``tasks``'s: state, tags, name, ids...) from the tasks."""
+        if filters:
+            q = select(tasks_t.c.state, func.count()).where(*Q.task_filter(**filters)).group_by(tasks_t.c.state)
+        else:
             q = select(shape_counts_t.c.state, func.sum(shape_counts_t.c.count)).group_by(shape_counts_t.c.state)
+        with read_tx(self.engine) as conn:
             got = {s: int(n) for s, n in conn.execute(q)}
         return {s: got.get(s, 0) for s in ALL_STATES if got.get(s, 0)}
 

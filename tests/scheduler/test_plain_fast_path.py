@@ -152,3 +152,10 @@ def test_fast_path_records_what_the_general_path_records(tmp_path: Path) -> None
     assert states["bad"] == ["FAILED"] and states["bad-child"] == ["FAILED"] and states["flaky"] == ["FINISHED"]
     assert states["slow"] == ["KILLED"] and states["after-slow"] == ["KILLED"]
     assert any(e[1] == "AWAITING_PARENTS" for e in got["total"][0][1])
+    # the live page's counts by state, kept at every state change, are the store's
+    with Store(fast_url) as store:
+        summary = store.summary()
+    for plugin in (fast, general):
+        assert {s: n for s, n in plugin.recorder.counts.items() if n} == summary
+    assert [f.name for f in fast.recorder.failures.newest()] == ["bad-child", "bad"]
+    assert "bad input 1" in fast.recorder.failures.newest()[1].tail
