@@ -149,16 +149,29 @@ def trial_tags(run: str, job: dict[str, Any]) -> dict[str, str]:
             "start": str(job["start"])}  # fmt: skip
 
 
-def store_figures(url: str, run: str, cores: int, search: Search) -> dict[str, Any]:
+def site_shape(args: argparse.Namespace) -> tuple[Any, str, int]:
+    """The site of ``--site``, its store and the cores it may hold at once; its nodes' cores
+    replace ``--cores-per-node`` (the trials' largest)."""
+    from balsam_dask.deploy.site import load_site
+
+    site = load_site(args.site)
+    args.cores_per_node = site.node.cores_per_node or args.cores_per_node
+    return site, site.store, site.total_cores or args.nodes * args.cores_per_node
+
+
+def store_figures(url: str, run: str, cores_per_node: int, search: Search) -> dict[str, Any]:
     """What the store holds of the run's trials: their ends by state, the promotions (tasks
     that resume a paused configuration, created after a result), the utilization (each RUNNING
-    to the task's next event, times its cores, over ``cores`` from the first start to the last
-    end) and the median seconds from the search's decision to stop a trial to its KILLED event."""
+    to the task's next event, times its cores, over the allocations of the scheduler that ran
+    them, times their nodes' cores) and the median seconds from the search's decision to stop
+    a trial to its KILLED event."""
     from balsam_dask.store import Store
 
     with Store(url, read_only=True) as store:
         tasks = store.tasks(tags={"hpo": run, "role": "trial"}, limit=None)
         events = store.events(t.id for t in tasks)
+        sessions = {t.session_id for t in tasks} | {t.lease_owner for t in tasks}  # futures: the scheduler's
+        allocations = [a for a in store.allocations() if a.session_id in sessions and a.started_at is not None]
     by_id = {t.id: t for t in tasks}
     spans: list[tuple[float, float, int]] = []
     started: dict[int, float] = {}
@@ -170,13 +183,14 @@ def store_figures(url: str, run: str, cores: int, search: Search) -> dict[str, A
             started[e.task_id] = e.ts
         if e.to_state == "KILLED" and (job := int(by_id[e.task_id].tags["job"])) in search.stop_at:
             lags.append(e.ts - search.stop_at[job])
+    held = [(a.started_at or 0.0, a.ended_at or time.time(), a.nodes * cores_per_node) for a in allocations]
     states = [t.state for t in tasks]
     first_end = min((end for _, end, _ in spans), default=0.0)
     promotions = [t for t in tasks if t.tags.get("start") != "0"]
     return {"finished": states.count("FINISHED"), "killed": states.count("KILLED"), "failed": states.count("FAILED"),
             "promotions": len(promotions), "promotions_after_a_result": sum(t.created_at >= first_end
                                                                             for t in promotions),
-            "utilization": utilization(spans, cores), "kill_lag_s": median(lags)}  # fmt: skip
+            "utilization": utilization(spans, held), "kill_lag_s": median(lags)}  # fmt: skip
 
 
 def median(values: list[float]) -> float | None:
@@ -216,11 +230,10 @@ def futures_mode(args: argparse.Namespace, work: Path, make_search: MakeSearch) 
     run = f"futures-{os.getpid()}"
     url, cluster, cores = f"sqlite:///{work}/store.db", None, args.nodes * args.cores_per_node
     if args.site:
-        from balsam_dask.deploy.site import adapt_for_site, cluster_for_site, load_site
+        from balsam_dask.deploy.site import adapt_for_site, cluster_for_site
 
-        site = load_site(args.site)
-        url, cores = site.store, site.total_cores or cores
-        cluster = cluster_for_site(site, nodes=None if site.is_batch else args.nodes)
+        site, url, cores = site_shape(args)
+        cluster = cluster_for_site(site)
         if site.is_batch:
             adapt_for_site(cluster, site)
     else:
@@ -232,7 +245,7 @@ def futures_mode(args: argparse.Namespace, work: Path, make_search: MakeSearch) 
         search = make_search(FuturesBackend(client, run, args.isolate), cores, False)
         search.run()
         client.flush()
-    return {**search.figures(), **store_figures(url, run, cores, search)}
+    return {**search.figures(), **store_figures(url, run, args.cores_per_node, search)}
 
 
 # ---------------------------------------------------------------- serve
@@ -271,10 +284,8 @@ def serve_mode(args: argparse.Namespace, work: Path, make_search: MakeSearch) ->
     where = ["--local", "--nodes", str(args.nodes), "--cores-per-node", str(args.cores_per_node),
              "--workdir", str(work / "tasks")]  # fmt: skip
     if args.site:
-        from balsam_dask.deploy.site import load_site
-
-        site = load_site(args.site)
-        url, cores, where = site.store, site.total_cores or cores, ["--site", args.site]
+        _, url, cores = site_shape(args)
+        where = ["--site", args.site]
     store = Store(url, kind="api")
     cmd = [sys.executable, "-m", "balsam_dask.cli", "--store", url, "serve", *where, "--tag", f"hpo={run}",
            "--persistent", "--progress", "none"]  # fmt: skip
@@ -296,7 +307,7 @@ def serve_mode(args: argparse.Namespace, work: Path, make_search: MakeSearch) ->
         stop(service)
         log.close()
         store.close()
-    return {**search.figures(), **store_figures(url, run, cores, search)}
+    return {**search.figures(), **store_figures(url, run, args.cores_per_node, search)}
 
 
 def stop(process: subprocess.Popen[Any], timeout: float = 60.0) -> None:
@@ -338,8 +349,8 @@ def trial_figures(search: Search, cores: int) -> dict[str, Any]:
     """What ran, from the trials' own lines (bare Dask has no store): their start and end."""
     spans, lags, ends = [], [], {"finished": 0, "killed": 0, "failed": 0}
     for jid, job in search.jobs.items():
-        lines = (search.dir / f"job-{jid}.jsonl").read_text().splitlines()
-        recs = [json.loads(x) for x in lines]
+        path = search.dir / f"job-{jid}.jsonl"
+        recs = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
         start = next((r["t"] for r in recs if r["event"] == "start"), None)
         end = next((r for r in recs if r["event"] == "end"), None)
         if start is None or end is None:
@@ -351,7 +362,8 @@ def trial_figures(search: Search, cores: int) -> dict[str, Any]:
             lags.append(end["t"] - search.stop_at[jid])
     promotions = sum(job["start"] > 0 for job in search.jobs.values())
     return {**ends, "promotions": promotions, "promotions_after_a_result": promotions,
-            "utilization": utilization(spans, cores), "kill_lag_s": median(lags)}  # fmt: skip
+            "utilization": utilization(spans, [(search.t0, search.t_end, cores)]),
+            "kill_lag_s": median(lags)}  # fmt: skip
 
 
 def dask_mode(args: argparse.Namespace, work: Path, make_search: MakeSearch) -> dict[str, Any]:

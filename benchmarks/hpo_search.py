@@ -156,11 +156,13 @@ class Asha:
         return s, -c, r
 
 
-def utilization(spans: list[tuple[float, float, int]], cores: int) -> float:
-    """Busy core-seconds over allocated core-seconds: ``spans`` are ``(start, end, cores)`` of
-    each run of a trial; the allocation is ``cores`` over the first start to the last end."""
-    if not spans or cores < 1:
+def utilization(spans: list[tuple[float, float, int]], allocations: list[tuple[float, float, int]]) -> float:
+    """Busy core-seconds over allocated core-seconds, from the first start of a span to the last
+    end: ``spans`` are ``(start, end, cores)`` of each run of a trial, ``allocations`` ``(start,
+    end, cores)`` of what held the nodes (their part inside that window counts)."""
+    if not spans:
         return 0.0
-    window = max(e for _, e, _ in spans) - min(s for s, _, _ in spans)
+    low, high = min(s for s, _, _ in spans), max(e for _, e, _ in spans)
+    held = sum(max(0.0, min(e, high) - max(s, low)) * c for s, e, c in allocations)
     busy = sum((e - s) * c for s, e, c in spans)
-    return busy / (window * cores) if window > 0 else 0.0
+    return busy / held if held > 0 else 0.0

@@ -130,9 +130,14 @@ def test_configurations_are_the_seeds_and_cores_follow_the_size() -> None:
 
 
 @pytest.mark.parametrize(
-    ("spans", "cores", "expected"),
-    [([(0, 10, 1), (0, 10, 1)], 2, 1.0), ([(0, 10, 1)], 2, 0.5), ([(0, 5, 2), (5, 10, 1)], 2, 0.75), ([], 2, 0.0),
-     ([(3, 3, 1)], 1, 0.0)],
+    ("spans", "allocations", "expected"),
+    [([(0, 10, 1), (0, 10, 1)], [(0, 10, 2)], 1.0),
+     ([(0, 10, 1)], [(0, 10, 2)], 0.5),
+     ([(0, 5, 2), (5, 10, 1)], [(-5, 20, 2)], 0.75),  # the allocation outside the trials' window does not count
+     ([(0, 4, 2), (6, 10, 2)], [(0, 5, 2), (5, 10, 2)], 0.8),  # one allocation after another
+     ([(0, 10, 2)], [(0, 10, 2), (5, 10, 4)], 0.5),  # a second one joined halfway
+     ([], [(0, 10, 2)], 0.0), ([(3, 3, 1)], [(0, 10, 1)], 0.0)],
 )  # fmt: skip
-def test_utilization(spans: list[tuple[float, float, int]], cores: int, expected: float) -> None:
-    assert utilization(spans, cores) == pytest.approx(expected)
+def test_utilization(spans: list[tuple[float, float, int]], allocations: list[tuple[float, float, int]],
+                     expected: float) -> None:  # fmt: skip
+    assert utilization(spans, allocations) == pytest.approx(expected)
