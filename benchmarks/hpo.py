@@ -3,41 +3,50 @@ ASHA over sklearn ``MLPClassifier`` on the digits data set, run three ways in on
 
     python benchmarks/hpo.py --trials 24 --min-epochs 1 --max-epochs 27 --eta 3 --nodes 1 --cores-per-node 2
 
-A starting point for your own search: the search (benchmarks/hpo_search.py, pure), the trial
-(benchmarks/hpo_trial.py) and the three ways to run it below are each short.
+A starting point for your own search: the search (hpo_search.py, pure), the trial
+(hpo_trial.py) and the three ways to run it (hpo_modes.py) are each short.
+
+The search is asynchronous successive halving (hpo_search.py): a trial trains on through its
+rungs of epochs and reports its validation accuracy at each; one not among the best of its rung
+is stopped, that is its task killed, and may be resumed later from its checkpoint by a new task
+(a promotion); a free core takes a promotion, else a new configuration. So tasks are created
+while the search runs, from results, and trials are killed. Every mode runs the same
+configurations (``--seed``) and budgets; a trial gets 1, 2 or 4 cores by its size (at most a
+node's), and its BLAS and OpenMP pools as many threads (ours sizes them for a task's cores;
+on bare Dask the trial does it with threadpoolctl). Trials report and checkpoint in files of
+the run's directory (hpo_trial.py).
 
 Modes, each in a fresh process, one at a time, rotated in each repetition (``--repeat``):
 
   futures  ``balsam_dask.Client`` on ``LocalEnsembleCluster(nodes, cores_per_node)`` (a fresh SQLite
-           store): each trial a ``client.submit(train, job, cores=c)``; a trial stopped early is
-           killed with ``client.kill``
+           store): each trial a ``client.submit(train, job, cores=c)``; a stopped trial is killed
+           with ``client.kill``
   serve    database tasks: the search adds each trial to the store (``Store.add_tasks``, a Python
            function row ``benchmarks.hpo_trial:train``) while ``balsam-dask serve --local`` runs
            them, and kills with ``Store.kill_tasks`` (what ``balsam-dask kill`` does)
   dask     bare ``distributed.LocalCluster(nodes, threads_per_worker=cores_per_node)`` with a
            ``cores`` resource; a stopped trial's future is cancelled
 
-A trial runs in a worker's thread, as a Dask task does: no kill stops a thread, so once its
-task is killed the search leaves the trial a stop file it looks for after every epoch, and
-counts it as running until it has returned. ``--isolate`` runs ours in a process of its own per trial
-(``isolate=True``; a serve row gets a ``timeout``, which does the same), which the kill stops:
-each trial then pays a Python start and the import of scikit-learn.
+A trial runs in a worker's thread, as a Dask task does. No kill stops a thread, so once its task
+is killed (or its future cancelled) the search leaves the trial a stop file it looks for after
+every epoch, and counts it as running until it has returned. ``--isolate`` runs ours in a process
+of its own per trial (``isolate=True``; a serve row gets a ``timeout``, which does the same),
+which the kill stops; each trial then pays a Python start and the import of scikit-learn.
 
-With ``--site DIR`` the futures and serve modes run on the site's cluster and store
-(``balsam-dask site init``), e.g. a Slurm machine; ``--workdir`` must then be on a file system
-the nodes share (trials report and checkpoint there). The search is asynchronous successive
-halving (see hpo_search.py): trials are created while it runs, from results (new
-configurations and promotions), and trials that stop early are killed. Every mode runs the
-same configurations (``--seed``) and budgets; a trial gets 1, 2 or 4 cores by its width (at
-most a node's), and limits its BLAS and OpenMP threads to them (threadpoolctl).
+With ``--site DIR`` (``balsam-dask site init``) futures and serve run on the site's cluster, e.g.
+a Slurm machine, and store, with its nodes' cores: ``--workdir`` must then be on a file system
+the nodes share, and the nodes must find the repository (PYTHONPATH, which batch jobs inherit).
 
-Figures per mode: the search's wall time (from a cluster that has run a warm-up task to the
-last trial's end), time to reach ``--target`` validation accuracy (None if never), the best
-accuracy, trial tasks per hour, tasks FINISHED / KILLED / FAILED, promotions (tasks that resume a
-paused configuration), kills asked. Utilization is busy core-seconds over allocated
-core-seconds, from the first trial's start to the last one's end: ours from the store's events
-(RUNNING to the next event, times the task's cores); bare Dask from the trials' own start and
-end lines. Medians over repetitions; ratios ours/dask. Ends with one JSON line of figures.
+Figures per mode: the search's wall time, from a cluster whose workers have imported
+scikit-learn (a warm-up) to the last trial's end; time to reach ``--target`` validation accuracy
+(None if never); the best accuracy; trial tasks per hour; tasks FINISHED / KILLED / FAILED;
+promotions (tasks that resume a paused configuration); kills asked, and the median seconds from
+the search's decision to the task's KILLED event (bare Dask: to the trial's return).
+Utilization is busy core-seconds over allocated core-seconds, from the first trial's start to
+the last one's end: ours from the store (each task's RUNNING to its next event, times its cores;
+the allocations of the scheduler that ran them, times their nodes' cores); bare Dask from the
+trials' own start and end lines, over all its cores. Medians over repetitions; ratios ours/dask.
+Ends with one JSON line of figures.
 """
 
 from __future__ import annotations
@@ -58,19 +67,8 @@ from serve_throughput import environ
 from throughput import count, rotated
 
 #: Options a mode's process is given again.
-SIZES = (
-    "isolate",
-    "trials",
-    "min_epochs",
-    "max_epochs",
-    "eta",
-    "target",
-    "nodes",
-    "cores_per_node",
-    "in_flight",
-    "seed",
-    "site",
-)
+SIZES = ("isolate", "trials", "min_epochs", "max_epochs", "eta", "target", "nodes", "cores_per_node", "in_flight",
+         "seed", "site")  # fmt: skip
 #: Figures compared as ours / dask.
 COMPARED = ("wall_s", "time_to_target_s", "trials_per_hour", "utilization")
 
@@ -159,9 +157,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     d.mkdir(parents=True, exist_ok=True)
     given = {k: v for k, v in vars(args).items() if k in SIZES and v not in (None, False)}
     child_argv = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in given.items()]
+    where = f"site {args.site}" if args.site else f"{args.nodes} node(s) x {args.cores_per_node} cores"
     budgets = rungs(args.min_epochs, args.max_epochs, args.eta)
     print(f"# ASHA over {args.trials} MLP configurations on digits, rungs {budgets} epochs,"
-          f" target {args.target}, {args.nodes} node(s) x {args.cores_per_node} cores, {args.repeat}"
+          f" target {args.target}, {where}, {args.repeat}"
           f" rotated repetition(s) of {', '.join(args.modes)}, in {d}")  # fmt: skip
     print(f"# load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in args.modes}

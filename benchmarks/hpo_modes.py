@@ -34,7 +34,8 @@ ENDED = ("FINISHED", "FAILED", "KILLED")
 
 class Search:
     """The search loop: asks ASHA what to start, reads the trials' reports, kills what stops.
-    ``backend`` submits jobs (``submit``), kills one (``kill``) and says which ended (``ended``)."""
+    ``backend`` submits jobs (``submit``), kills one (``kill``), says which ended (``ended``) and
+    whether a kill stops the trial itself (``isolate``: it runs in a process of its own)."""
 
     def __init__(self, args: argparse.Namespace, run_dir: Path, backend: Any, total_cores: int,
                  own_limits: bool) -> None:  # fmt: skip
@@ -62,7 +63,7 @@ class Search:
             ended |= lingering
             for jid in list(self.active):
                 self.read(jid)
-            lingering = {j for j in ended if j in self.stopping and not self.args.isolate and not self.stopped(j)}
+            lingering = {j for j in ended if j in self.stopping and not self.backend.isolate and not self.stopped(j)}
             for jid in ended - lingering:
                 self.active.pop(jid, None)
                 self.asha.ended(self.jobs[jid]["config"]["id"])
@@ -250,10 +251,11 @@ def futures_mode(args: argparse.Namespace, work: Path, make_search: MakeSearch) 
 
 # ---------------------------------------------------------------- serve
 class ServeBackend:
-    """``isolate``: a timeout on each row, which runs its function in a process of its own."""
+    """``isolate``: a timeout on each row, which runs its function in a process of its own;
+    ``service``: the ``balsam-dask serve`` process (the search stops if it exits)."""
 
-    def __init__(self, store: Any, run: str, isolate: bool) -> None:
-        self.store, self.run = store, run
+    def __init__(self, store: Any, run: str, isolate: bool, service: subprocess.Popen[Any]) -> None:
+        self.store, self.run, self.isolate, self.service = store, run, isolate, service
         self.extra = {"timeout": TRIAL_TIMEOUT} if isolate else {}
         self.ids: dict[int, int] = {}  # job -> task id, while it has not ended
 
@@ -267,6 +269,8 @@ class ServeBackend:
         self.store.kill_tasks(ids=[self.ids[jid]])
 
     def ended(self) -> list[int]:
+        if self.service.poll() is not None:
+            raise RuntimeError(f"balsam-dask serve exited {self.service.returncode} during the search")
         if not self.ids:
             return []
         states = {t.id: t.state for t in self.store.tasks(ids=list(self.ids.values()), limit=None)}
@@ -300,8 +304,8 @@ def serve_mode(args: argparse.Namespace, work: Path, make_search: MakeSearch) ->
                 raise RuntimeError(f"balsam-dask serve exited {service.returncode}: see {work / 'serve.log'}")
             return all(t.state == "FINISHED" for t in store.tasks(ids=warm, limit=None))
 
-        wait_for(warmed, "the warm-up task of balsam-dask serve")
-        search = make_search(ServeBackend(store, run, args.isolate), cores, False)
+        wait_for(warmed, "the warm-up tasks of balsam-dask serve", 3600 if args.site else 120)  # a queue waits
+        search = make_search(ServeBackend(store, run, args.isolate, service), cores, False)
         search.run()
     finally:
         stop(service)
@@ -323,6 +327,8 @@ def stop(process: subprocess.Popen[Any], timeout: float = 60.0) -> None:
 
 # ---------------------------------------------------------------- bare Dask
 class DaskBackend:
+    isolate = False  # a cancel does not stop a running task
+
     def __init__(self, client: Any) -> None:
         self.client = client
         self.futures: dict[int, Any] = {}
