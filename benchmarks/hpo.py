@@ -147,8 +147,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.min_epochs > args.max_epochs:
         p.error(f"--min-epochs {args.min_epochs} is more than --max-epochs {args.max_epochs}: give at most as many, "
                 "e.g. --min-epochs 1 --max-epochs 27")  # fmt: skip
-    if args.site and "dask" in args.modes and not args.child:
-        p.error("--site runs ours only: give --modes futures,serve with --site")
+    if args.site and not args.child:
+        if "dask" in args.modes:
+            p.error("--site runs ours only: give --modes futures,serve with --site")
+        from balsam_dask.deploy.site import load_site
+        from balsam_dask.errors import InvalidSiteConfig
+
+        try:
+            load_site(args.site)
+        except InvalidSiteConfig as e:
+            p.error(f"--site: {e}")
     if args.child:
         figures = run_mode(args.child, args)
         print(json.dumps(figures))

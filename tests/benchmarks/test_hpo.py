@@ -58,7 +58,8 @@ def test_a_small_search_kills_promotes_and_records(tmp_path: Path, capsys: pytes
      (["--target", "1.5"], "argument --target: '1.5' is not an accuracy in (0, 1] (for example 0.95)"),
      (["--modes", "futures,ray"], "argument --modes: 'futures,ray' is not a list of futures, serve, dask"),
      (["--min-epochs", "9", "--max-epochs", "3"], "--min-epochs 9 is more than --max-epochs 3"),
-     (["--site", "/nowhere"], "--site runs ours only: give --modes futures,serve with --site")],
+     (["--site", "/nowhere"], "--site runs ours only: give --modes futures,serve with --site"),
+     (["--site", "/nowhere", "--modes", "serve"], "--site: /nowhere: the site directory does not exist: create it")],
 )  # fmt: skip
 def test_bad_sizes_are_refused(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
