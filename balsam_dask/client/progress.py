@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from balsam_dask.errors import InvalidSpec
 
 ORDER = ("CREATED", "AWAITING_PARENTS", "READY", "RESTART_READY", "RUNNING", "RUN_DONE", "RUN_ERROR", "RUN_TIMEOUT",
-         "FINISHED", "FAILED", "KILLED", "UNKNOWN")  # fmt: skip
+         "FINISHED", "FAILED", "KILLED")  # fmt: skip
 ENDED = ("FINISHED", "FAILED", "KILLED")
 #: The store's task filters ``progress`` takes (``Store.tasks``'s).
 FILTERS = ("ids", "tags", "name", "state", "key", "kind", "since", "until")
@@ -165,6 +165,7 @@ def futures_source(futures: list[Any]) -> Callable[[], dict[str, int]]:
             got = client.sync(client.scheduler.balsam_states, keys=pending)
             if not isinstance(got, dict):  # Dask answers an unknown request with None
                 raise InvalidSpec("the futures' scheduler has no BalsamPlugin: use distributed.progress for them")
+            got["CREATED"] = got.get("CREATED", 0) + got.pop("UNKNOWN", 0)  # submitted, not recorded yet
             out.update(got)
         return dict(out)
 

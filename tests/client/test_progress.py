@@ -54,6 +54,11 @@ def test_futures_are_followed_by_balsam_state_until_they_end(ens: tuple[Client, 
     assert lines[-1] == "progress: 6/7 finished, 1 failed or killed | FINISHED=6 FAILED=1"
     assert len(lines) >= 2 and any("RUNNING=" in line for line in lines[:-1]), lines  # seen while they ran
     assert len(lines) == len(set(lines))  # a line only when the counts changed
+    # a tuple key travels as a list: the scheduler finds its task all the same
+    slow = client.submit(nap, 1.0, key=("slow-nap", 1), cores=1)
+    out = io.StringIO()
+    assert progress(slow, mode="plain", stream=out, interval=0.1).finished == 1
+    assert "RUNNING=1" in out.getvalue() and "UNKNOWN" not in out.getvalue(), out.getvalue()
     # a dict of futures, already ended: at once, and nothing shown with mode="none"
     quiet = io.StringIO()
     assert progress(dict(enumerate(futures)), mode="none", stream=quiet).finished == 6
