@@ -43,7 +43,7 @@ def throughput_axes(ax: Any, r: Report) -> None:
     ax.set_ylabel(f"tasks per {r.summary['interval_s']:g} s")
     ax.set_title("Throughput")
     twin = ax.twinx()
-    twin.plot([v + step for v in x], df["cumulative_ended"], color="black", linewidth=1.2, label="cumulative")
+    twin.plot([0.0] + [v + step for v in x], [0, *df["cumulative_ended"]], color="black", linewidth=1.2)
     twin.set_ylabel("cumulative tasks ended")
     twin.set_ylim(bottom=0)
     ax.legend(loc="upper left", fontsize="small")
@@ -53,9 +53,12 @@ def utilization_axes(ax: Any, r: Report) -> None:
     df = r.utilization
     x = _x(r, df.index)
     what = "nodes" if df["cores"].isna().all() else "cores"
-    ax.step(x, df[f"busy_{what}"], where="post", color=COLORS["busy"], label=f"busy {what}")
+    x = [*x, (r.summary["end"] - r.summary["start"]) / _scale(r)[0]]  # the last interval's end
+    ax.step(x, [*df[f"busy_{what}"], df[f"busy_{what}"].iloc[-1]], where="post", color=COLORS["busy"],
+            label=f"busy {what}")  # fmt: skip
     if not df[what].isna().all():
-        ax.step(x, df[what], where="post", color=COLORS["held"], linestyle="--", label=f"allocated {what}")
+        ax.step(x, [*df[what], df[what].iloc[-1]], where="post", color=COLORS["held"], linestyle="--",
+                label=f"allocated {what}")  # fmt: skip
     ax.set_ylim(bottom=0)
     ax.set_xlabel(_scale(r)[1])
     ax.set_ylabel(what)

@@ -52,12 +52,22 @@ class Window:
         return max(0.0, min(self.interval, self.end - self.bucket_start(k))) if k == self.buckets - 1 else self.interval
 
 
-class TaskGroup(NamedTuple):
-    """Tasks of one state and attempt count, and when the first was created and the last changed."""
+class StateCount(NamedTuple):
+    """Tasks in one state now."""
 
     state: str
-    attempt: int
     tasks: int
+
+
+class AttemptCount(NamedTuple):
+    """Tasks that made ``attempts`` attempts (0: never ran), how many of them ended in each
+    final state, and when the first was created and the last changed."""
+
+    attempts: int
+    tasks: int
+    finished: int
+    failed: int
+    killed: int
     first_created: float
     last_updated: float
 
@@ -88,12 +98,12 @@ class Ranked(NamedTuple):
     value: float
 
 
-class BinEnd(NamedTuple):
-    """A histogram bin of a sorted sample: how many values are at most its last one."""
+class BinCount(NamedTuple):
+    """How many values of a sample fall in histogram bin ``bin`` (see ``DELAY_EDGES``)."""
 
     group: str
     bin: int
-    cumulative: int
+    values: int
 
 
 class Totals(NamedTuple):
@@ -136,12 +146,12 @@ class AllocationSpan(NamedTuple):
 
 @dataclass(frozen=True)
 class Sample:
-    """A distribution as the store returns it: totals, the ranks near each quantile and the
-    histogram's cumulative counts (bins: ``edges``)."""
+    """A distribution as the store returns it: totals, the values at the ranks around each
+    quantile, and the counts per histogram bin."""
 
     totals: Totals | None
     ranked: tuple[Ranked, ...] = ()
-    bins: tuple[BinEnd, ...] = ()
+    bins: tuple[BinCount, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -150,7 +160,8 @@ class ReportData:
 
     query: ReportQuery
     window: Window
-    tasks: tuple[TaskGroup, ...]
+    states: tuple[StateCount, ...]
+    attempts: tuple[AttemptCount, ...]
     ends: tuple[EndCount, ...]
     busy: dict[str, tuple[StepSums, ...]]  # "cores", "gpus", "nodes"
     delays: Sample

@@ -11,9 +11,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from balsam_dask.reports.records import QUANTILES, ErrorGroup, Sample, TaskGroup
-
-FINAL = ("FINISHED", "FAILED", "KILLED")
+from balsam_dask.reports.records import QUANTILES, AttemptCount, ErrorGroup, Sample, StateCount
 
 
 def quantile(sample: Sample, p: float, group: str | None = None) -> float:
@@ -46,10 +44,8 @@ def histogram(sample: Sample, edges: Sequence[float]) -> pd.DataFrame:
     """Values per bin ``[low, high)`` (bin 0 is below the first edge, the last above the last
     edge), from the first to the last bin that holds any."""
     counts: dict[int, int] = {}
-    previous = 0
-    for b in sorted(sample.bins, key=lambda b: b.cumulative):
-        counts[b.bin] = b.cumulative - previous
-        previous = b.cumulative
+    for b in sample.bins:
+        counts[b.bin] = counts.get(b.bin, 0) + b.values
     rows = []
     if counts:
         for k in range(min(counts), max(counts) + 1):
@@ -60,45 +56,31 @@ def histogram(sample: Sample, edges: Sequence[float]) -> pd.DataFrame:
 
 
 def durations(samples: dict[str, Sample]) -> pd.DataFrame:
-    """Run durations by label: runs, mean, median, p90, min and max (seconds), and the core-hours
-    they used; the longest total first."""
-    rows = []
-    for label, s in samples.items():
-        t = s.totals
-        if t is None or not t.n:
-            continue
-        q = summary(s)
-        rows.append({"label": label, "runs": t.n, "mean_s": q["mean"], "median_s": q["median"], "p90_s": q["p90"],
-                     "min_s": t.low, "max_s": t.high, "hours": t.total / 3600.0,
-                     "core_hours": t.core_seconds / 3600.0})  # fmt: skip
-    cols = ["label", "runs", "mean_s", "median_s", "p90_s", "min_s", "max_s", "hours", "core_hours"]
-    df = pd.DataFrame(rows, columns=cols)
+    """Run durations by label: runs, mean, min and max (seconds), hours and the core-hours they
+    used; the longest total first."""
+    rows = [{"label": label, "runs": t.n, "mean_s": t.total / t.n, "min_s": t.low, "max_s": t.high,
+             "hours": t.total / 3600.0, "core_hours": t.core_seconds / 3600.0}
+            for label, s in samples.items() if (t := s.totals) is not None and t.n]  # fmt: skip
+    df = pd.DataFrame(rows, columns=["label", "runs", "mean_s", "min_s", "max_s", "hours", "core_hours"])
     return df.sort_values(["hours", "label"], ascending=[False, True]).set_index("label")
 
 
-def attempts(groups: Sequence[TaskGroup]) -> pd.DataFrame:
+def attempts(counts: Sequence[AttemptCount]) -> pd.DataFrame:
     """Tasks by the number of attempts they made (0: never ran), by final state (``other``:
-    not ended yet), and the retries that makes (attempts after the first)."""
-    table: dict[int, dict[str, int]] = {}
-    for g in groups:
-        col = g.state.lower() if g.state in FINAL else "other"
-        row = table.setdefault(g.attempt, dict.fromkeys([*(s.lower() for s in FINAL), "other"], 0))
-        row[col] += g.tasks
-    df = pd.DataFrame.from_dict(table, orient="index", columns=[*(s.lower() for s in FINAL), "other"]).sort_index()
+    not ended), and the retries that makes (attempts after the first)."""
+    cols = ["finished", "failed", "killed", "other", "tasks", "retries"]
+    rows = {c.attempts: [c.finished, c.failed, c.killed, c.tasks - c.finished - c.failed - c.killed, c.tasks,
+                         c.tasks * max(c.attempts - 1, 0)] for c in counts}  # fmt: skip
+    df = pd.DataFrame.from_dict(rows, orient="index", columns=cols).sort_index().astype(int)
     df.index.name = "attempts"
-    df["tasks"] = df.sum(axis=1)
-    df["retries"] = df["tasks"] * (df.index.to_series() - 1).clip(lower=0)
-    return df.astype(int)
+    return df
 
 
-def states(groups: Sequence[TaskGroup], order: Sequence[str]) -> pd.DataFrame:
+def states(counts: Sequence[StateCount], order: Sequence[str]) -> pd.DataFrame:
     """Tasks by their current state, in the state machine's order."""
-    counts: dict[str, int] = {}
-    for g in groups:
-        counts[g.state] = counts.get(g.state, 0) + g.tasks
-    known = [s for s in order if s in counts] + sorted(s for s in counts if s not in order)
-    df = pd.DataFrame({"tasks": [counts[s] for s in known]}, index=pd.Index(known, name="state"))
-    return df.astype(int)
+    by = {c.state: c.tasks for c in counts}
+    known = [s for s in order if s in by] + sorted(s for s in by if s not in order)
+    return pd.DataFrame({"tasks": [by[s] for s in known]}, index=pd.Index(known, name="state")).astype(int)
 
 
 def errors(groups: Sequence[ErrorGroup]) -> pd.DataFrame:

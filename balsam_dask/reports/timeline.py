@@ -74,8 +74,8 @@ def bucket_times(window: Window) -> pd.DatetimeIndex:
 
 
 def throughput(window: Window, ends: Sequence[EndCount]) -> pd.DataFrame:
-    """Tasks ended per interval by final state, their total, the rate per minute and the
-    cumulative counts; indexed by the interval's start (UTC)."""
+    """Tasks ended per interval by final state, their total, the finished per minute (over the
+    interval) and the cumulative counts; indexed by the interval's start (UTC)."""
     counts = {s: [0] * window.buckets for s in END_STATES}
     last = window.buckets - 1
     for e in ends:
@@ -83,8 +83,7 @@ def throughput(window: Window, ends: Sequence[EndCount]) -> pd.DataFrame:
             counts[e.state][min(max(e.bucket, 0), last)] += e.tasks
     df = pd.DataFrame({s.lower(): counts[s] for s in END_STATES}, index=bucket_times(window))
     df["ended"] = df.sum(axis=1)
-    lengths = pd.Series([window.bucket_length(k) for k in range(window.buckets)], index=df.index)
-    df["per_minute"] = (df["finished"] * 60.0 / lengths.where(lengths > 0)).fillna(0.0)
+    df["per_minute"] = df["finished"] * 60.0 / window.interval
     df["cumulative_finished"] = df["finished"].cumsum()
     df["cumulative_ended"] = df["ended"].cumsum()
     return df

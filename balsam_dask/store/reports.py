@@ -8,6 +8,7 @@ of ``balsam_dask.reports`` turn the rows into DataFrames.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -17,16 +18,18 @@ from sqlalchemy import Connection, Engine, or_, text
 from balsam_dask import validate
 from balsam_dask.reports.records import (
     DELAY_EDGES,
+    QUANTILES,
     AllocationSpan,
-    BinEnd,
+    AttemptCount,
+    BinCount,
     EndCount,
     ErrorGroup,
     Ranked,
     ReportData,
     ReportQuery,
     Sample,
+    StateCount,
     StepSums,
-    TaskGroup,
     Totals,
 )
 from balsam_dask.reports.window import window_for
@@ -34,7 +37,7 @@ from balsam_dask.spec import parse_duration, validate_tags
 from balsam_dask.store import queries as Q
 from balsam_dask.store.engine import read_tx
 from balsam_dask.store.models import allocations_t
-from balsam_dask.store.reportsql import Dialect, ends_sql, runs_sql, tasks_sql
+from balsam_dask.store.reportsql import Dialect, attempts_sql, ends_sql, runs_sql, states_sql
 from balsam_dask.store.states import ALL_STATES
 
 if TYPE_CHECKING:
@@ -76,33 +79,42 @@ def read_allocations(conn: Connection, t0: float, t1: float) -> tuple[Allocation
     return tuple(allocation_span(r) for r in conn.execute(q))
 
 
-def sample_of(rows: list[Any], kind: str, totals_kind: str, bin_kind: str | None = None) -> dict[str, Sample]:
-    """Samples by label from the tagged rows of ``runs_sql``."""
-    ranked: dict[str, list[Ranked]] = {}
-    bins: dict[str, list[BinEnd]] = {}
-    totals: dict[str, Totals] = {}
-    for r in rows:
-        label = r[1] or ""
-        if r[0] == kind:
-            ranked.setdefault(label, []).append(Ranked(label, int(r[2]), int(r[3]), float(r[4])))
-        elif r[0] == totals_kind:
-            totals[label] = Totals(label, int(r[2]), r[4] or 0.0, r[5] or 0.0, r[6] or 0.0, r[7] or 0.0)
-        elif r[0] == bin_kind:
-            bins.setdefault(label, []).append(BinEnd(label, int(r[2]), int(r[3])))
-    return {k: Sample(t, tuple(ranked.get(k, ())), tuple(bins.get(k, ()))) for k, t in totals.items()}
+def delays_of(rows: list[Any]) -> Sample:
+    """The delays' sample: the two values around each quantile (``k = floor((n - 1) * p)``: at
+    ranks k + 1 and k + 2), their totals and histogram."""
+    totals = next((Totals("", int(r[2]), r[4] or 0.0, r[5] or 0.0, r[6] or 0.0, 0.0) for r in rows if r[0] == "delays"),
+                  None)  # fmt: skip
+    ranked = []
+    for i, p in enumerate(QUANTILES):
+        values = sorted(float(r[4]) for r in rows if r[0] == "delay" and r[2] == i)
+        if values:
+            n = int(next(r[3] for r in rows if r[0] == "delay" and r[2] == i))
+            k = math.floor(max(n - 1, 0) * p)
+            ranked += [Ranked("", k + 1 + j, n, v) for j, v in enumerate(values)]
+    bins = tuple(BinCount("", int(r[2]), int(r[3])) for r in rows if r[0] == "bin")
+    return Sample(totals if totals and totals.n else None, tuple(ranked), bins)
+
+
+def durations_of(rows: list[Any]) -> dict[str, Sample]:
+    """Duration totals by label."""
+    return {r[1]: Sample(Totals(r[1], int(r[2]), r[4] or 0.0, r[5] or 0.0, r[6] or 0.0, r[7] or 0.0))
+            for r in rows if r[0] == "durs"}  # fmt: skip
 
 
 def report_data(engine: Engine, query: ReportQuery, where: str = "") -> ReportData:
     """Everything a report needs, aggregated in the database."""
     d = Dialect(engine.dialect.name)
     with read_tx(engine) as conn:
-        sql, params = tasks_sql(query, d)
-        tasks = tuple(
-            TaskGroup(s, int(a), int(n), float(c), float(u)) for s, a, n, c, u in conn.execute(text(sql), params)
+        sql, params = states_sql(query, d)
+        states = tuple(StateCount(st, int(n)) for st, n in conn.execute(text(sql), params))
+        sql, params = attempts_sql(query, d)
+        attempts = tuple(
+            AttemptCount(int(a), int(n), int(f), int(x), int(k), float(c), float(u))
+            for a, n, f, x, k, c, u in conn.execute(text(sql), params)
         )
         now = time.time()
-        start = query.since if query.since is not None else min((g.first_created for g in tasks), default=now)
-        end = query.until if query.until is not None else max((g.last_updated for g in tasks), default=start)
+        start = query.since if query.since is not None else min((a.first_created for a in attempts), default=now)
+        end = query.until if query.until is not None else max((a.last_updated for a in attempts), default=start)
         window = window_for(start, max(end, start), query.interval)
         bounds = {"t0": window.start, "t1": window.end, "dt": window.interval}
         sql, params = runs_sql(query, d, DELAY_EDGES)
@@ -115,8 +127,8 @@ def report_data(engine: Engine, query: ReportQuery, where: str = "") -> ReportDa
         if r[0] == "busy":
             for i, what in enumerate(("cores", "gpus", "nodes")):
                 busy[what].append(StepSums(int(r[2]), r[4 + 2 * i] or 0.0, r[5 + 2 * i] or 0.0))
-    delays = sample_of(rows, "delay", "delays", "bin").get("", Sample(None))
-    ends = tuple(EndCount(int(r[3]), r[1], int(r[4])) for r in ends_rows if r[0] == "end")
+    ends = tuple(EndCount(int(r[3]), st, int(r[4 + i] or 0)) for r in ends_rows if r[0] == "end"
+                 for i, st in enumerate(("FINISHED", "FAILED", "KILLED")))  # fmt: skip
     errors: dict[tuple[str, str | None], ErrorGroup] = {}
     for r in sorted((r for r in ends_rows if r[0] == "err"), key=lambda r: r[6]):
         key = (r[1], r[2])
@@ -128,9 +140,10 @@ def report_data(engine: Engine, query: ReportQuery, where: str = "") -> ReportDa
     if not allocations:
         notes.append("no allocation was recorded in this window: utilization is unknown")
     return ReportData(
-        query=query, window=window, tasks=tasks, ends=ends, busy={k: tuple(v) for k, v in busy.items()},
-        delays=delays, delay_edges=DELAY_EDGES, durations=sample_of(rows, "dur", "durs"),
-        errors=tuple(errors.values()), allocations=allocations, store=where, notes=tuple(notes),
+        query=query, window=window, states=states, attempts=attempts, ends=ends,
+        busy={k: tuple(v) for k, v in busy.items()}, delays=delays_of(rows), delay_edges=DELAY_EDGES,
+        durations=durations_of(rows), errors=tuple(errors.values()), allocations=allocations, store=where,
+        notes=tuple(notes),
     )  # fmt: skip
 
 

@@ -43,6 +43,12 @@ class Dialect:
     def least(self, a: str, b: str) -> str:
         return f"LEAST({a}, {b})" if self.pg else f"MIN({a}, {b})"
 
+    @property
+    def fence(self) -> str:
+        """Keeps a subquery from being merged into its query (which would evaluate its correlated
+        subqueries once per use of their value)."""
+        return "OFFSET 0" if self.pg else "LIMIT -1 OFFSET 0"
+
     def tag(self, i: int) -> str:
         """A tag's value as text (the key bound as ``tag_k<i>``)."""
         return f"(t.tags ->> :tag_k{i})" if self.pg else f"json_extract(t.tags, :tag_k{i})"
@@ -77,8 +83,7 @@ def task_conditions(q: ReportQuery, d: Dialect, window: bool) -> tuple[str, dict
     return "".join(f" AND {c}" for c in conds), params
 
 
-def tasks_sql(q: ReportQuery, d: Dialect) -> tuple[str, dict[str, Any]]:
-    """Tasks by state and attempts, with the first creation and the last change."""
+def _tasks_where(q: ReportQuery, d: Dialect) -> tuple[str, dict[str, Any]]:
     where, params = task_conditions(q, d, window=False)
     if q.since is not None:
         where += " AND t.updated_at >= :since"
@@ -86,8 +91,21 @@ def tasks_sql(q: ReportQuery, d: Dialect) -> tuple[str, dict[str, Any]]:
     if q.until is not None:
         where += " AND t.created_at <= :until"
         params["until"] = q.until
-    sql = (f"SELECT t.state, t.attempt, COUNT(*), MIN(t.created_at), MAX(t.updated_at) FROM tasks t "
-           f"WHERE 1 = 1{where} GROUP BY t.state, t.attempt")  # fmt: skip
+    return where, params
+
+
+def states_sql(q: ReportQuery, d: Dialect) -> tuple[str, dict[str, Any]]:
+    """Tasks by state (alive in the window: created by its end, changed since its start)."""
+    where, params = _tasks_where(q, d)
+    return f"SELECT t.state, COUNT(*) FROM tasks t WHERE 1 = 1{where} GROUP BY t.state", params
+
+
+def attempts_sql(q: ReportQuery, d: Dialect) -> tuple[str, dict[str, Any]]:
+    """Tasks by attempts made and final state, with the first creation and the last change."""
+    where, params = _tasks_where(q, d)
+    ended = ", ".join(f"SUM(CASE WHEN t.state = '{s}' THEN 1 ELSE 0 END)" for s in ("FINISHED", "FAILED", "KILLED"))
+    sql = (f"SELECT t.attempt, COUNT(*), {ended}, MIN(t.created_at), MAX(t.updated_at) FROM tasks t "
+           f"WHERE 1 = 1{where} GROUP BY t.attempt")  # fmt: skip
     return sql, params
 
 
@@ -101,11 +119,6 @@ def bisect_case(x: str, edges: Sequence[float], lo: int = 0, hi: int | None = No
     return f"CASE WHEN {x} < {edges[mid]!r} THEN {below} ELSE {above} END"
 
 
-def _near_quantiles(rank: str, n: str) -> str:
-    """Ranks (1-based, of ``n``) whose values a quantile interpolates between."""
-    return " OR ".join(f"ABS(({rank} - 1) - ({n} - 1) * {p!r}) < 1" for p in QUANTILES)
-
-
 def _row(kind: str, label: str = "NULL", i1: str = "NULL", i2: str = "NULL", *floats: str) -> str:
     """One output row: kind, label, two integers and six floats."""
     fs = [*floats, *["NULL"] * (6 - len(floats))]
@@ -117,7 +130,10 @@ def _row(kind: str, label: str = "NULL", i1: str = "NULL", i2: str = "NULL", *fl
 def runs_sql(q: ReportQuery, d: Dialect, edges: Sequence[float]) -> tuple[str, dict[str, Any]]:
     """Busy cores, GPUs and nodes per bucket (changes), run delays and durations by label.
 
-    Parameters: ``t0``, ``t1`` (the window), ``dt`` (the interval)."""
+    Parameters: ``t0``, ``t1`` (the window), ``dt`` (the interval). Sorts: one by bucket, one
+    by worker and start (nodes: a node is busy from the start of a run until every run that
+    began on it has ended; the running maximum of the ends marks where each such stretch
+    ends), one by delay per quantile, one by label."""
     where, params = task_conditions(q, d, window=q.since is not None or q.until is not None)
     label = f'COALESCE(t.app, t."function", t.name, {d.key_prefix()}, t.key)'
     s = d.greatest("s0", ":t0")
@@ -135,63 +151,65 @@ def runs_sql(q: ReportQuery, d: Dialect, edges: Sequence[float]) -> tuple[str, d
         f"SELECT {bucket('e')}, -c, -c * {to_end('e')}, -g, -g * {to_end('e')}, 1 - n, (1 - n) * {to_end('e')} FROM w",
         f"SELECT {bucket('x')}, 0, 0, 0, 0, k, k * {to_end('x')} FROM nodes",
     ])  # fmt: skip
-    full = "ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING"
+    last = d.greatest("n - 1", "0")
+    delays = " UNION ALL ".join(  # the two values around each quantile (n - 1) * p
+        f"{_row('delay', 'NULL', str(i), 'n', 'v')} FROM (SELECT v FROM d ORDER BY v LIMIT 2 OFFSET "
+        f"(SELECT {d.floor(f'{last} * {p!r}')} FROM dn)) z, dn"
+        for i, p in enumerate(QUANTILES)
+    )
     sql = f"""
 WITH runs AS MATERIALIZED (
-  SELECT r.ts AS s0,
-    (SELECT MIN(x.ts) FROM events x WHERE x.task_id = r.task_id AND x.attempt = r.attempt
-       AND x.from_state = 'RUNNING') AS e0,
-    (SELECT MAX(x.ts) FROM events x WHERE x.task_id = r.task_id AND x.to_state IN {READY_STATES}
-       AND x.ts <= r.ts) AS q0,
-    COALESCE(r.worker, '') AS worker, t.cores * t.nodes AS c, t.gpus * t.nodes AS g, t.nodes AS n, {label} AS label
-  FROM events r JOIN tasks t ON t.id = r.task_id
-  WHERE r.to_state = 'RUNNING' AND r.ts <= :t1{where}
+  SELECT s0, e0, q0, worker, c, g, n, label, {s} AS s, {e} AS e, CASE WHEN e0 IS NULL OR e0 >= :t0 THEN 1 END AS live
+  FROM (
+    SELECT r.ts AS s0,
+      (SELECT MIN(x.ts) FROM events x WHERE x.task_id = r.task_id AND x.attempt = r.attempt
+         AND x.from_state = 'RUNNING') AS e0,
+      (SELECT MAX(x.ts) FROM events x WHERE x.task_id = r.task_id AND x.to_state IN {READY_STATES}
+         AND x.ts <= r.ts) AS q0,
+      COALESCE(r.worker, '') AS worker, t.cores * t.nodes AS c, t.gpus * t.nodes AS g, t.nodes AS n,
+      {label} AS label
+    FROM events r JOIN tasks t ON t.id = r.task_id
+    WHERE r.to_state = 'RUNNING' AND r.ts <= :t1{where} {d.fence}
+  ) p
 ),
-w AS (SELECT worker, c, g, n, {s} AS s, {e} AS e FROM runs WHERE e0 IS NULL OR e0 >= :t0),
-isl AS (
-  SELECT s, e, MAX(e) OVER (o ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev,
-    MAX(e) OVER (o {full}) AS last, ROW_NUMBER() OVER o AS rn
-  FROM w WINDOW o AS (PARTITION BY worker ORDER BY s, e)
+w AS NOT MATERIALIZED (SELECT worker, c, g, n, s, e FROM runs WHERE live = 1),
+isl AS MATERIALIZED (
+  SELECT s, MAX(e) OVER o AS m, LEAD(s) OVER o AS next, LAG(s) OVER o AS before
+  FROM w WINDOW o AS (PARTITION BY worker ORDER BY s, e ROWS UNBOUNDED PRECEDING)
 ),
 nodes AS (
-  SELECT s AS x, 1 AS k FROM isl WHERE prev IS NULL OR s > prev
-  UNION ALL SELECT prev, -1 FROM isl WHERE s > prev
-  UNION ALL SELECT last, -1 FROM isl WHERE rn = 1
+  SELECT s AS x, 1 AS k FROM isl WHERE before IS NULL
+  UNION ALL SELECT m, -1 FROM isl WHERE next IS NULL OR next > m
+  UNION ALL SELECT next, 1 FROM isl WHERE next > m
 ),
-d AS (SELECT s0 - q0 AS v FROM runs WHERE q0 IS NOT NULL AND s0 >= :t0),
-dr AS (
-  SELECT v, {bisect_case("v", edges)} AS bin FROM d
-),
-ds AS (
-  SELECT v, bin, ROW_NUMBER() OVER o AS rn, COUNT(*) OVER (o {full}) AS n, LEAD(bin) OVER o AS nb
-  FROM dr WINDOW o AS (ORDER BY v)
-),
-u AS (SELECT label, e0 - s0 AS v, c FROM runs WHERE e0 IS NOT NULL AND e0 >= :t0 AND e0 <= :t1),
-us AS (
-  SELECT label, v, ROW_NUMBER() OVER o AS rn, COUNT(*) OVER (o {full}) AS n, SUM(v) OVER (o {full}) AS tot,
-    SUM(v * c) OVER (o {full}) AS cs, MIN(v) OVER (o {full}) AS lo, MAX(v) OVER (o {full}) AS hi
-  FROM u WINDOW o AS (PARTITION BY label ORDER BY v)
+d AS NOT MATERIALIZED (SELECT s0 - q0 AS v FROM runs WHERE q0 IS NOT NULL AND s0 >= :t0),
+dn AS MATERIALIZED (SELECT COUNT(*) AS n, SUM(v) AS tot, MIN(v) AS lo, MAX(v) AS hi FROM d),
+ut AS (
+  SELECT label, COUNT(*) AS n, SUM(e0 - s0) AS tot, MIN(e0 - s0) AS lo, MAX(e0 - s0) AS hi, SUM((e0 - s0) * c) AS cs
+  FROM runs WHERE e0 IS NOT NULL AND e0 >= :t0 AND e0 <= :t1 GROUP BY label
 )
 {_row("busy", "NULL", "b", "NULL", "SUM(dc)", "SUM(ac)", "SUM(dg)", "SUM(ag)", "SUM(dn)", "SUM(an)")}
   FROM ({busy}) z GROUP BY b
-UNION ALL {_row("delay", "NULL", "rn", "n", "v")} FROM ds WHERE {_near_quantiles("rn", "n")}
-UNION ALL {_row("bin", "NULL", "bin", "rn")} FROM ds WHERE nb IS NULL OR nb <> bin
-UNION ALL {_row("delays", "NULL", "COUNT(*)", "NULL", "SUM(v)", "MIN(v)", "MAX(v)")} FROM d
-UNION ALL {_row("dur", "label", "rn", "n", "v")} FROM us WHERE {_near_quantiles("rn", "n")}
-UNION ALL {_row("durs", "label", "n", "NULL", "tot", "lo", "hi", "cs")} FROM us WHERE rn = 1
+UNION ALL {delays}
+UNION ALL {_row("bin", "NULL", "bin", "COUNT(*)")} FROM (SELECT {bisect_case("v", edges)} AS bin FROM d) z GROUP BY bin
+UNION ALL {_row("delays", "NULL", "n", "NULL", "tot", "lo", "hi")} FROM dn
+UNION ALL {_row("durs", "label", "n", "NULL", "tot", "lo", "hi", "cs")} FROM ut
 """
     return sql, params
 
 
 def ends_sql(q: ReportQuery, d: Dialect) -> tuple[str, dict[str, Any]]:
-    """Tasks ended per bucket and state; errors by kind and message with up to 3 example tasks.
+    """Tasks ended per bucket (finished, failed, killed); errors by kind and message with up to
+    3 example tasks. The events are read twice (cheaper than keeping the ends).
 
     Parameters: ``t0``, ``t1``, ``dt``."""
     where, params = task_conditions(q, d, window=False)
     join = " JOIN tasks t ON t.id = e.task_id" if q.filters_tasks else ""
     bucket = d.floor("(ts - :t0) / :dt")
+    ended = ", ".join(f"CAST(SUM(CASE WHEN to_state = '{s}' THEN 1 ELSE 0 END) AS BIGINT)"
+                      for s in ("FINISHED", "FAILED", "KILLED"))  # fmt: skip
     sql = f"""
-WITH ends AS MATERIALIZED (
+WITH ends AS NOT MATERIALIZED (
   SELECT e.task_id, e.from_state, e.to_state, e.ts, e.message FROM events e{join}
   WHERE (e.to_state IN {END_STATES} OR e.to_state IN {ATTEMPT_ERRORS}
          OR (e.to_state = 'RESTART_READY' AND e.from_state = 'RUNNING'))
@@ -209,10 +227,9 @@ ranked AS (
     COUNT(*) OVER (g ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS tasks, ROW_NUMBER() OVER g AS rn
   FROM errs WINDOW g AS (PARTITION BY st, message ORDER BY task_id)
 )
-SELECT CAST('end' AS TEXT), CAST(to_state AS TEXT), CAST(NULL AS TEXT), CAST({bucket} AS BIGINT),
-  CAST(COUNT(*) AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT)
+SELECT CAST('end' AS TEXT), CAST(NULL AS TEXT), CAST(NULL AS TEXT), CAST({bucket} AS BIGINT), {ended}
 FROM ends WHERE to_state IN {END_STATES} AND (from_state IS NULL OR from_state <> to_state)
-GROUP BY to_state, {bucket}
+GROUP BY {bucket}
 UNION ALL
 SELECT CAST('err' AS TEXT), CAST(st AS TEXT), CAST(message AS TEXT), CAST(task_id AS BIGINT), CAST(events AS BIGINT),
   CAST(tasks AS BIGINT), CAST(rn AS BIGINT)
