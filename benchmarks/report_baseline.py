@@ -99,12 +99,13 @@ def report(url: str) -> Report:
     ends = tuple(
         EndCount(int(k), str(s), int(n)) for (k, s), n in end_rows.groupby([b, end_rows["to_state"]]).size().items()
     )
-    # runs: each RUNNING event, the first event leaving RUNNING of its attempt, the last READY before it
+    # runs: each RUNNING event, the first event leaving RUNNING in its attempt, the last READY of the attempt before
     start = ev[(ev["to_state"] == "RUNNING") & (ev["ts"] <= t1)][["task_id", "attempt", "ts", "worker"]]
     stop = ev[ev["from_state"] == "RUNNING"].groupby(["task_id", "attempt"])["ts"].min().rename("e0")
-    runs = start.join(stop, on=["task_id", "attempt"]).rename(columns={"ts": "s0"}).sort_values("s0")
-    ready = ev[ev["to_state"].isin(["READY", "RESTART_READY"])][["task_id", "ts"]].rename(columns={"ts": "q0"})
-    runs = pd.merge_asof(runs, ready.sort_values("q0"), left_on="s0", right_on="q0", by="task_id")
+    ready = ev[ev["to_state"].isin(["READY", "RESTART_READY"])].groupby(["task_id", "attempt"])["ts"].max()
+    ready = ready.rename("q0").reset_index().assign(attempt=lambda r: r["attempt"] + 1)
+    runs = start.join(stop, on=["task_id", "attempt"]).rename(columns={"ts": "s0"})
+    runs = runs.merge(ready, on=["task_id", "attempt"], how="left")
     label = tk["app"].fillna(tk["function"]).fillna(tk["name"])
     prefix = tk["key"].str.split("-", n=1).str[0].where(tk["key"].str.find("-") > 0)
     tk = tk.assign(label=label.fillna(prefix).fillna(tk["key"]), c=tk["cores"] * tk["nodes"],

@@ -43,6 +43,36 @@ class Dialect:
     def least(self, a: str, b: str) -> str:
         return f"LEAST({a}, {b})" if self.pg else f"MIN({a}, {b})"
 
+    # Pairing a RUNNING event ``r`` (attempt a) with the first event that left RUNNING in attempt a
+    # (its end) and the last READY or RESTART_READY event of attempt a - 1 (when it became ready:
+    # every event carries the attempts made so far). SQLite: lookups on the events' primary key
+    # (a sort of every run costs more there); PostgreSQL: hash joins of grouped events (lookups
+    # run one by one in the leader process, after the parallel scan).
+    @property
+    def pair_end(self) -> str:
+        if self.pg:
+            return "en.e0"
+        return ("(SELECT MIN(x.ts) FROM events x WHERE x.task_id = r.task_id AND x.attempt = r.attempt "
+                "AND x.from_state = 'RUNNING')")  # fmt: skip
+
+    @property
+    def pair_ready(self) -> str:
+        if self.pg:
+            return "rd.q0"
+        return (f"(SELECT MAX(x.ts) FROM events x WHERE x.task_id = r.task_id AND x.attempt = r.attempt - 1 "
+                f"AND x.to_state IN {READY_STATES})")  # fmt: skip
+
+    @property
+    def pair_joins(self) -> str:
+        if not self.pg:
+            return ""
+        return (
+            " LEFT JOIN (SELECT task_id, attempt, MIN(ts) AS e0 FROM events WHERE from_state = 'RUNNING' "
+            "GROUP BY task_id, attempt) en ON en.task_id = r.task_id AND en.attempt = r.attempt"
+            " LEFT JOIN (SELECT task_id, attempt + 1 AS attempt, MAX(ts) AS q0 FROM events WHERE to_state IN "
+            f"{READY_STATES} GROUP BY task_id, attempt) rd ON rd.task_id = r.task_id AND rd.attempt = r.attempt"
+        )
+
     @property
     def fence(self) -> str:
         """Keeps a subquery from being merged into its query (which would evaluate its correlated
@@ -132,8 +162,9 @@ def runs_sql(q: ReportQuery, d: Dialect, edges: Sequence[float]) -> tuple[str, d
 
     Parameters: ``t0``, ``t1`` (the window), ``dt`` (the interval). Sorts: one by bucket, one
     by worker and start (nodes: a node is busy from the start of a run until every run that
-    began on it has ended; the running maximum of the ends marks where each such stretch
-    ends), one by delay per quantile, one by label."""
+    began on it has ended: a stretch starts where a run starts after every earlier end, and ends
+    at the running maximum of the ends where the next run starts after it), one by delay per
+    quantile, one by label."""
     where, params = task_conditions(q, d, window=q.since is not None or q.until is not None)
     label = f'COALESCE(t.app, t."function", t.name, {d.key_prefix()}, t.key)'
     s = d.greatest("s0", ":t0")
@@ -161,26 +192,22 @@ def runs_sql(q: ReportQuery, d: Dialect, edges: Sequence[float]) -> tuple[str, d
 WITH runs AS MATERIALIZED (
   SELECT s0, e0, q0, worker, c, g, n, label, {s} AS s, {e} AS e, CASE WHEN e0 IS NULL OR e0 >= :t0 THEN 1 END AS live
   FROM (
-    SELECT r.ts AS s0,
-      (SELECT MIN(x.ts) FROM events x WHERE x.task_id = r.task_id AND x.attempt = r.attempt
-         AND x.from_state = 'RUNNING') AS e0,
-      (SELECT MAX(x.ts) FROM events x WHERE x.task_id = r.task_id AND x.to_state IN {READY_STATES}
-         AND x.ts <= r.ts) AS q0,
+    SELECT r.ts AS s0, {d.pair_end} AS e0, {d.pair_ready} AS q0,
       COALESCE(r.worker, '') AS worker, t.cores * t.nodes AS c, t.gpus * t.nodes AS g, t.nodes AS n,
       {label} AS label
-    FROM events r JOIN tasks t ON t.id = r.task_id
+    FROM events r JOIN tasks t ON t.id = r.task_id{d.pair_joins}
     WHERE r.to_state = 'RUNNING' AND r.ts <= :t1{where} {d.fence}
   ) p
 ),
 w AS NOT MATERIALIZED (SELECT worker, c, g, n, s, e FROM runs WHERE live = 1),
 isl AS MATERIALIZED (
-  SELECT s, MAX(e) OVER o AS m, LEAD(s) OVER o AS next, LAG(s) OVER o AS before
-  FROM w WINDOW o AS (PARTITION BY worker ORDER BY s, e ROWS UNBOUNDED PRECEDING)
+  SELECT s, e, MAX(e) OVER (o ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev, LEAD(s) OVER o AS next
+  FROM w WINDOW o AS (PARTITION BY worker ORDER BY s, e)
 ),
 nodes AS (
-  SELECT s AS x, 1 AS k FROM isl WHERE before IS NULL
-  UNION ALL SELECT m, -1 FROM isl WHERE next IS NULL OR next > m
-  UNION ALL SELECT next, 1 FROM isl WHERE next > m
+  SELECT s AS x, 1 AS k FROM isl WHERE prev IS NULL OR s > prev
+  UNION ALL SELECT {d.greatest("COALESCE(prev, e)", "e")}, -1 FROM isl
+  WHERE next IS NULL OR next > {d.greatest("COALESCE(prev, e)", "e")}
 ),
 d AS NOT MATERIALIZED (SELECT s0 - q0 AS v FROM runs WHERE q0 IS NOT NULL AND s0 >= :t0),
 dn AS MATERIALIZED (SELECT COUNT(*) AS n, SUM(v) AS tot, MIN(v) AS lo, MAX(v) AS hi FROM d),
