@@ -68,8 +68,7 @@ def cmd_report(store: Store, args: argparse.Namespace) -> int:
     r = store.report(**options)
     show(r)
     if args.png is not None or args.html is not None:
-        from balsam_dask.reports import plots
-        from balsam_dask.reports.html import write_html
+        from balsam_dask.reports import html, plots
 
         images = plots.pngs(r)
         if args.png is not None:
@@ -79,7 +78,7 @@ def cmd_report(store: Store, args: argparse.Namespace) -> int:
                 (d / f"{name}.png").write_bytes(data)
             print(f"plots: {', '.join(str(d / f'{n}.png') for n in images)}")
         if args.html is not None:
-            print(f"html: {write_html(r, args.html, images)}")
+            print(f"html: {html.write_html(r, args.html, images)}")
     return 0
 
 
@@ -89,6 +88,8 @@ def show(r: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from balsam_dask.reports.html import number_text as num
+
     console = Console(width=max(Console().width, 100))
 
     def table(title: str, df: pd.DataFrame, index: str | None = None) -> None:
@@ -97,8 +98,8 @@ def show(r: Any) -> None:
         for c in cols:
             t.add_column(c, justify="right")
         for key, row in df.iterrows():
-            cells = [_cell(key)] if index else []
-            t.add_row(*cells, *(_cell(v) for v in row))
+            cells = [num(key)] if index else []
+            t.add_row(*cells, *(num(v) for v in row))
         console.print(t if len(df) else f"{title}: none")
 
     s = r.summary
@@ -108,10 +109,10 @@ def show(r: Any) -> None:
                   f"{s['finished']} finished, {s['failed']} failed, {s['killed']} killed; {s['runs']} runs, "
                   f"{s['retries']} retries")  # fmt: skip
     console.print(f"utilization: cores {_share(s['utilization'])}, GPUs {_share(s['gpu_utilization'])}, nodes "
-                  f"{_share(s['node_utilization'])}; {_cell(s['busy_core_hours'])} of "
-                  f"{_cell(s['allocated_core_hours'])} core-hours busy; {_cell(s['node_hours'])} node-hours "
-                  f"allocated; run delay median {_cell(d['median'])} s, p90 {_cell(d['p90'])} s, max "
-                  f"{_cell(d['max'])} s")  # fmt: skip
+                  f"{_share(s['node_utilization'])}; {num(s['busy_core_hours'])} of "
+                  f"{num(s['allocated_core_hours'])} core-hours busy; {num(s['node_hours'])} node-hours "
+                  f"allocated; run delay median {num(d['median'])} s, p90 {num(d['p90'])} s, max "
+                  f"{num(d['max'])} s")  # fmt: skip
     for note in s["notes"]:
         console.print(f"[yellow]note: {note}[/yellow]")
     table("Tasks by state", r.states, "state")
@@ -141,12 +142,6 @@ def coarse(df: Any, how: str) -> Any:
         out.index = g.apply(lambda x: x.index[0])
     out.index = out.index.map(lambda t: t.strftime("%m-%d %H:%M:%S"))
     return out
-
-
-def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return "-" if math.isnan(v) else f"{v:.4g}"
-    return str(v)
 
 
 def _share(v: float) -> str:

@@ -28,30 +28,31 @@ TITLES = {"states": "Tasks by state", "throughput": "Throughput", "utilization":
           "attempts": "Attempts and retries", "allocations": "Allocations", "errors": "Errors"}  # fmt: skip
 
 
-def _fmt(v: Any) -> str:
+def number_text(v: Any) -> str:
+    """A table cell: floats to 4 significant digits, NaN as ``-``."""
     if isinstance(v, float):
         return "-" if math.isnan(v) else f"{v:.4g}"
     return str(v)
 
 
 def _table(df: pd.DataFrame) -> str:
-    return str(df.to_html(float_format=_fmt, na_rep="-", border=0, escape=True))
+    return str(df.to_html(float_format=number_text, na_rep="-", border=0, escape=True))
 
 
 def _summary(r: Report) -> str:
-    s = r.summary
+    s, num = r.summary, number_text
     when = [pd.Timestamp(s[k], unit="s", tz="UTC").strftime("%Y-%m-%d %H:%M:%S UTC") for k in ("start", "end")]
     d = s["delay_s"]
     rows = [
         ("store", s["store"]), ("window", f"{when[0]} to {when[1]} (interval {s['interval_s']:g} s)"),
         ("tasks", s["tasks"]), ("finished / failed / killed", f"{s['finished']} / {s['failed']} / {s['killed']}"),
         ("runs (attempts) / retries", f"{s['runs']} / {s['retries']}"),
-        ("busy / allocated core-hours", f"{_fmt(s['busy_core_hours'])} / {_fmt(s['allocated_core_hours'])}"),
+        ("busy / allocated core-hours", f"{num(s['busy_core_hours'])} / {num(s['allocated_core_hours'])}"),
         ("utilization (cores / GPUs / nodes)",
          " / ".join("-" if math.isnan(v) else f"{v:.1%}" for v in (s["utilization"], s["gpu_utilization"],
                                                                     s["node_utilization"]))),
-        ("node-hours allocated", _fmt(s["node_hours"])),
-        ("run delay median / p90 / max (s)", f"{_fmt(d['median'])} / {_fmt(d['p90'])} / {_fmt(d['max'])}"),
+        ("node-hours allocated", num(s["node_hours"])),
+        ("run delay median / p90 / max (s)", f"{num(d['median'])} / {num(d['p90'])} / {num(d['max'])}"),
     ]  # fmt: skip
     body = "".join(f'<tr><th>{html.escape(k)}</th><td class="text">{html.escape(str(v))}</td></tr>' for k, v in rows)
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in s["notes"])
