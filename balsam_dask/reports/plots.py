@@ -93,13 +93,14 @@ def allocations_axes(ax: Any, r: Report) -> None:
             ax.barh(i, until - sub, left=sub, color=COLORS["queued"], height=0.6)
         if began is not None and ended is not None:
             ax.barh(i, ended - began, left=began, color=COLORS["running"], height=0.6)
-        right = ended if ended is not None else (end - start) / unit
-        ax.text(right, i, f" {a['nodes']} nodes, {a['node_hours']:.2f} node-h", va="center", fontsize="small")
+        left = began if began is not None else sub if sub is not None else 0.0
+        nodes = f"{a['nodes']} node{'s' if a['nodes'] != 1 else ''}"
+        ax.text(left, i, f" {nodes}, {a['node_hours']:.3g} node-h", va="center", fontsize="small", color="white")
     names = [str(j) if isinstance(j, str) and j else str(i) for i, j in zip(df.index, df["job_id"], strict=True)]
     ax.set_yticks(range(len(df)), names, fontsize="small")
     ax.invert_yaxis()
     ax.set_xlabel(label)
-    ax.set_title(f"Allocations (queued, running): {r.summary['node_hours']:.2f} node-hours")
+    ax.set_title(f"Allocations (queued, running): {r.summary['node_hours']:.3g} node-hours")
 
 
 def _seconds(s: float) -> str:
