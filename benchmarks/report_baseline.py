@@ -106,7 +106,10 @@ def report(url: str) -> Report:
     ready = ready.rename("q0").reset_index().assign(attempt=lambda r: r["attempt"] + 1)
     runs = start.join(stop, on=["task_id", "attempt"]).rename(columns={"ts": "s0"})
     runs = runs.merge(ready, on=["task_id", "attempt"], how="left")
-    label = tk["app"].fillna(tk["function"]).fillna(tk["name"])
+    bare = tk["name"].str.rstrip("0123456789")
+    cut = bare.str[-1:].isin(["-", "_", "."]) & (bare.str.len() > 1) & (bare.str.len() < tk["name"].str.len())
+    stem = bare.str[:-1].where(cut, tk["name"])
+    label = tk["app"].fillna(tk["function"]).fillna(stem)
     prefix = tk["key"].str.split("-", n=1).str[0].where(tk["key"].str.find("-") > 0)
     tk = tk.assign(label=label.fillna(prefix).fillna(tk["key"]), c=tk["cores"] * tk["nodes"],
                    g=tk["gpus"] * tk["nodes"])  # fmt: skip

@@ -21,6 +21,8 @@ th, td { border: 1px solid #ddd; padding: 2px 8px; text-align: right; }
 th { background: #f3f3f3; } td.text { text-align: left; }
 img { max-width: 100%; } .note { color: #a15c00; }
 """
+#: Rows a table shows (the DataFrames have them all).
+MAX_ROWS = 500
 #: The tables shown with a plot (of the same name) above them.
 PLOTTED = ("throughput", "utilization", "delays", "allocations")
 TITLES = {"states": "Tasks by state", "throughput": "Throughput", "utilization": "Utilization",
@@ -36,7 +38,9 @@ def number_text(v: Any) -> str:
 
 
 def _table(df: pd.DataFrame) -> str:
-    return str(df.to_html(float_format=number_text, na_rep="-", border=0, escape=True))
+    """The table, its first ``MAX_ROWS`` rows (and how many there are)."""
+    shown = str(df.head(MAX_ROWS).to_html(float_format=number_text, na_rep="-", border=0, escape=True))
+    return shown if len(df) <= MAX_ROWS else f"{shown}<p>the first {MAX_ROWS} of {len(df)} rows</p>"
 
 
 def _summary(r: Report) -> str:

@@ -21,6 +21,8 @@ READY_STATES = "('READY', 'RESTART_READY')"
 END_STATES = "('FINISHED', 'FAILED', 'KILLED')"
 ATTEMPT_ERRORS = "('RUN_ERROR', 'RUN_TIMEOUT')"
 FLOAT = "DOUBLE PRECISION"
+#: Durations are reported for the names that ran longest, at most this many.
+MAX_LABELS = 1000
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,14 @@ class Dialect:
 
     def tag_key(self, key: str) -> str:
         return key if self.pg else '$."' + key.replace('"', '""') + '"'
+
+    def name_stem(self, x: str) -> str:
+        """A task name without a trailing number after ``-``, ``_`` or ``.`` (``sim-0017``: ``sim``)."""
+        bare = f"rtrim({x}, '0123456789')"
+        last = f"right({bare}, 1)" if self.pg else f"substr({bare}, -1)"
+        stem = f"substr({bare}, 1, length({bare}) - 1)"
+        cut = f"length({bare}) > 1 AND length({bare}) < length({x})"
+        return f"CASE WHEN {last} IN ('-', '_', '.') AND {cut} THEN {stem} ELSE {x} END"
 
     def key_prefix(self) -> str:
         """A task key up to its first ``-`` (Dask keys are ``<function>-<token>``)."""
@@ -166,7 +176,7 @@ def runs_sql(q: ReportQuery, d: Dialect, edges: Sequence[float]) -> tuple[str, d
     at the running maximum of the ends where the next run starts after it), one by delay per
     quantile, one by label."""
     where, params = task_conditions(q, d, window=q.since is not None or q.until is not None)
-    label = f'COALESCE(t.app, t."function", t.name, {d.key_prefix()}, t.key)'
+    label = f'COALESCE(t.app, t."function", {d.name_stem("t.name")}, {d.key_prefix()}, t.key)'
     s = d.greatest("s0", ":t0")
     e = d.least("COALESCE(e0, :t1)", ":t1")
 
@@ -220,7 +230,8 @@ ut AS (
 UNION ALL {delays}
 UNION ALL {_row("bin", "NULL", "bin", "COUNT(*)")} FROM (SELECT {bisect_case("v", edges)} AS bin FROM d) z GROUP BY bin
 UNION ALL {_row("delays", "NULL", "n", "NULL", "tot", "lo", "hi")} FROM dn
-UNION ALL {_row("durs", "label", "n", "NULL", "tot", "lo", "hi", "cs")} FROM ut
+UNION ALL {_row("durs", "label", "n", "NULL", "tot", "lo", "hi", "cs")}
+  FROM (SELECT * FROM ut ORDER BY tot DESC, label LIMIT {MAX_LABELS}) z
 """
     return sql, params
 

@@ -10,7 +10,8 @@ import pytest
 
 import balsam_dask
 from balsam_dask.errors import InvalidSpec, InvalidTags
-from balsam_dask.store import Store
+from balsam_dask.spec import TaskSpec
+from balsam_dask.store import NewTask, Store, Transition
 from tests.reports.scripted import BOOM, LOST, B, build
 
 
@@ -115,6 +116,19 @@ def test_filters_and_window(scripted: tuple[Store, dict[str, int]]) -> None:
     assert w.summary["delay_s"]["count"] == 3 and w.summary["delay_s"]["median"] == 60  # t3's retry, t4, t6
     assert list(w.throughput["ended"]) == [1, 1, 1, 2]  # t1 at +40 ... t4 at +70 and t5 killed at +80
     assert w.durations.loc["sim", "runs"] == 4 and "post" not in w.durations.index
+
+
+def test_durations_by_name_stem(store: Store) -> None:
+    """Names numbered per task (``fit-7``, ``fit_12``) count under their stem; others as they are."""
+    names = ["fit-7", "fit_12", "fit.3", "resnet50", "x-", "-4"]
+    ids = store.create_tasks([NewTask(0, f"k{i}", TaskSpec(name=n), created_at=B) for i, n in enumerate(names)])
+    ops = []
+    for i, tid in enumerate(ids):
+        for frm, to, at in (("CREATED", "READY", 0), ("READY", "RUNNING", 1), ("RUNNING", "RUN_DONE", 2 + i)):
+            ops.append(Transition(store.new_id(), tid, frm, to, B + at, 0 if frm == "CREATED" else 1, "node-0"))
+    store.apply(ops)
+    d = store.report().durations
+    assert sorted(d.index) == ["-4", "fit", "resnet50", "x-"] and d.loc["fit", "runs"] == 3
 
 
 def test_the_interval_is_chosen_from_the_span(scripted: tuple[Store, dict[str, int]]) -> None:
