@@ -66,7 +66,7 @@ def cmd_report(store: Store, args: argparse.Namespace) -> int:
         print(f"balsam-dask report: error: {problem}", file=sys.stderr)
         return 2
     r = store.report(**options)
-    show(r)
+    written = []  # the files first: a terminal closed early (| head) does not cost them
     if args.png is not None or args.html is not None:
         from balsam_dask.reports import html, plots
 
@@ -76,9 +76,12 @@ def cmd_report(store: Store, args: argparse.Namespace) -> int:
             d.mkdir(parents=True, exist_ok=True)
             for name, data in images.items():
                 (d / f"{name}.png").write_bytes(data)
-            print(f"plots: {', '.join(str(d / f'{n}.png') for n in images)}")
+            written.append(f"plots: {', '.join(str(d / f'{n}.png') for n in images)}")
         if args.html is not None:
-            print(f"html: {html.write_html(r, args.html, images)}")
+            written.append(f"html: {html.write_html(r, args.html, images)}")
+    show(r)
+    for line in written:
+        print(line)
     return 0
 
 
