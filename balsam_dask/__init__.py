@@ -82,7 +82,27 @@ __all__ = [
     "WrongKey",
     "current_task",
     "progress",
+    "report",
 ]
+
+
+def report(store: Any = None, **options: Any) -> Any:
+    """What ran in a store: ``balsam_dask.report(store_or_url, since=, until=, tags=, app=, name=,
+    interval=)`` returns a :class:`balsam_dask.reports.frames.Report` (DataFrames and a summary).
+
+    ``store``: a ``Store``, or a URL or SQLite file opened read-only (None: the default store).
+    Bad options raise one ``InvalidSpec`` naming the value, before the store is opened. See
+    ``Store.report`` for the options."""
+    import os
+
+    from balsam_dask.store.api import Store
+    from balsam_dask.store.reports import report_query
+
+    if isinstance(store, Store):
+        return store.report(**options)
+    report_query(**options)
+    with Store(os.fspath(store) if isinstance(store, os.PathLike) else store, read_only=True, kind="report") as s:
+        return s.report(**options)
 
 
 def __getattr__(name: str) -> Any:

@@ -8,6 +8,7 @@
     balsam-dask submit APP -p k=v ...       add tasks, or --file tasks.{yaml,csv,jsonl} (cli_tasks.py)
     balsam-dask modify|retry|kill|rm        change, retry, kill or remove tasks (ls's filters)
     balsam-dask site init|check DIR         a site directory (site.yaml) for serve (commands/site.py)
+    balsam-dask report [--png DIR] [--html FILE]  what ran: throughput, utilization, delays (commands/report.py)
 
 The store comes from ``--store``, ``$BALSAM_DASK_STORE``, Dask config
 ``balsam-dask.store``, or ``./balsam.db``. Commands that only read it open it read-only (a
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from sqlalchemy.exc import SQLAlchemyError
 
 from balsam_dask.commands import apps as cli_apps
+from balsam_dask.commands import report as cli_report
 from balsam_dask.commands import serve as cli_serve
 from balsam_dask.commands import site as cli_site
 from balsam_dask.commands import tasks as cli_tasks
@@ -147,13 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     cli_apps.add_commands(sub)
     cli_serve.add_commands(sub)
     cli_site.add_commands(sub)
+    cli_report.add_commands(sub)
     return p
 
 
 COMMANDS = {"init": cmd_init, "ls": cmd_ls, "show": cmd_show, "summary": cmd_summary, "allocations": cmd_allocations,
-            **cli_tasks.COMMANDS, **cli_apps.COMMANDS, **cli_serve.COMMANDS}  # fmt: skip
+            **cli_tasks.COMMANDS, **cli_apps.COMMANDS, **cli_serve.COMMANDS, **cli_report.COMMANDS}  # fmt: skip
 #: Commands that never write: they open the store read-only.
-READ_ONLY = frozenset({"ls", "show", "summary", "allocations"})
+READ_ONLY = frozenset({"ls", "show", "summary", "allocations", "report"})
 
 
 def read_only(args: argparse.Namespace) -> bool:

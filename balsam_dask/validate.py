@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from balsam_dask.errors import InvalidSpec
@@ -63,3 +64,33 @@ def flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise invalid(name, value, "True or False", f"{name}=True")
     return value
+
+
+#: Units of an age (``"30m"``: thirty minutes ago).
+AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def moment(name: str, value: Any, now: float) -> float | None:
+    """A point in time as epoch seconds: a number (epoch seconds), a ``datetime``, or a string:
+    an ISO time (``2026-11-23T10:00``), epoch seconds, or an age (``30m``, ``2h``, ``1d`` before
+    ``now``). None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    t = value.strip() if isinstance(value, str) else ""
+    if t[-1:] in AGE_UNITS and t[:-1].replace(".", "", 1).isdigit():
+        return now - float(t[:-1]) * AGE_UNITS[t[-1]]
+    try:
+        seconds = float(t)
+    except ValueError:
+        try:
+            seconds = datetime.fromisoformat(t).timestamp() if t else math.nan
+        except ValueError:
+            seconds = math.nan
+    if not math.isfinite(seconds):
+        raise invalid(name, value, "an ISO time, epoch seconds or an age (30m, 2h, 1d ago)",
+                      f"{name}='2026-11-23T10:00' or {name}='2h'")  # fmt: skip
+    return seconds

@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors", "private", "daskconfig"),
     ("validate",),
     ("spec",),
-    ("protocol", "template", "apps", "function", "payload", "network", "mpi_tasks", "packing", "taskdb"),
+    ("protocol", "template", "apps", "function", "payload", "network", "mpi_tasks", "packing", "taskdb", "reports"),
     ("store",),
     ("worker", "scheduler"),
     ("client",),
@@ -30,7 +30,9 @@ APART = [("worker", "scheduler"), ("worker", "store"), ("scheduler", "client"), 
 #: Pure cores: no Dask, no database, no processes, no files.
 PURE = ("spec", "validate", "protocol", "template", "packing", "mpi_tasks.launchers", "deploy.jobs", "deploy.systems",
         "taskdb.fields", "taskdb.apps", "taskdb.rows", "taskdb.job", "taskdb.site", "taskdb.sitetemplate",
-        "scheduler.snapshot")  # fmt: skip
+        "scheduler.snapshot",
+        "reports.records", "reports.window", "reports.timeline", "reports.capacity", "reports.stats",
+        "reports.frames")  # fmt: skip
 IMPURE_IMPORTS = ("dask", "distributed", "sqlalchemy", "subprocess", "asyncio", "socket", "threading")
 MAX_LINES = 400
 

@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from balsam_dask.errors import BalsamDaskError
+from balsam_dask import validate
+from balsam_dask.errors import BalsamDaskError, InvalidSpec
 
 #: Largest task id (ids are 64-bit signed integers in both databases).
 MAX_ID = 2**63 - 1
@@ -60,17 +61,9 @@ def parse_json(text: str) -> Any:
 
 def parse_time(text: str) -> float:
     """An ISO date/time, epoch seconds, or an age such as ``10m``, ``2h``, ``1d`` ago."""
-    t = text.strip()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if t[-1:] in units and t[:-1].replace(".", "", 1).isdigit():
-        return time.time() - float(t[:-1]) * units[t[-1]]
     try:
-        return float(t)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(t).timestamp()
-    except ValueError:
+        return float(validate.moment("time", text, time.time()) or 0.0)
+    except InvalidSpec:
         raise argparse.ArgumentTypeError(
             f"time {text!r} is malformed; use an ISO time (2026-11-23T10:00), epoch seconds, "
             "or an age such as 30m, 2h, 1d"

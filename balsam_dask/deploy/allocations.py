@@ -86,7 +86,7 @@ class AllocationCluster(SpecCluster):
             )
         name = self.new_job_name()
         alloc = self.plugin.new_allocation(system=self.system_name, nodes=nodes, walltime=seconds or 0.0,
-                                           **self.allocation_fields())  # fmt: skip
+                                           info=self.shape_info(), **self.allocation_fields())  # fmt: skip
         self._jobs[name] = {"nodes": nodes, "walltime": seconds, "state": "PENDING", "job_id": None, "alloc": alloc,
                             "submitted_at": time.time(), "started_at": None}  # fmt: skip
         self.worker_spec[name] = {
@@ -99,6 +99,11 @@ class AllocationCluster(SpecCluster):
 
     def allocation_fields(self) -> dict[str, Any]:
         return {}
+
+    def shape_info(self) -> dict[str, Any]:
+        """What each node of its allocations declares (the allocation record's ``info``): with
+        the nodes held over time, what reports measure utilization against."""
+        return {"cores_per_node": self.node_shape.cores, "gpus_per_node": self.node_shape.gpus}
 
     def cancel(self, name: str) -> None:
         """End an allocation (its running tasks are recorded RUN_TIMEOUT and placed again)."""
@@ -162,7 +167,8 @@ class AllocationCluster(SpecCluster):
         if error:
             message += f"; the batch system refused to shrink the job: {error}"
             log.warning("balsam_dask: %s: %s", name, message)
-        self.plugin.update_allocation(info["alloc"], message=message, info={"released": list(info["released"])})
+        self.plugin.update_allocation(info["alloc"], message=message,
+                                      info={**self.shape_info(), "released": list(info["released"])})  # fmt: skip
         return chosen
 
     async def _shrink(self, name: str, workers: list[str], hosts: list[str], keep_hosts: list[str]) -> str | None:

@@ -39,6 +39,7 @@ from balsam_dask.store.ops import (
     TaskRecord,
     Transition,
 )
+from balsam_dask.store.reports import Reports
 from balsam_dask.store.schema import ensure_schema
 from balsam_dask.store.sessions import SESSION_STALE_AFTER, is_dead, open_session
 from balsam_dask.store.shapes import Shape, shape_of
@@ -48,7 +49,7 @@ from balsam_dask.store.taskdb import TaskDatabase
 from balsam_dask.store.writer import BatchWriter
 
 
-class Store(TaskDatabase, Leases):
+class Store(TaskDatabase, Leases, Reports):
     """The provenance store. ``Store()`` opens the default (``$BALSAM_DASK_STORE``, Dask
     config ``balsam-dask.store``, or ``./balsam.db``), creating its schema if needed.
 

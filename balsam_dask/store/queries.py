@@ -29,6 +29,13 @@ def states_arg(state: str | Iterable[str] | None) -> list[str] | None:
     return states
 
 
+def like_pattern(name: str) -> str | None:
+    """A name glob (``fit-*``, ``run-?``) as a LIKE pattern escaped with ``\\``; None for a plain name."""
+    if "*" not in name and "?" not in name:
+        return None
+    return name.replace("%", r"\%").replace("_", r"\_").replace("*", "%").replace("?", "_")
+
+
 def task_filter(
     *,
     state: str | Iterable[str] | None = None,
@@ -48,11 +55,8 @@ def task_filter(
     for k, v in validate_tags(tags):
         conds.append(tasks_t.c.tags[k].as_string() == v)
     if name is not None:
-        if "*" in name or "?" in name:
-            pattern = name.replace("%", r"\%").replace("_", r"\_").replace("*", "%").replace("?", "_")
-            conds.append(tasks_t.c.name.like(pattern, escape="\\"))
-        else:
-            conds.append(tasks_t.c.name == name)
+        pattern = like_pattern(name)
+        conds.append(tasks_t.c.name == name if pattern is None else tasks_t.c.name.like(pattern, escape="\\"))
     if key is not None:
         conds.append(tasks_t.c.key == key)
     if kind is not None:

@@ -62,6 +62,7 @@ def test_policy_gives_back_idle_nodes_while_a_long_task_runs(store_url: str, tmp
             released = alloc.info["released"]
             assert {r["worker"] for r in released} == expected
             assert all(t_long + 1.0 <= r["at"] < t_done for r in released)  # after idle_timeout, mid-task
+            assert (alloc.info["cores_per_node"], alloc.info["gpus_per_node"]) == (1, 0)  # kept by the release
             assert store.count(state="FINISHED") == 7
         finally:
             store.close()
