@@ -194,6 +194,18 @@ def store_figures(url: str, run: str, cores_per_node: int, search: Search) -> di
             "utilization": utilization(spans, held), "kill_lag_s": median(lags)}  # fmt: skip
 
 
+def report_figures(url: str, work: Path) -> dict[str, Any]:
+    """The run's report (``balsam_dask.report``): its plots as PNG files in ``work/report`` and
+    its headline utilization (busy core-seconds over what the allocations held)."""
+    import balsam_dask
+    from balsam_dask.reports.plots import write_pngs
+
+    r = balsam_dask.report(url)
+    write_pngs(r, work / "report")
+    u = r.summary.get("utilization")
+    return {"report_utilization": u if isinstance(u, (int, float)) else None}
+
+
 def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -246,7 +258,7 @@ def futures_mode(args: argparse.Namespace, work: Path, make_search: MakeSearch) 
         search = make_search(FuturesBackend(client, run, args.isolate), cores, False)
         search.run()
         client.flush()
-    return {**search.figures(), **store_figures(url, run, args.cores_per_node, search)}
+    return {**search.figures(), **store_figures(url, run, args.cores_per_node, search), **report_figures(url, work)}
 
 
 # ---------------------------------------------------------------- serve
@@ -311,7 +323,7 @@ def serve_mode(args: argparse.Namespace, work: Path, make_search: MakeSearch) ->
         stop(service)
         log.close()
         store.close()
-    return {**search.figures(), **store_figures(url, run, args.cores_per_node, search)}
+    return {**search.figures(), **store_figures(url, run, args.cores_per_node, search), **report_figures(url, work)}
 
 
 def stop(process: subprocess.Popen[Any], timeout: float = 60.0) -> None:

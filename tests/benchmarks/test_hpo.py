@@ -35,6 +35,8 @@ def test_a_small_search_kills_promotes_and_records(tmp_path: Path, capsys: pytes
         assert f["killed"] == f["kills_asked"] >= 2, f
         assert f["promotions"] == f["promotions_after_a_result"] >= 1, f
         assert 0 < f["utilization"] <= 1 and 0 < f["best_accuracy"] <= 1 and f["kill_lag_s"] >= 0, f
+        assert 0 < f["report_utilization"] <= 1, f  # the run's report (balsam_dask.report), its plots written
+        assert sorted(p.suffix for p in (tmp_path / f"{mode}_0" / "report").iterdir()) == [".png"] * 5
         with Store(f"sqlite:///{tmp_path}/{mode}_0/store.db", read_only=True) as store:
             trials = [t for t in store.tasks(limit=None) if t.tags.get("role") == "trial"]
             assert len(trials) == f["trials"]
