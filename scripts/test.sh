@@ -69,4 +69,6 @@ ruff format --check .
 step "mypy"
 mypy
 step "pytest"
-pytest "$@"
+# 2 processes (most tests wait on Dask, subprocesses or Slurm): tests/conftest.py keeps the
+# Slurm tests in one process, one after another, and starts the slow tests first
+pytest -n 2 --dist loadgroup "$@"

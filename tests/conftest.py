@@ -52,6 +52,21 @@ def drop_pg_schema(schema: str) -> None:
     _pg_admin(pg_base_url(), f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Parallel runs (``pytest -n 2 --dist loadgroup``, as scripts/test.sh runs): the tests of the
+    one local Slurm cluster run in one process, one after another; the tests of a module's shared
+    ``ens`` cluster run in one process (one cluster start per module); and in each process the
+    ``slow`` tests start first, so that no long test is left to run alone at the end."""
+    for item in items:
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+        elif "ens" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(f"ens-{item.nodeid.split('::')[0]}"))
+    if hasattr(config, "workerinput"):  # an xdist worker: every worker sorts alike
+        items.sort(key=lambda i: not (i.get_closest_marker("slow") and not i.get_closest_marker("xdist_group")))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The keys of PostgreSQL test stores (``store/signing.py``: under $XDG_CONFIG_HOME) go to

@@ -212,6 +212,7 @@ def _check_writes_refused(run: Callable[..., subprocess.CompletedProcess[str]], 
                                    "is not writable (mode 0")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_read_only_copy_is_read_and_never_written(sqlite_filled: tuple[str, list[int]], tmp_path: Path) -> None:
     """Root may write any file: a store whose file and directory are marked read-only is still
     opened read-only, leaves nothing behind, and writing commands refuse it."""
@@ -233,6 +234,7 @@ def test_a_read_only_copy_is_read_and_never_written(sqlite_filled: tuple[str, li
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+@pytest.mark.slow
 def test_another_user_reads_a_store_it_cannot_write(sqlite_filled: tuple[str, list[int]]) -> None:
     """User nobody, a world-readable store in a directory it cannot write: the read commands
     work (with no scheduler, and with one writing), writing commands refuse in one line."""

@@ -100,6 +100,7 @@ def test_submit_and_the_filters(store_url: str, capsys: pytest.CaptureFixture[st
         assert s.count() == 2 and s.task(first).state == "RESTART_READY" and s.kill_requests() == [client]
 
 
+@pytest.mark.slow
 def test_submit_a_file_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path}/s.db"
     with Store(url) as s:

@@ -16,6 +16,7 @@ import throughput
 from balsam_dask.store import Store
 
 
+@pytest.mark.slow
 def test_b_runs_on_the_bare_cluster_and_records_only_its_own_tasks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -69,6 +69,7 @@ def test_retries_and_error_tails(store_url: str, tmp_path: Path) -> None:
             store.close()
 
 
+@pytest.mark.slow
 def test_timeouts_restart_then_fail(store_url: str, tmp_path: Path) -> None:
     with ensemble(store_url, tmp_path, nodes=1, cores_per_node=2) as (cluster, client):
         # an app that leaves a grandchild behind: the whole process group goes on timeout
@@ -82,7 +83,9 @@ def test_timeouts_restart_then_fail(store_url: str, tmp_path: Path) -> None:
         assert len(pids) == 8 and not any(_alive(p) for p in pids)
 
         marker = tmp_path / "pid"
-        f = client.submit(sleeper, 60, str(marker), timeout=5, on_timeout=lambda attempt: False, key="sleepy")
+        # timeout=10: the isolated function's clock includes its process start (imports: seconds
+        # on a loaded machine), and the function must have written its pid before the timeout
+        f = client.submit(sleeper, 60, str(marker), timeout=10, on_timeout=lambda attempt: False, key="sleepy")
         with pytest.raises(TaskTimeout, match="on each of 1 attempt"):
             f.result()
         assert not _alive(int(marker.read_text()))  # the isolated function's process was killed

@@ -47,6 +47,7 @@ def _finish(p: subprocess.Popen[bytes], log: Path, timeout: float = 180) -> str:
 
 
 @pytest.mark.mpi
+@pytest.mark.slow
 def test_a_task_file_with_serial_and_mpi_apps_runs_to_the_end(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/s.db"
     (tmp_path / "ranks.py").write_text(RANKS)
@@ -81,6 +82,7 @@ def test_a_task_file_with_serial_and_mpi_apps_runs_to_the_end(tmp_path: Path) ->
     assert "prep" in ls and "ranks" in ls
 
 
+@pytest.mark.slow
 def test_sigterm_drains_what_is_in_flight_and_exits(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/s.db"
     _cli("--store", url, "init")

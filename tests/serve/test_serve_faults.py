@@ -50,6 +50,7 @@ def _runs(side: Path, n: int) -> list[int]:
     return [len((side / str(i)).read_text().splitlines()) if (side / str(i)).exists() else 0 for i in range(n)]
 
 
+@pytest.mark.slow
 def test_sigkill_of_serve_then_restart_runs_each_task_to_one_finish(tmp_path: Path) -> None:
     url, side, n = f"sqlite:///{tmp_path}/s.db", tmp_path / "side", 1000
     ids = _populate(url, side, n)
@@ -89,6 +90,7 @@ def test_sigkill_of_serve_then_restart_runs_each_task_to_one_finish(tmp_path: Pa
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_two_services_on_one_postgres_store_never_run_a_task_twice(tmp_path: Path) -> None:
     from tests.conftest import drop_pg_schema, new_pg_schema_url
 

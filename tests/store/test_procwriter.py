@@ -98,6 +98,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_queued_transitions_are_not_objects_for_the_garbage_collector(store: Store) -> None:
     """Transitions wait for their shipment as fields in one list, not one tracked object each
     (those would reach the scheduler's oldest GC generation and lengthen its collections)."""

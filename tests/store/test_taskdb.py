@@ -294,6 +294,7 @@ def test_remove_app_while_tasks_use_it(store: Store) -> None:
         store.remove_app("sim")
 
 
+@pytest.mark.slow
 def test_100000_rows_in_one_go(tmp_path: Any) -> None:
     """A sweep of 100,000 parameter sets: checked, then written in one transaction (the rate is
     measured by benchmarks/taskdb_bench.py)."""

@@ -22,6 +22,7 @@ def slow(i: int) -> int:
     return i
 
 
+@pytest.mark.slow
 def test_a_killed_writer_is_replaced_and_every_task_recorded_once(store_url: str, tmp_path: Path) -> None:
     with ensemble(store_url, tmp_path, nodes=2, cores_per_node=2) as (cluster, client):
         first = client.map(slow, range(300))

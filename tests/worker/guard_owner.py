@@ -13,7 +13,8 @@ WORKDIR (``<name>.pid``, each written whole):
   is then no descendant of anything the owner knows).
 
 Prints ``READY <guard pid>`` once all run. Then, for each line on stdin: ``app2`` runs another
-task process (``app2.pid``) and prints ``READY <guard pid>`` again; ``stop`` closes the guard
+task process (``app2.pid``) and prints ``READY <guard pid>`` again, once a new guard replaced
+the one the test killed; ``stop`` closes the guard
 (``guard.stop()``) and prints ``STOPPED``.
 """
 
@@ -60,6 +61,16 @@ def wait_for(paths: list[Path]) -> None:
         time.sleep(0.02)
 
 
+def replaced(old: int | None) -> int | None:
+    """The guard's pid once it is another than ``old`` (or after 60 s): the task thread tells the
+    guard about its process (and replaces a dead guard) after the process started, so its pid
+    file can appear first."""
+    deadline = time.time() + 60
+    while guard.guard_pid() in (None, old) and time.time() < deadline:
+        time.sleep(0.02)
+    return guard.guard_pid()
+
+
 def run_in_thread(argv: list[str], workdir: Path) -> None:
     threading.Thread(target=run_process, args=(argv,), kwargs={"workdir": workdir}, daemon=True).start()
 
@@ -75,12 +86,14 @@ def main(workdir: Path) -> None:
     subprocess.Popen(["sh", "-c", RECORD.format("popen")])
     run_in_thread([sys.executable, "-c", APP], workdir)
     wait_for([workdir / f"{n}.pid" for n in ("popen", "app", "detached", "orphan")])
-    print("READY", guard.guard_pid(), flush=True)
+    ready = guard.guard_pid()
+    print("READY", ready, flush=True)
     for line in sys.stdin:
         if line.strip() == "app2":
             run_in_thread(["sh", "-c", RECORD.format("app2")], workdir)
             wait_for([workdir / "app2.pid"])
-            print("READY", guard.guard_pid(), flush=True)
+            ready = replaced(ready)
+            print("READY", ready, flush=True)
         elif line.strip() == "stop":
             guard.stop()
             print("STOPPED", flush=True)

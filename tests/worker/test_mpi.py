@@ -45,6 +45,7 @@ def nap(seconds: float) -> float:
     return seconds
 
 
+@pytest.mark.slow
 def test_mpi_commands_and_functions(tmp_path: Path) -> None:
     with ensemble(f"sqlite:///{tmp_path}/m.db", tmp_path, nodes=2, cores_per_node=2) as (cluster, client):
         two = client.submit_mpi([sys.executable, "-c", ALLREDUCE], ranks_per_node=2, name="two")
@@ -70,6 +71,7 @@ def test_mpi_commands_and_functions(tmp_path: Path) -> None:
             store.close()
 
 
+@pytest.mark.slow
 def test_gangs_and_serial_never_overlap(store_url: str, tmp_path: Path) -> None:
     rng = random.Random(3)
     with ensemble(store_url, tmp_path, nodes=4, cores_per_node=2) as (cluster, client):
@@ -122,6 +124,7 @@ def test_bad_mpi_input(ens) -> None:  # type: ignore[no-untyped-def]
         missing.result(timeout=60)
 
 
+@pytest.mark.slow
 def test_wide_gang_does_not_starve_and_serial_backfills(tmp_path: Path) -> None:
     with ensemble(f"sqlite:///{tmp_path}/s.db", tmp_path, nodes=4, cores_per_node=2) as (cluster, client):
         stream = [client.submit(nap, 0.4, key=f"early-{i}") for i in range(16)]  # fills every core
@@ -161,6 +164,7 @@ def test_wide_gang_does_not_starve_and_serial_backfills(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("who", ["follower", "leader"])
+@pytest.mark.slow
 def test_gang_survives_a_lost_node(tmp_path: Path, who: str) -> None:
     import os
     import signal
@@ -196,6 +200,7 @@ def test_gang_survives_a_lost_node(tmp_path: Path, who: str) -> None:
         assert status["running"] == 0 and all(not n["reserved_by"] for n in status["nodes"].values())
 
 
+@pytest.mark.slow
 def test_reservation_survives_memory_pause(tmp_path: Path) -> None:
     from distributed.core import Status
 

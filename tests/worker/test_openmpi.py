@@ -54,6 +54,7 @@ def test_open_mpi_is_detected_from_its_mpiexec(openmpi: Path) -> None:
     assert launcher.name == "openmpi" and launcher.as_root == (os.geteuid() == 0)  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_commands_and_functions_under_open_mpi(openmpi: Path, tmp_path: Path) -> None:
     with ensemble(f"sqlite:///{tmp_path}/o.db", tmp_path, nodes=2, cores_per_node=2) as (cluster, client):
         cmd = client.submit_mpi([sys.executable, "-c", ALLREDUCE], ranks_per_node=2, name="cmd")

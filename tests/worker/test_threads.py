@@ -14,6 +14,7 @@ def pool_sizes() -> dict[str, int]:
     return {i["user_api"]: i["num_threads"] for i in threadpool_info()}
 
 
+@pytest.mark.slow
 def test_cores_size_the_blas_and_openmp_pools_of_a_function_in_a_thread(
     ens: tuple[LocalEnsembleCluster, Client],
 ) -> None:
