@@ -27,7 +27,11 @@ The default cluster is one node of this machine's 2 cores (``--nodes``, ``--core
 2-rank tasks then run one at a time, so the overhead phase compares like with like: per-task
 overhead = (our time - the loop's) / N (futures: first submit to last result, the cluster up;
 serve: the span of the phase's events, serve's start excluded; its whole command is
-``serve_*_wall_s``). Utilization of the mixed phase, from the store's events: busy
+``serve_*_wall_s``). On a shared machine the tasks' own run times swing by more than that
+difference, so the overhead phase also reports what the machinery adds per task whatever the
+load, from the store: ``*_overhead_gap_ms``, the median time from one task's RUN_DONE to the
+next one's RUNNING, and ``*_overhead_wrap_ms``, the median RUNNING -> RUN_DONE less the
+process's own run time. Utilization of the mixed phase, from the store's events: busy
 core-seconds (each task RUNNING -> RUN_DONE, times its cores) / (nodes x cores x span); a small
 query here (``qc_runs.usage``): no ``balsam_dask.report`` API existed when this was written.
 
@@ -227,17 +231,23 @@ def deviation(got: dict[str, float], ref: dict[str, float], what: str, tol: floa
 
 
 def figures_of(runs: dict[str, list[float]], n_mixed: int, n_over: int) -> dict[str, float]:
-    """Medians, the per-task overheads against the loop and the ratios."""
+    """Medians, the per-task overheads against the loop, the ratios of the medians and the
+    paired ratios (the median of each repetition's ratio: steadier when the machine's speed drifts)."""
     med = {k: statistics.median(v) for k, v in runs.items()}
     out: dict[str, float] = {"mixed_tasks": n_mixed, "overhead_tasks": n_over}
     out.update({k: round(v, 3) for k, v in med.items()})
+
+    def ratios(name: str, key: str, base: str) -> None:
+        out[f"ratio_{name}"] = round(med[key] / med[base], 3)
+        out[f"paired_{name}"] = round(statistics.median(a / b for a, b in zip(runs[key], runs[base], strict=True)), 3)
+
     for unit, key in (("futures", "futures_overhead_s"), ("serve", "serve_overhead_span_s")):
         if n_over and key in med and "loop_overhead_s" in med:
             out[f"{unit}_per_task_overhead_ms"] = round((med[key] - med["loop_overhead_s"]) / n_over * 1000, 1)
-            out[f"ratio_{unit}_over_loop"] = round(med[key] / med["loop_overhead_s"], 3)
+            ratios(f"{unit}_over_loop", key, "loop_overhead_s")
     for unit, key in (("futures", "futures_mixed_s"), ("serve", "serve_mixed_span_s")):
         if key in med:
-            out[f"ratio_{unit}_mixed_over_direct"] = round(med[key] / med["direct_total_s"], 3)
+            ratios(f"{unit}_mixed_over_direct", key, "direct_total_s")
     return out
 
 
@@ -327,6 +337,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     runs.setdefault(f"{unit}_{phase}_span_s", []).append(u["span_s"])
                     if phase == "mixed":
                         runs.setdefault(f"{unit}_utilization", []).append(u["utilization"])
+                    else:  # one task at a time: what balsam_dask adds between and around them
+                        runs.setdefault(f"{unit}_overhead_gap_ms", []).append(u["gap_ms"])
+                        runs.setdefault(f"{unit}_overhead_wrap_ms", []).append(qc_runs.wrap_ms(url, phase))
                     checked.append((f"{unit} vs direct", qc_runs.energies(url, phase)))
         print(f"rep {rep + 1}: " + ", ".join(f"{k}={v[-1]:.3g}" for k, v in runs.items()), flush=True)
     ref = next(got for what, got in checked if what.startswith("direct"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -172,24 +173,47 @@ def energies(url: str, phase: str) -> dict[str, float]:
 
 def usage(url: str, phase: str, cores_per_node: int, nodes: int | None = None) -> dict[str, float]:
     """From the store's events: the phase's span (first RUNNING to last RUN_DONE), its busy
-    core-seconds (each task's RUNNING -> RUN_DONE times its nodes x cores) and the utilization,
-    busy / (nodes x ``cores_per_node`` x span); ``nodes`` None: the workers that ran its tasks."""
+    core-seconds (each task's RUNNING -> RUN_DONE times its nodes x cores), the utilization, busy /
+    (nodes x ``cores_per_node`` x span; ``nodes`` None: the workers that ran its tasks), and the
+    median gap from one task's RUN_DONE to the next task's RUNNING (tasks that run one at a time:
+    what the machinery adds between them, whatever the tasks' own run times)."""
     from balsam_dask.store import Store
 
     with Store(url) as store:
         tasks = {t.id: t for t in store.tasks(tags={"phase": phase}, limit=None)}
         events = store.events(tasks)
     start: dict[int, float] = {}
-    busy, first, last, workers = 0.0, float("inf"), 0.0, set()
+    starts, ends, workers, busy = [], [], set(), 0.0
     for e in events:
         if e.to_state == "RUNNING":
             start[e.task_id] = e.ts
-            first = min(first, e.ts)
+            starts.append(e.ts)
             workers.add(e.worker)
         elif e.to_state == "RUN_DONE" and e.task_id in start:
             t = tasks[e.task_id]
             busy += (e.ts - start.pop(e.task_id)) * t.nodes * t.cores
-            last = max(last, e.ts)
-    span = last - first
+            ends.append(e.ts)
+    starts.sort()
+    ends.sort()
+    span = ends[-1] - starts[0]
     allocated = (nodes or len(workers)) * cores_per_node * span
-    return {"span_s": span, "busy_core_s": busy, "utilization": busy / allocated if allocated > 0 else 0.0}
+    gaps = [b - a for a, b in zip(ends[:-1], starts[1:], strict=True)]
+    return {"span_s": span, "busy_core_s": busy, "utilization": busy / allocated if allocated > 0 else 0.0,
+            "gap_ms": statistics.median(gaps) * 1000 if gaps else 0.0}  # fmt: skip
+
+
+def wrap_ms(url: str, phase: str) -> float:
+    """The median time an NWChem task of ``phase`` spent in balsam_dask around its own process:
+    RUNNING -> RUN_DONE (events) less the process's run time (the task's ``AppResult.duration``)."""
+    from balsam_dask.store import Store
+
+    out = []
+    with Store(url) as store:
+        tasks = [t for t in store.tasks(tags={"phase": phase}, limit=None) if t.kind != "python"]
+        seen: dict[int, dict[str, float]] = {}
+        for e in store.events(t.id for t in tasks):
+            seen.setdefault(e.task_id, {})[e.to_state] = e.ts
+        for t in tasks:
+            result = pickle.loads(store.result_bytes(t.id) or b"")
+            out.append(seen[t.id]["RUN_DONE"] - seen[t.id]["RUNNING"] - result.duration)
+    return statistics.median(out) * 1000
