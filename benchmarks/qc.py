@@ -31,9 +31,9 @@ serve: the span of the phase's events, serve's start excluded; its whole command
 difference, so the overhead phase also reports what the machinery adds per task whatever the
 load, from the store: ``*_overhead_gap_ms``, the median time from one task's RUN_DONE to the
 next one's RUNNING, and ``*_overhead_wrap_ms``, the median RUNNING -> RUN_DONE less the
-process's own run time. Utilization of the mixed phase, from the store's events: busy
-core-seconds (each task RUNNING -> RUN_DONE, times its cores) / (nodes x cores x span); a small
-query here (``qc_runs.usage``): no ``balsam_dask.report`` API existed when this was written.
+process's own run time. The utilization of the mixed phase (busy core-seconds over what the
+allocations held in its span) is ``balsam_dask.report``'s, for the phase's tasks by tag; the
+spans and gaps are a small query of the events (``qc_runs.usage``).
 
 Checks (the run fails otherwise): every balsam-run energy equals the direct run of the same
 calculation within 1e-8 Eh; NWChem and PySCF agree within 1e-8 Eh (SCF) and 1e-6 Eh (DFT: the
@@ -198,12 +198,10 @@ def plan_for(args: argparse.Namespace, url: str, d: Path, inputs: dict[str, str]
 
 
 def site_cluster(site_dir: str) -> dict[str, Any]:
-    """A site's cluster for the plan: its directory, batch system and cores per node."""
+    """A site's cluster for the plan: its directory and batch system."""
     from balsam_dask.deploy.site import load_site
 
-    site = load_site(site_dir)
-    return {"kind": "site", "dir": str(Path(site_dir).resolve()), "scheduler": site.scheduler,
-            "cores": site.node.cores_per_node or os.cpu_count() or 1}  # fmt: skip
+    return {"kind": "site", "dir": str(Path(site_dir).resolve()), "scheduler": load_site(site_dir).scheduler}
 
 
 def futures(plan: dict[str, Any]) -> dict[str, Any]:
@@ -259,7 +257,7 @@ def slurm_case(args: argparse.Namespace, d: Path, inputs: dict[str, str], ref: d
     cluster = {"kind": "slurm", "nodes": 2, "cores": 4}
     plan = plan_for(args, url, d / "slurm", inputs, cluster, todo)
     seconds = futures(plan)["seconds"]["mixed"]
-    u = qc_runs.usage(url, "mixed", 4, 2)
+    u = qc_runs.usage(url, "mixed")
     dev = deviation(qc_runs.energies(url, "mixed"), ref, "slurm vs direct")
     return {"slurm_tasks": len(todo) * args.copies, "slurm_mixed_s": round(seconds, 3),
             "slurm_utilization": round(u["utilization"], 3), "slurm_max_dev_eh": dev}  # fmt: skip
@@ -294,10 +292,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     mixed = calcs(args, qc_chem.VARIANTS)
     local = {"kind": "local", "nodes": args.nodes, "cores": args.cores_per_node}
     cluster = site_cluster(args.site) if args.site else local
-    cores = cluster["cores"]
     where = ["--site", cluster["dir"]] if args.site else ["--local", "--nodes", str(args.nodes),
-                                                          "--cores-per-node", str(cores)]  # fmt: skip
-    nodes = None if args.site else args.nodes
+                                                          "--cores-per-node", str(args.cores_per_node)]  # fmt: skip
     n_over = args.overhead_tasks if "nwchem" in args.codes else 0
     print(f"# {len(mixed) * args.copies} mixed tasks ({len(args.molecules)} molecules x {args.methods} x "
           f"{sorted({c.variant for c in mixed})} x {args.copies}), basis {args.basis}, {n_over} overhead tasks, "
@@ -333,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     for phase, s in qc_runs.run_serve(plan, where).items():
                         runs.setdefault(f"serve_{phase}_wall_s", []).append(s)
                 for phase in plan["phases"]:
-                    u = qc_runs.usage(url, phase, cores, nodes)
+                    u = qc_runs.usage(url, phase)
                     runs.setdefault(f"{unit}_{phase}_span_s", []).append(u["span_s"])
                     if phase == "mixed":
                         runs.setdefault(f"{unit}_utilization", []).append(u["utilization"])

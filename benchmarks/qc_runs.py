@@ -171,35 +171,23 @@ def energies(url: str, phase: str) -> dict[str, float]:
     return out
 
 
-def usage(url: str, phase: str, cores_per_node: int, nodes: int | None = None) -> dict[str, float]:
-    """From the store's events: the phase's span (first RUNNING to last RUN_DONE), its busy
-    core-seconds (each task's RUNNING -> RUN_DONE times its nodes x cores), the utilization, busy /
-    (nodes x ``cores_per_node`` x span; ``nodes`` None: the workers that ran its tasks), and the
-    median gap from one task's RUN_DONE to the next task's RUNNING (tasks that run one at a time:
-    what the machinery adds between them, whatever the tasks' own run times)."""
+def usage(url: str, phase: str) -> dict[str, float]:
+    """The phase's span from the store's events (first RUNNING to last RUN_DONE), the median gap
+    from one task's RUN_DONE to the next task's RUNNING (tasks that run one at a time: what the
+    machinery adds between them, whatever the tasks' own run times), and its utilization from
+    ``balsam_dask.report`` over that span: busy core-seconds over what the allocations held (its
+    own window would start at the tasks' creation: for serve's second phase, while the first ran)."""
+    import balsam_dask
     from balsam_dask.store import Store
 
     with Store(url) as store:
-        tasks = {t.id: t for t in store.tasks(tags={"phase": phase}, limit=None)}
-        events = store.events(tasks)
-    start: dict[int, float] = {}
-    starts, ends, workers, busy = [], [], set(), 0.0
-    for e in events:
-        if e.to_state == "RUNNING":
-            start[e.task_id] = e.ts
-            starts.append(e.ts)
-            workers.add(e.worker)
-        elif e.to_state == "RUN_DONE" and e.task_id in start:
-            t = tasks[e.task_id]
-            busy += (e.ts - start.pop(e.task_id)) * t.nodes * t.cores
-            ends.append(e.ts)
-    starts.sort()
-    ends.sort()
-    span = ends[-1] - starts[0]
-    allocated = (nodes or len(workers)) * cores_per_node * span
+        events = store.events(t.id for t in store.tasks(tags={"phase": phase}, limit=None))
+    starts = sorted(e.ts for e in events if e.to_state == "RUNNING")
+    ends = sorted(e.ts for e in events if e.to_state == "RUN_DONE")
     gaps = [b - a for a, b in zip(ends[:-1], starts[1:], strict=True)]
-    return {"span_s": span, "busy_core_s": busy, "utilization": busy / allocated if allocated > 0 else 0.0,
-            "gap_ms": statistics.median(gaps) * 1000 if gaps else 0.0}  # fmt: skip
+    report = balsam_dask.report(url, tags={"phase": phase}, since=starts[0], until=ends[-1])
+    return {"span_s": ends[-1] - starts[0], "gap_ms": statistics.median(gaps) * 1000 if gaps else 0.0,
+            "utilization": float(report.summary["utilization"])}  # fmt: skip
 
 
 def wrap_ms(url: str, phase: str) -> float:
