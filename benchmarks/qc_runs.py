@@ -178,6 +178,7 @@ def usage(url: str, phase: str) -> dict[str, float]:
     ``balsam_dask.report`` over that span: busy core-seconds over what the allocations held (its
     own window would start at the tasks' creation: for serve's second phase, while the first ran)."""
     import balsam_dask
+    from balsam_dask.reports.plots import write_pngs
     from balsam_dask.store import Store
 
     with Store(url) as store:
@@ -186,6 +187,9 @@ def usage(url: str, phase: str) -> dict[str, float]:
     ends = sorted(e.ts for e in events if e.to_state == "RUN_DONE")
     gaps = [b - a for a, b in zip(ends[:-1], starts[1:], strict=True)]
     report = balsam_dask.report(url, tags={"phase": phase}, since=starts[0], until=ends[-1])
+    # the phase's plots beside its SQLite store, as <store>-report-<phase>/ (else in the current directory)
+    db = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else Path.cwd() / "store"
+    write_pngs(report, db.parent / f"{db.stem}-report-{phase}")
     return {"span_s": ends[-1] - starts[0], "gap_ms": statistics.median(gaps) * 1000 if gaps else 0.0,
             "utilization": float(report.summary["utilization"])}  # fmt: skip
 

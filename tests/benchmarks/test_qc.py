@@ -47,6 +47,7 @@ def test_h2_energies_through_futures_and_serve(tmp_path: Path, capsys: pytest.Ca
     assert figures["max_dev_nwchem_vs_pyscf_scf_eh"] <= 1e-8
     for unit in ("futures", "serve"):
         assert 0 < figures[f"{unit}_utilization"] <= 1, unit
+        assert len(list((tmp_path / f"{unit}_0-report-mixed").glob("*.png"))) == 5  # the run's report, plotted
         url = f"sqlite:///{tmp_path}/{unit}_0.db"
         energies = qc_runs.energies(url, "mixed")
         assert sorted(energies) == [f"h2-scf-{v}.0" for v in ("mpi1", "mpi2", "pyscf", "serial")]
