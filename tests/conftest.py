@@ -67,6 +67,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.sort(key=lambda i: not (i.get_closest_marker("slow") and not i.get_closest_marker("xdist_group")))
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-xdist named the groups
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A parallel run whose groups pytest-xdist did not apply stops here: its Slurm tests would
+    share the one cluster (xdist 3.8 under pytest 9.2 drops the groups silently)."""
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    for item in session.items:
+        mark = item.get_closest_marker("xdist_group")
+        if mark is not None and not item.nodeid.endswith(f"@{mark.args[0]}"):
+            raise pytest.UsageError(
+                f"pytest-xdist did not put {item.nodeid} in its group {mark.args[0]!r}: "
+                "use the versions pyproject.toml's test extra gives (pip install -e '.[test]')"
+            )
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The keys of PostgreSQL test stores (``store/signing.py``: under $XDG_CONFIG_HOME) go to
