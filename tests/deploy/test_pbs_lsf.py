@@ -343,7 +343,8 @@ def test_ensemble_job_end_to_end(system: str, resizable: bool, fake_batch: Calla
     from balsam_dask.deploy.clusters import LSFEnsembleCluster, PBSEnsembleCluster
 
     state = fake_batch(system)
-    monkeypatch.setenv(fakebatch.QUEUE_DELAY_ENV, "1")
+    # queued for 3 s: long enough for the checks of the QUEUED state below on a loaded machine
+    monkeypatch.setenv(fakebatch.QUEUE_DELAY_ENV, "3")
     cls = PBSEnsembleCluster if system == "pbs" else LSFEnsembleCluster
     hosts = set(fakebatch.local_hosts()[:2])
     extra = ["-app resizable"] if system == "lsf" and resizable else []

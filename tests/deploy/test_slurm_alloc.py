@@ -109,6 +109,9 @@ def test_running_tasks_survive_the_end_of_their_job(tmp_path: Path, how: str) ->
         wait_until(lambda: worker_count(client) == 0, 150, "the first job to end")
         cluster.request(1, walltime="00:05:00")
         assert client.gather(futures) == ["m0", "m1"]
+        # the workers can be gone (and the tasks done again) before squeue stops listing the job
+        # as COMPLETING, a RUNNING allocation: its end is recorded at the next poll after that
+        wait_until(lambda: cluster.jobs[first]["state"] not in ("QUEUED", "RUNNING"), 60, "the first job's end")
         client.flush()
         store = Store(cluster.store_url)
         try:
