@@ -139,6 +139,8 @@ class Recorder:
         src = track.state
         if worker is not None:
             worker = self.names.get(worker, worker)
+        elif src == RUNNING:  # the event that ends a run names its worker (reports read runs from it)
+            worker = track.worker
         # one step, nearly always: recorded here, without the loop below (folding it in as a
         # one-step path saves nothing: counted with callgrind)
         if target in LEGAL.get(src, _NOTHING):

@@ -67,9 +67,11 @@ def existing_ids(conn: Connection, table: Table, ids: Sequence[int]) -> set[int]
 TASK_COLS = (
     "id", "key", "name", "kind", "state", "priority", "nodes", "ranks_per_node", "threads_per_rank", "cores",
     "gpus", "walltime", "spec", "tags", "parents", "submitted_by", "attempt", "payload", "session_id",
-    "kill_requested", "created_at", "updated_at",
+    "kill_requested", "created_at", "updated_at", "state_at",
 )  # fmt: skip
-_STATE_COL, _ATTEMPT_COL, _UPDATED_COL = (TASK_COLS.index(c) for c in ("state", "attempt", "updated_at"))
+_STATE_COL, _ATTEMPT_COL, _UPDATED_COL, _STATE_AT_COL = (
+    TASK_COLS.index(c) for c in ("state", "attempt", "updated_at", "state_at")
+)
 EVENT_COLS = (
     "id",
     "task_id",
@@ -77,6 +79,7 @@ EVENT_COLS = (
     "from_state",
     "to_state",
     "ts",
+    "since",
     "worker",
     "hosts",
     "message",
@@ -86,8 +89,8 @@ _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 #: The event columns' types for a binary COPY.
-_PG_EVENT_TYPES = tuple({"id": "int8", "task_id": "int8", "attempt": "int4", "ts": "float8"}.get(c, "text")
-                        for c in EVENT_COLS)  # fmt: skip
+_PG_TYPES = {"id": "int8", "task_id": "int8", "attempt": "int4", "ts": "float8", "since": "float8"}
+_PG_EVENT_TYPES = tuple(_PG_TYPES.get(c, "text") for c in EVENT_COLS)
 
 
 def pg_copy(conn: Connection, table: str, cols: Sequence[str], rows: Sequence[tuple[Any, ...]],
@@ -117,18 +120,20 @@ def raw_sql(dialect: str, task_cols: int = len(TASK_COLS)) -> dict[str, str]:
     if dialect == "postgresql":
         return {
             # %b: the arrays travel in binary (a third of the client's CPU of text arrays)
-            "update_state": "UPDATE tasks AS t SET state = v.state, attempt = v.attempt, updated_at = v.ts "
+            "update_state": "UPDATE tasks AS t SET state = v.state, attempt = v.attempt, updated_at = v.ts, "
+            "state_at = v.ts "
             "FROM unnest(%b::text[], %b::int[], %b::float8[], %b::bigint[]) AS v(state, attempt, ts, id) "
             "WHERE t.id = v.id",
             # one array parameter: the same statement text whatever the count (psycopg parses
             # it once; an IN list of N placeholders is parsed again, client and server, each time)
-            "select_state": "SELECT id, state, nodes, cores, gpus, walltime FROM tasks WHERE id = ANY(%b::bigint[])",
+            "select_state": "SELECT id, state, nodes, cores, gpus, walltime, state_at FROM tasks "
+            "WHERE id = ANY(%b::bigint[])",
         }
     cols = (TASK_COLS + DB_TASK_COLS)[:task_cols]
     return {
         "insert_task": f"INSERT INTO tasks ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
         "insert_event": f"INSERT INTO events ({', '.join(EVENT_COLS)}) VALUES ({', '.join('?' for _ in EVENT_COLS)})",
-        "update_state": "UPDATE tasks SET state = ?, attempt = ?, updated_at = ? WHERE id = ?",
+        "update_state": "UPDATE tasks SET state = ?1, attempt = ?2, updated_at = ?3, state_at = ?3 WHERE id = ?4",
     }
 
 
@@ -174,7 +179,7 @@ def _task_row(op: NewTask, session_id: int, now: float, cache: dict[int, tuple[A
         head = c
         if op.name or op.kind:
             head = (op.name or c[0], op.kind or c[1], *c[2:])
-    row = (op.id, op.key, *head, parents, op.submitted_by, 0, payload, session_id, False, created, created)
+    row = (op.id, op.key, *head, parents, op.submitted_by, 0, payload, session_id, False, created, created, created)
     return row if op.db is None else row + op.db
 
 
@@ -241,6 +246,7 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
     deltas: Counter[tuple[Shape, str]] = Counter()
     # current state and shape of every task the batch touches
     state: dict[int, str] = {}
+    entered: dict[int, float | None] = {}  # when each entered its state: its next event's ``since``
     shape: dict[int, Shape] = {}
     if task_rows:  # shapes come from the spec: count them per distinct shape, not per row
         for raw, n in Counter([(r[6], r[9], r[10], r[11]) for r in task_rows]).items():
@@ -248,6 +254,7 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
         if transitions or updates:
             for r in task_rows:
                 state[r[0]] = _CREATED
+                entered[r[0]] = r[_STATE_AT_COL]
                 shape[r[0]] = _shape_memo((r[6], r[9], r[10], r[11]))
     need = list(
         {e.task_id for e in transitions if e.task_id not in state}
@@ -260,9 +267,11 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
             q, params = raw_sql("postgresql")["select_state"], (list(part),)
         else:
             marks = ", ".join(["?"] * len(part))
-            q, params = f"SELECT id, state, nodes, cores, gpus, walltime FROM tasks WHERE id IN ({marks})", tuple(part)
-        for tid, st, n, c, g, w in conn.exec_driver_sql(q, params).fetchall():
+            q = f"SELECT id, state, nodes, cores, gpus, walltime, state_at FROM tasks WHERE id IN ({marks})"
+            params = tuple(part)
+        for tid, st, n, c, g, w, at in conn.exec_driver_sql(q, params).fetchall():
             state[tid] = st
+            entered[tid] = at
             raw_shape[tid] = (n, c, g, w)
     if len(state) < len(need) + (len(task_rows) if transitions or updates else 0):
         missing = next(t for t in need if t not in state)
@@ -279,8 +288,9 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
         if to not in legal.get(cur, _NOTHING):
             raise illegal(cur, to, tid)
         # from_state: the store's state is the truth, whatever the writer believed
-        add_row((eid, tid, att, cur, to, ts, worker, hosts, message))
+        add_row((eid, tid, att, cur, to, ts, entered[tid], worker, hosts, message))
         state[tid] = to
+        entered[tid] = ts
         last[tid] = op
     for u in updates:
         bad = set(u.fields) - UPDATABLE_TASK_FIELDS
@@ -297,7 +307,8 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
             final = last.get(row[0])
             if final is not None:  # one row write instead of an insert and an update
                 cols = list(row)
-                cols[_STATE_COL], cols[_ATTEMPT_COL], cols[_UPDATED_COL] = state[row[0]], final.attempt, final.ts
+                cols[_STATE_COL], cols[_ATTEMPT_COL] = state[row[0]], final.attempt
+                cols[_UPDATED_COL] = cols[_STATE_AT_COL] = final.ts
                 task_rows[i] = tuple(cols)
                 born.add(row[0])
     if task_rows:

@@ -87,6 +87,8 @@ class Task(Base):
     kill_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+    # when the task entered its current state (the ``since`` of its next event)
+    state_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Database tasks (``Store.add_tasks``, ``balsam-dask submit``): what ``serve`` runs. A
     # client's task leaves them NULL. JSON columns are NULL when empty.
     app: Mapped[str | None] = mapped_column(String(255), nullable=True)
@@ -137,6 +139,8 @@ class Event(Base):
     from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     to_state: Mapped[str] = mapped_column(String(16))
     ts: Mapped[float] = mapped_column(Float)
+    # when the task entered ``from_state``: a run is the event leaving RUNNING (``since`` to ``ts``)
+    since: Mapped[float | None] = mapped_column(Float, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
     hosts: Mapped[str | None] = mapped_column(Text, nullable=True)
     message: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -183,6 +183,8 @@ class EventRecord:
     worker: str | None
     hosts: str | None
     message: str | None
+    #: When the task entered ``from_state`` (None for its first event and before schema 0005).
+    since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,7 +182,7 @@ def test_a_0002_store_is_upgraded_to_the_task_database(store_url: str) -> None:
                           "(1, 1, 0, 0.0, 'FINISHED', 1), (1, 1, 0, 0.0, 'RUNNING', 1)"))  # fmt: skip
     engine.dispose()
     with Store(store_url) as store:  # opening upgrades
-        assert store.revision == HEAD == "0004"
+        assert store.revision == HEAD
         old = store.task(1)
         assert (old.state, old.key, old.app, old.function, old.params, old.lease_owner) == (
             "FINISHED", "old-1", None, None, None, None)  # fmt: skip
@@ -201,3 +201,66 @@ def test_a_0002_store_is_upgraded_to_the_task_database(store_url: str) -> None:
         assert current_revision(conn) == HEAD
         assert conn.execute(text("SELECT count(*) FROM tasks WHERE app IS NULL")).scalar_one() == 4  # dropped, re-added
     engine.dispose()
+
+
+def test_a_0004_store_gets_state_times(store_url: str) -> None:
+    """0005 gives every event already there the time its task entered the state it leaves, the
+    end of each run its worker, each task the time it entered its state; new events follow."""
+    from alembic import command
+    from alembic.config import Config
+
+    from balsam_dask.store.engine import write_tx
+    from balsam_dask.store.ops import Transition
+    from balsam_dask.store.schema import MIGRATIONS_DIR
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    engine = _raw_engine(store_url)
+    with write_tx(engine) as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0004")
+        sid = conn.execute(text("INSERT INTO sessions (kind, host, pid, started_at, heartbeat_at, info) "
+                                "VALUES ('old', 'h', 1, 0, 0, '{}') RETURNING id")).scalar()  # fmt: skip
+        for i, state in ((1, "FINISHED"), (2, "RUNNING"), (3, "CREATED")):
+            conn.execute(
+                text("INSERT INTO tasks (id, key, kind, state, priority, nodes, ranks_per_node, threads_per_rank, "
+                     "cores, gpus, walltime, spec, tags, parents, attempt, session_id, kill_requested, "
+                     "created_at, updated_at) VALUES (:i, :k, 'python', :st, 0, 1, 1, 1, 1, 0, NULL, '{}', "
+                     "'{}', '[]', 1, :s, false, 5, 99)"),
+                {"i": i, "k": f"old-{i}", "st": state, "s": sid},
+            )  # fmt: skip
+        history = [
+            (1, 11, 0, "CREATED", "READY", 10.0, None),
+            (1, 12, 1, "READY", "RUNNING", 12.0, "node-3"),
+            (1, 13, 1, "RUNNING", "RUN_DONE", 20.0, None),
+            (1, 14, 1, "RUN_DONE", "FINISHED", 20.0, None),
+            (2, 21, 0, "CREATED", "READY", 30.0, None),
+            (2, 22, 1, "READY", "RUNNING", 31.5, "node-1"),
+        ]
+        for tid, eid, att, frm, to, ts, worker in history:
+            conn.execute(text("INSERT INTO events (task_id, id, attempt, from_state, to_state, ts, worker) "
+                              "VALUES (:t, :e, :a, :f, :s, :ts, :w)"),
+                         {"t": tid, "e": eid, "a": att, "f": frm, "s": to, "ts": ts, "w": worker})  # fmt: skip
+        conn.execute(text("INSERT INTO shape_counts (nodes, cores, gpus, walltime, state, count) VALUES "
+                          "(1, 1, 0, 0.0, 'FINISHED', 1), (1, 1, 0, 0.0, 'RUNNING', 1), "
+                          "(1, 1, 0, 0.0, 'CREATED', 1)"))  # fmt: skip
+    engine.dispose()
+    with Store(store_url) as store:  # opening upgrades
+        assert store.revision == HEAD
+        with store.engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, since, worker FROM events ORDER BY id")).all()
+            at = dict(conn.execute(text("SELECT id, state_at FROM tasks")).all())
+        assert [tuple(r) for r in rows] == [(11, None, None), (12, 10.0, "node-3"), (13, 12.0, "node-3"),
+                                            (14, 20.0, None), (21, None, None), (22, 30.0, "node-1")]  # fmt: skip
+        assert at == {1: 20.0, 2: 31.5, 3: 5.0}
+        store.apply(
+            [
+                Transition(store.new_id(), 2, "RUNNING", "RUN_DONE", 40.0, 1, "node-1", None, None),
+                Transition(store.new_id(), 2, "RUN_DONE", "FINISHED", 41.0, 1, None, None, None),
+            ]
+        )
+        h = store.history(2)
+        assert [(e.to_state, e.since) for e in h] == [("READY", None), ("RUNNING", 30.0), ("RUN_DONE", 31.5),
+                                                      ("FINISHED", 40.0)]  # fmt: skip
+        with store.engine.connect() as conn:
+            assert conn.execute(text("SELECT state_at FROM tasks WHERE id = 2")).scalar_one() == 41.0
