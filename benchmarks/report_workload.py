@@ -31,8 +31,8 @@ MESSAGES = ("ValueError: bad input", "RuntimeError: solver diverged", "MemoryErr
 
 TASK_COLUMNS = ("id", "key", "name", "kind", "state", "priority", "nodes", "ranks_per_node", "threads_per_rank",
                 "cores", "gpus", "spec", "tags", "parents", "attempt", "session_id", "kill_requested",
-                "created_at", "updated_at", "error_tail")  # fmt: skip
-EVENT_COLUMNS = ("task_id", "id", "attempt", "from_state", "to_state", "ts", "worker", "hosts", "message")
+                "created_at", "updated_at", "state_at", "error_tail")  # fmt: skip
+EVENT_COLUMNS = ("task_id", "id", "attempt", "from_state", "to_state", "ts", "since", "worker", "hosts", "message")
 ALLOCATION_COLUMNS = ("id", "session_id", "system", "scheduler_id", "nodes", "walltime", "state", "submitted_at",
                       "started_at", "ended_at", "info", "updated_at")  # fmt: skip
 
@@ -46,11 +46,13 @@ def generate(n: int, seed: int = 1) -> tuple[list[tuple[Any, ...]], list[tuple[A
     tasks: list[tuple[Any, ...]] = []
     events: list[tuple[Any, ...]] = []
     seq = 0
+    entered: dict[int, float] = {}  # task -> when it entered its state (the store's state_at)
 
     def event(tid: int, attempt: int, frm: str, to: str, ts: float, worker: Any = None, message: Any = None) -> None:
         nonlocal seq
         seq += 1
-        events.append((tid, EVENT_BASE | seq, attempt, frm, to, ts, worker, None, message))
+        events.append((tid, EVENT_BASE | seq, attempt, frm, to, ts, entered.get(tid, T0), worker, None, message))
+        entered[tid] = ts
 
     tags = json.dumps({"exp": "bench"})
     for i in range(n):
@@ -58,6 +60,7 @@ def generate(n: int, seed: int = 1) -> tuple[list[tuple[Any, ...]], list[tuple[A
         name = names[i % len(names)]
         gpus = 1 if name == "train" and i % 48 == 3 else 0
         created = T0 + (i // WAVE) * WAVE_EVERY
+        entered[tid] = created
         event(tid, 0, "CREATED", "READY", created)
         ready, frm, attempt, state, tail = created, "READY", 0, "FINISHED", None
         while True:
@@ -83,7 +86,7 @@ def generate(n: int, seed: int = 1) -> tuple[list[tuple[Any, ...]], list[tuple[A
             tail = None
             break
         tasks.append((tid, f"{name}-{i:08x}", name, "python", state, 0, 1, 1, 1, 1, gpus, "{}", tags, "[]", attempt,
-                      SESSION, False, created, events[-1][5], tail))  # fmt: skip
+                      SESSION, False, created, events[-1][5], events[-1][5], tail))  # fmt: skip
     last = max(e[5] for e in events)
     allocs = []
     for k in range(ALLOCS):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, or_, text
@@ -31,13 +32,24 @@ from balsam_dask.reports.records import (
     StateCount,
     StepSums,
     Totals,
+    Window,
 )
+from balsam_dask.reports.timeline import steps
 from balsam_dask.reports.window import window_for
 from balsam_dask.spec import parse_duration, validate_tags
 from balsam_dask.store import queries as Q
 from balsam_dask.store.engine import read_tx
 from balsam_dask.store.models import allocations_t
-from balsam_dask.store.reportsql import Dialect, attempts_sql, ends_sql, runs_sql, states_sql
+from balsam_dask.store.reportsql import (
+    MAX_LABELS,
+    Dialect,
+    delay_ranks_sql,
+    delays_sql,
+    ends_sql,
+    islands_sql,
+    runs_sql,
+    tasks_sql,
+)
 from balsam_dask.store.states import ALL_STATES
 
 if TYPE_CHECKING:
@@ -79,56 +91,118 @@ def read_allocations(conn: Connection, t0: float, t1: float) -> tuple[Allocation
     return tuple(allocation_span(r) for r in conn.execute(q))
 
 
-def delays_of(rows: list[Any]) -> Sample:
-    """The delays' sample: the two values around each quantile (``k = floor((n - 1) * p)``: at
-    ranks k + 1 and k + 2), their totals and histogram."""
+def delays_of(conn: Connection, q: ReportQuery, d: Dialect, bounds: dict[str, float]) -> Sample:
+    """The delays' sample: totals, histogram, and the two values around each quantile (``k =
+    floor((n - 1) * p)``: at ranks k + 1 and k + 2), read from the bins that hold those ranks."""
+    sql, params = delays_sql(q, d, DELAY_EDGES)
+    rows = list(conn.execute(text(sql), {**params, **bounds}))
     totals = next((Totals("", int(r[2]), r[4] or 0.0, r[5] or 0.0, r[6] or 0.0, 0.0) for r in rows if r[0] == "delays"),
                   None)  # fmt: skip
-    ranked = []
+    bins = tuple(sorted(BinCount("", int(r[2]), int(r[3])) for r in rows if r[0] == "bin"))
+    if totals is None or not totals.n:
+        return Sample(None, (), bins)
+    picks: dict[str, Any] = {}
+    wanted = []  # per quantile read: k
     for i, p in enumerate(QUANTILES):
-        values = sorted(float(r[4]) for r in rows if r[0] == "delay" and r[2] == i)
-        if values:
-            n = int(next(r[3] for r in rows if r[0] == "delay" and r[2] == i))
-            k = math.floor(max(n - 1, 0) * p)
-            ranked += [Ranked("", k + 1 + j, n, v) for j, v in enumerate(values)]
-    bins = tuple(BinCount("", int(r[2]), int(r[3])) for r in rows if r[0] == "bin")
-    return Sample(totals if totals and totals.n else None, tuple(ranked), bins)
+        k = math.floor((totals.n - 1) * p)
+        below = 0
+        for j, b in enumerate(bins):  # the bin that holds rank k + 1, and the one of rank k + 2
+            if below + b.values > k:
+                last = bins[j + 1] if below + b.values == k + 1 and j + 1 < len(bins) else b
+                picks[f"lo{i}"] = DELAY_EDGES[b.bin - 1] if b.bin > 0 else -math.inf
+                picks[f"hi{i}"] = DELAY_EDGES[last.bin] if last.bin < len(DELAY_EDGES) else math.inf
+                picks[f"k{i}"] = k - below
+                wanted.append(k)
+                break
+            below += b.values
+    sql, params = delay_ranks_sql(q, d, len(wanted))
+    found: dict[int, list[float]] = {}
+    for i, v in conn.execute(text(sql), {**params, **picks, **bounds}):
+        found.setdefault(int(i), []).append(float(v))
+    ranked = [Ranked("", k + 1 + j, totals.n, v) for i, k in enumerate(wanted)
+              for j, v in enumerate(sorted(found.get(i, ())))]  # fmt: skip
+    return Sample(totals, tuple(ranked), bins)
 
 
 def durations_of(rows: list[Any]) -> dict[str, Sample]:
-    """Duration totals by label."""
-    return {r[1]: Sample(Totals(r[1], int(r[2]), r[4] or 0.0, r[5] or 0.0, r[6] or 0.0, r[7] or 0.0))
-            for r in rows if r[0] == "durs"}  # fmt: skip
+    """Duration totals by label (from the runs grouped by buckets and label): the labels that
+    ran longest, at most ``MAX_LABELS``."""
+    by: dict[str, list[float]] = {}
+    for r in rows:
+        n = r[12]
+        if n:
+            t = by.setdefault(r[2], [0, 0.0, math.inf, -math.inf, 0.0])
+            t[0] += n
+            t[1] += r[13]
+            t[2], t[3] = min(t[2], r[14]), max(t[3], r[15])
+            t[4] += r[16]
+    top = sorted(by.items(), key=lambda kv: (-kv[1][1], kv[0]))[:MAX_LABELS]
+    return {label: Sample(Totals(label, int(t[0]), t[1], t[2], t[3], t[4])) for label, t in top}
+
+
+def busy_of(runs: list[Any], islands: list[Any], window: Window) -> dict[str, tuple[StepSums, ...]]:
+    """Busy cores, GPUs and nodes as step changes per bucket. ``runs``: sums per (start bucket,
+    end bucket) of ``w``, ``w * (start - t0)`` and ``w * (end - t0)``: a change ``w`` at ``x``
+    adds ``w * (bucket end - x)`` to its bucket's area. ``islands``: the edges of the stretches
+    in which a node is busy (``islands_sql``)."""
+    sums: dict[str, dict[int, list[float]]] = {"cores": {}, "gpus": {}, "nodes": {}}
+    for r in runs:
+        bs, be = int(r[0]), int(r[1])
+        for i, what in enumerate(("cores", "gpus", "nodes")):
+            w, ws, we = r[3 + 3 * i] or 0.0, r[4 + 3 * i] or 0.0, r[5 + 3 * i] or 0.0
+            if w:
+                for b, sign, wx in ((bs, 1.0, ws), (be, -1.0, we)):
+                    a = sums[what].setdefault(b, [0.0, 0.0])
+                    a[0] += sign * w
+                    a[1] += sign * ((b + 1) * window.interval * w - wx)
+    changes = []
+    for s, e, prev, nxt in islands:
+        if prev is None or s > prev:
+            changes.append((s, 1.0))
+        until = max(e if prev is None else prev, e)
+        if nxt is None or nxt > until:
+            changes.append((until, -1.0))
+    out = {what: [StepSums(b, c, a) for b, (c, a) in sorted(v.items())] for what, v in sums.items()}
+    out["nodes"] += steps(window, changes)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _setup(conn: Connection, d: Dialect) -> None:
+    if d.pg:  # compiling these plans (LLVM) takes longer than running them
+        conn.execute(text("SET LOCAL jit = off"))
+
+
+def _read(engine: Engine, d: Dialect, statement: tuple[str, dict[str, Any]], bounds: dict[str, float]) -> list[Any]:
+    """The rows of one statement, in a transaction of its own."""
+    with read_tx(engine) as conn:
+        _setup(conn, d)
+        return list(conn.execute(text(statement[0]), {**statement[1], **bounds}))
 
 
 def report_data(engine: Engine, query: ReportQuery, where: str = "") -> ReportData:
-    """Everything a report needs, aggregated in the database."""
+    """Everything a report needs, aggregated in the database: the tasks first (they give the
+    window), then the runs on a second connection while this one reads the delays, the ends
+    and errors, and the allocations (each statement sees the store as it is when it starts)."""
     d = Dialect(engine.dialect.name)
     with read_tx(engine) as conn:
-        if d.pg:  # compiling these plans (LLVM) takes longer than running them
-            conn.execute(text("SET LOCAL jit = off"))
-        sql, params = states_sql(query, d)
-        states = tuple(StateCount(st, int(n)) for st, n in conn.execute(text(sql), params))
-        sql, params = attempts_sql(query, d)
-        attempts = tuple(
-            AttemptCount(int(a), int(n), int(f), int(x), int(k), float(c), float(u))
-            for a, n, f, x, k, c, u in conn.execute(text(sql), params)
-        )
-        now = time.time()
-        start = query.since if query.since is not None else min((a.first_created for a in attempts), default=now)
-        end = query.until if query.until is not None else max((a.last_updated for a in attempts), default=start)
-        window = window_for(start, max(end, start), query.interval)
-        bounds = {"t0": window.start, "t1": window.end, "dt": window.interval}
-        sql, params = runs_sql(query, d, DELAY_EDGES)
-        rows = list(conn.execute(text(sql), {**params, **bounds}))
-        sql, params = ends_sql(query, d)
-        ends_rows = list(conn.execute(text(sql), {**params, **bounds}))
-        allocations = read_allocations(conn, window.start, window.end)
-    busy: dict[str, list[StepSums]] = {"cores": [], "gpus": [], "nodes": []}
-    for r in rows:
-        if r[0] == "busy":
-            for i, what in enumerate(("cores", "gpus", "nodes")):
-                busy[what].append(StepSums(int(r[2]), r[4 + 2 * i] or 0.0, r[5 + 2 * i] or 0.0))
+        _setup(conn, d)
+        sql, params = tasks_sql(query, d)
+        task_rows = [(st, int(a), int(n), float(c), float(u)) for st, a, n, c, u in conn.execute(text(sql), params)]
+    states, attempts = task_counts(task_rows)
+    now = time.time()
+    start = query.since if query.since is not None else min((a.first_created for a in attempts), default=now)
+    end = query.until if query.until is not None else max((a.last_updated for a in attempts), default=start)
+    window = window_for(start, max(end, start), query.interval)
+    bounds = {"t0": window.start, "t1": window.end, "dt": window.interval}
+    with ThreadPoolExecutor(1, thread_name_prefix="balsam-report") as pool:  # two connections at once
+        runs = pool.submit(_read, engine, d, runs_sql(query, d), bounds)
+        ended = pool.submit(_read, engine, d, ends_sql(query, d), bounds)
+        islands = _read(engine, d, islands_sql(query, d), bounds)
+        with read_tx(engine) as conn:
+            _setup(conn, d)
+            allocations = read_allocations(conn, window.start, window.end)
+            delays = delays_of(conn, query, d, bounds)
+        run_rows, ends_rows = runs.result(), ended.result()
     ends = tuple(EndCount(int(r[3]), st, int(r[4 + i] or 0)) for r in ends_rows if r[0] == "end"
                  for i, st in enumerate(("FINISHED", "FAILED", "KILLED")))  # fmt: skip
     errors: dict[tuple[str, str | None], ErrorGroup] = {}
@@ -143,10 +217,29 @@ def report_data(engine: Engine, query: ReportQuery, where: str = "") -> ReportDa
         notes.append("no allocation was recorded in this window: utilization is unknown")
     return ReportData(
         query=query, window=window, states=states, attempts=attempts, ends=ends,
-        busy={k: tuple(v) for k, v in busy.items()}, delays=delays_of(rows), delay_edges=DELAY_EDGES,
-        durations=durations_of(rows), errors=tuple(errors.values()), allocations=allocations, store=where,
-        notes=tuple(notes),
+        busy=busy_of(run_rows, islands, window), delays=delays, delay_edges=DELAY_EDGES,
+        durations=durations_of(run_rows), errors=tuple(errors.values()),
+        allocations=allocations, store=where, notes=tuple(notes),
     )  # fmt: skip
+
+
+def task_counts(
+    rows: list[tuple[str, int, int, float, float]],
+) -> tuple[tuple[StateCount, ...], tuple[AttemptCount, ...]]:
+    """Tasks by state, and by attempts made, from their counts by (state, attempts)."""
+    by_state: dict[str, int] = {}
+    by_attempt: dict[int, list[Any]] = {}
+    finals = ("FINISHED", "FAILED", "KILLED")
+    for st, att, n, created, updated in rows:
+        by_state[st] = by_state.get(st, 0) + n
+        a = by_attempt.setdefault(att, [0, 0, 0, 0, created, updated])
+        a[0] += n
+        if st in finals:
+            a[1 + finals.index(st)] += n
+        a[4], a[5] = min(a[4], created), max(a[5], updated)
+    states = tuple(StateCount(st, n) for st, n in by_state.items())
+    attempts = tuple(AttemptCount(att, *v) for att, v in sorted(by_attempt.items()))
+    return states, attempts
 
 
 class Reports:

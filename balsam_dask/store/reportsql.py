@@ -1,11 +1,11 @@
 """The SQL of reports (``store/reports.py`` runs it): aggregates over the events, never the
 events themselves. One text per statement, for SQLite and PostgreSQL.
 
-Runs (attempts) are paired in SQL: each RUNNING event with the event that left RUNNING in the
-same attempt, and the last READY or RESTART_READY event before it (correlated lookups on the
-events' primary key, clustered by task). Each statement reads the events once (a materialized
-CTE) and returns its aggregates as rows of one shape, tagged by ``kind``. Nothing is grouped by
-a value of unbounded cardinality but buckets, labels, workers and messages.
+No events are paired: the event that ends a run carries its start (``since``, schema 0005) and
+its worker, the event that starts one the time its task became ready (its ``since``), and a task
+running now its start (``state_at``). Each statement returns its aggregates as rows of one
+shape, tagged by ``kind``. Nothing is grouped by a value of unbounded cardinality but buckets,
+labels, workers and messages.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from balsam_dask.reports.records import QUANTILES, ReportQuery
+from balsam_dask.reports.records import ReportQuery
 from balsam_dask.store.queries import like_pattern
 
 READY_STATES = "('READY', 'RESTART_READY')"
@@ -44,36 +44,6 @@ class Dialect:
 
     def least(self, a: str, b: str) -> str:
         return f"LEAST({a}, {b})" if self.pg else f"MIN({a}, {b})"
-
-    # Pairing a RUNNING event ``r`` (attempt a) with the first event that left RUNNING in attempt a
-    # (its end) and the last READY or RESTART_READY event of attempt a - 1 (when it became ready:
-    # every event carries the attempts made so far). SQLite: lookups on the events' primary key
-    # (a sort of every run costs more there); PostgreSQL: hash joins of grouped events (lookups
-    # run one by one in the leader process, after the parallel scan).
-    @property
-    def pair_end(self) -> str:
-        if self.pg:
-            return "en.e0"
-        return ("(SELECT MIN(x.ts) FROM events x WHERE x.task_id = r.task_id AND x.attempt = r.attempt "
-                "AND x.from_state = 'RUNNING')")  # fmt: skip
-
-    @property
-    def pair_ready(self) -> str:
-        if self.pg:
-            return "rd.q0"
-        return (f"(SELECT MAX(x.ts) FROM events x WHERE x.task_id = r.task_id AND x.attempt = r.attempt - 1 "
-                f"AND x.to_state IN {READY_STATES})")  # fmt: skip
-
-    @property
-    def pair_joins(self) -> str:
-        if not self.pg:
-            return ""
-        return (
-            " LEFT JOIN (SELECT task_id, attempt, MIN(ts) AS e0 FROM events WHERE from_state = 'RUNNING' "
-            "GROUP BY task_id, attempt) en ON en.task_id = r.task_id AND en.attempt = r.attempt"
-            " LEFT JOIN (SELECT task_id, attempt + 1 AS attempt, MAX(ts) AS q0 FROM events WHERE to_state IN "
-            f"{READY_STATES} GROUP BY task_id, attempt) rd ON rd.task_id = r.task_id AND rd.attempt = r.attempt"
-        )
 
     @property
     def fence(self) -> str:
@@ -134,18 +104,12 @@ def _tasks_where(q: ReportQuery, d: Dialect) -> tuple[str, dict[str, Any]]:
     return where, params
 
 
-def states_sql(q: ReportQuery, d: Dialect) -> tuple[str, dict[str, Any]]:
-    """Tasks by state (alive in the window: created by its end, changed since its start)."""
+def tasks_sql(q: ReportQuery, d: Dialect) -> tuple[str, dict[str, Any]]:
+    """Tasks by state and attempts made (alive in the window: created by its end, changed since
+    its start), with the first creation and the last change."""
     where, params = _tasks_where(q, d)
-    return f"SELECT t.state, COUNT(*) FROM tasks t WHERE 1 = 1{where} GROUP BY t.state", params
-
-
-def attempts_sql(q: ReportQuery, d: Dialect) -> tuple[str, dict[str, Any]]:
-    """Tasks by attempts made and final state, with the first creation and the last change."""
-    where, params = _tasks_where(q, d)
-    ended = ", ".join(f"SUM(CASE WHEN t.state = '{s}' THEN 1 ELSE 0 END)" for s in ("FINISHED", "FAILED", "KILLED"))
-    sql = (f"SELECT t.attempt, COUNT(*), {ended}, MIN(t.created_at), MAX(t.updated_at) FROM tasks t "
-           f"WHERE 1 = 1{where} GROUP BY t.attempt")  # fmt: skip
+    sql = (f"SELECT t.state, t.attempt, COUNT(*), MIN(t.created_at), MAX(t.updated_at) FROM tasks t "
+           f"WHERE 1 = 1{where} GROUP BY t.state, t.attempt")  # fmt: skip
     return sql, params
 
 
@@ -167,78 +131,101 @@ def _row(kind: str, label: str = "NULL", i1: str = "NULL", i2: str = "NULL", *fl
     return "SELECT " + ", ".join(cols)
 
 
-def runs_sql(q: ReportQuery, d: Dialect, edges: Sequence[float]) -> tuple[str, dict[str, Any]]:
-    """Busy cores, GPUs and nodes per bucket (changes), run delays and durations by label.
-
-    Parameters: ``t0``, ``t1`` (the window), ``dt`` (the interval). Sorts: one by bucket, one
-    by worker and start (nodes: a node is busy from the start of a run until every run that
-    began on it has ended: a stretch starts where a run starts after every earlier end, and ends
-    at the running maximum of the ends where the next run starts after it), one by delay per
-    quantile, one by label."""
+def _runs(q: ReportQuery, d: Dialect, ended: str, running: str) -> tuple[str, dict[str, Any]]:
+    """The runs that overlap the window (parameters ``t0``, ``t1``) as rows of ``ended``
+    (columns over ``r``, the event that ended the run, and ``t``, its task) and ``running``
+    (over ``t``, a task running now). ``s`` and ``e`` stand for the run's start and end, cut
+    to the window; ``v`` for its duration (NULL unless it ended in the window)."""
     where, params = task_conditions(q, d, window=q.since is not None or q.until is not None)
+    ended = (ended.replace("{s}", d.greatest("r.since", ":t0")).replace("{e}", d.least("r.ts", ":t1"))
+             .replace("{v}", "CASE WHEN r.ts <= :t1 THEN r.ts - r.since END"))  # fmt: skip
+    running = running.replace("{s}", d.greatest("t.state_at", ":t0")).replace("{e}", ":t1").replace("{v}", "NULL")
+    join = " JOIN tasks t ON t.id = r.task_id" if "t." in ended or where else ""
+    sql = (f"SELECT {ended} FROM events r{join} "
+           f"WHERE r.from_state = 'RUNNING' AND r.since <= :t1 AND r.ts >= :t0{where} "
+           f"UNION ALL SELECT {running} FROM tasks t "
+           f"WHERE t.state = 'RUNNING' AND t.state_at <= :t1{where}")  # fmt: skip
+    return sql, params
+
+
+def runs_sql(q: ReportQuery, d: Dialect) -> tuple[str, dict[str, Any]]:
+    """The runs grouped by the buckets of their start and end and by label: for busy cores,
+    GPUs and nodes beyond a run's first (``w``: cores, GPUs, nodes - 1) the sums of ``w``,
+    ``w * (start - t0)`` and ``w * (end - t0)``; for durations their count, sum, least,
+    greatest and core-seconds. Parameters: ``t0``, ``t1``, ``dt``."""
     label = f'COALESCE(t.app, t."function", {d.name_stem("t.name")}, {d.key_prefix()}, t.key)'
-    s = d.greatest("s0", ":t0")
-    e = d.least("COALESCE(e0, :t1)", ":t1")
-
-    def bucket(x: str) -> str:
-        return d.floor(f"(({x}) - :t0) / :dt")
-
-    def to_end(x: str) -> str:  # from x to the end of its bucket
-        return f"(:t0 + ({bucket(x)} + 1) * :dt - ({x}))"
-
-    busy = " UNION ALL ".join([
-        f"SELECT {bucket('s')} AS b, c AS dc, c * {to_end('s')} AS ac, g AS dg, g * {to_end('s')} AS ag, "
-        f"n - 1 AS dn, (n - 1) * {to_end('s')} AS an FROM w",
-        f"SELECT {bucket('e')}, -c, -c * {to_end('e')}, -g, -g * {to_end('e')}, 1 - n, (1 - n) * {to_end('e')} FROM w",
-        f"SELECT {bucket('x')}, 0, 0, 0, 0, k, k * {to_end('x')} FROM nodes",
-    ])  # fmt: skip
-    last = d.greatest("n - 1", "0")
-    delays = " UNION ALL ".join(  # the two values around each quantile (n - 1) * p
-        f"{_row('delay', 'NULL', str(i), 'n', 'v')} FROM (SELECT v FROM d ORDER BY v LIMIT 2 OFFSET "
-        f"(SELECT {d.floor(f'{last} * {p!r}')} FROM dn)) z, dn"
-        for i, p in enumerate(QUANTILES)
-    )
+    cols = "{s} AS s, {e} AS e, {v} AS v, t.cores * t.nodes AS c, t.gpus * t.nodes AS g, t.nodes - 1 AS k"
+    runs, params = _runs(q, d, f"{cols}, {label} AS label", f"{cols}, NULL")
+    sums = ", ".join(f"SUM({w}), SUM({w} * (s - :t0)), SUM({w} * (e - :t0))" for w in ("c", "g", "k"))
     sql = f"""
-WITH runs AS MATERIALIZED (
-  SELECT s0, e0, q0, worker, c, g, n, label, {s} AS s, {e} AS e, CASE WHEN e0 IS NULL OR e0 >= :t0 THEN 1 END AS live
-  FROM (
-    SELECT r.ts AS s0, {d.pair_end} AS e0, {d.pair_ready} AS q0,
-      COALESCE(r.worker, '') AS worker, t.cores * t.nodes AS c, t.gpus * t.nodes AS g, t.nodes AS n,
-      {label} AS label
-    FROM events r JOIN tasks t ON t.id = r.task_id{d.pair_joins}
-    WHERE r.to_state = 'RUNNING' AND r.ts <= :t1{where} {d.fence}
-  ) p
-),
-w AS NOT MATERIALIZED (SELECT worker, c, g, n, s, e FROM runs WHERE live = 1),
-isl AS MATERIALIZED (
-  SELECT s, e, MAX(e) OVER (o ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev, LEAD(s) OVER o AS next
-  FROM w WINDOW o AS (PARTITION BY worker ORDER BY s, e)
-),
-nodes AS (
-  SELECT s AS x, 1 AS k FROM isl WHERE prev IS NULL OR s > prev
-  UNION ALL SELECT {d.greatest("COALESCE(prev, e)", "e")}, -1 FROM isl
-  WHERE next IS NULL OR next > {d.greatest("COALESCE(prev, e)", "e")}
-),
-d AS NOT MATERIALIZED (SELECT s0 - q0 AS v FROM runs WHERE q0 IS NOT NULL AND s0 >= :t0),
-dn AS MATERIALIZED (SELECT COUNT(*) AS n, SUM(v) AS tot, MIN(v) AS lo, MAX(v) AS hi FROM d),
-ut AS (
-  SELECT label, COUNT(*) AS n, SUM(e0 - s0) AS tot, MIN(e0 - s0) AS lo, MAX(e0 - s0) AS hi, SUM((e0 - s0) * c) AS cs
-  FROM runs WHERE e0 IS NOT NULL AND e0 >= :t0 AND e0 <= :t1 GROUP BY label
-)
-{_row("busy", "NULL", "b", "NULL", "SUM(dc)", "SUM(ac)", "SUM(dg)", "SUM(ag)", "SUM(dn)", "SUM(an)")}
-  FROM ({busy}) z GROUP BY b
-UNION ALL {delays}
-UNION ALL {_row("bin", "NULL", "bin", "COUNT(*)")} FROM (SELECT {bisect_case("v", edges)} AS bin FROM d) z GROUP BY bin
-UNION ALL {_row("delays", "NULL", "n", "NULL", "tot", "lo", "hi")} FROM dn
-UNION ALL {_row("durs", "label", "n", "NULL", "tot", "lo", "hi", "cs")}
-  FROM (SELECT * FROM ut ORDER BY tot DESC, label LIMIT {MAX_LABELS}) z
+SELECT bs, be, label, {sums}, COUNT(v), SUM(v), MIN(v), MAX(v), SUM(v * c)
+FROM (SELECT {d.floor("(s - :t0) / :dt")} AS bs, {d.floor("(e - :t0) / :dt")} AS be, label, s, e, v, c, g, k
+      FROM ({runs}) r {d.fence}) z
+GROUP BY bs, be, label
 """
+    return sql, params
+
+
+def islands_sql(q: ReportQuery, d: Dialect) -> tuple[str, dict[str, Any]]:
+    """The runs at the edges of the stretches in which a node is busy (from the start of a run
+    until every run that began on it has ended): each with its start and end, the running
+    maximum of the ends before it and the next start on its node (a stretch starts where a run
+    starts after every earlier end, and ends at the running maximum of the ends where the next
+    run starts after it). Parameters: ``t0``, ``t1``."""
+    # an event that ended a run before schema 0005 may not name the worker: its start does
+    start_worker = ("(SELECT MIN(x.worker) FROM events x WHERE x.task_id = {tid} AND x.to_state = 'RUNNING' "
+                    "AND x.ts = {at})")  # fmt: skip
+    ended = start_worker.format(tid="r.task_id", at="r.since")
+    running = start_worker.format(tid="t.id", at="t.state_at")
+    runs, params = _runs(q, d, f"COALESCE(r.worker, {ended}, '') AS worker, {{s}} AS s, {{e}} AS e",
+                         f"COALESCE({running}, ''), {{s}}, {{e}}")  # fmt: skip
+    until = d.greatest("COALESCE(prev, e)", "e")
+    sql = f"""
+SELECT s, e, prev, next FROM (
+  SELECT s, e, MAX(e) OVER (o ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev, LEAD(s) OVER o AS next
+  FROM ({runs}) r WINDOW o AS (PARTITION BY worker ORDER BY s, e)
+) z WHERE prev IS NULL OR s > prev OR next IS NULL OR next > {until}
+"""
+    return sql, params
+
+
+def delays_sql(q: ReportQuery, d: Dialect, edges: Sequence[float]) -> tuple[str, dict[str, Any]]:
+    """Run delays (from ready to running, of the runs that started in the window): their count,
+    sum, least and greatest, and how many fall in each histogram bin of ``edges``. Parameters:
+    ``t0``, ``t1``."""
+    sql, params = _delays(q, d)
+    sql = f"""
+WITH d AS MATERIALIZED ({sql})
+{_row("delays", "NULL", "COUNT(*)", "NULL", "SUM(v)", "MIN(v)", "MAX(v)")} FROM d
+UNION ALL {_row("bin", "NULL", "bin", "COUNT(*)")} FROM (SELECT {bisect_case("v", edges)} AS bin FROM d) z GROUP BY bin
+"""
+    return sql, params
+
+
+def delay_ranks_sql(q: ReportQuery, d: Dialect, n: int) -> tuple[str, dict[str, Any]]:
+    """For each of ``n`` quantiles ``i``, the two delays at ranks ``k_i + 1`` and ``k_i + 2``
+    among those in ``[lo_i, hi_i)`` (parameters with ``t0``, ``t1``): the values around the
+    quantile, found in the histogram bins that hold its ranks, so only those are sorted."""
+    sql, params = _delays(q, d)
+    inside = [f"(v >= :lo{i} AND v < :hi{i})" for i in range(n)]
+    picks = " UNION ALL ".join(
+        f"SELECT {i} AS i, v FROM (SELECT v FROM d WHERE {c} ORDER BY v LIMIT 2 OFFSET :k{i}) z{i}"
+        for i, c in enumerate(inside)
+    )
+    return f"WITH d AS MATERIALIZED (SELECT v FROM ({sql}) x WHERE {' OR '.join(inside)}) {picks}", params
+
+
+def _delays(q: ReportQuery, d: Dialect) -> tuple[str, dict[str, Any]]:
+    where, params = task_conditions(q, d, window=False)
+    join = " JOIN tasks t ON t.id = r.task_id" if q.filters_tasks else ""
+    sql = (f"SELECT r.ts - r.since AS v FROM events r{join} WHERE r.to_state = 'RUNNING' AND r.since IS NOT NULL "
+           f"AND r.ts >= :t0 AND r.ts <= :t1{where}")  # fmt: skip
     return sql, params
 
 
 def ends_sql(q: ReportQuery, d: Dialect) -> tuple[str, dict[str, Any]]:
     """Tasks ended per bucket (finished, failed, killed); errors by kind and message with up to
-    3 example tasks. The events are read twice (cheaper than keeping the ends).
+    3 example tasks.
 
     Parameters: ``t0``, ``t1``, ``dt``."""
     where, params = task_conditions(q, d, window=False)
@@ -247,7 +234,7 @@ def ends_sql(q: ReportQuery, d: Dialect) -> tuple[str, dict[str, Any]]:
     ended = ", ".join(f"CAST(SUM(CASE WHEN to_state = '{s}' THEN 1 ELSE 0 END) AS BIGINT)"
                       for s in ("FINISHED", "FAILED", "KILLED"))  # fmt: skip
     sql = f"""
-WITH ends AS NOT MATERIALIZED (
+WITH ends AS MATERIALIZED (
   SELECT e.task_id, e.from_state, e.to_state, e.ts, e.message FROM events e{join}
   WHERE (e.to_state IN {END_STATES} OR e.to_state IN {ATTEMPT_ERRORS}
          OR (e.to_state = 'RESTART_READY' AND e.from_state = 'RUNNING'))
