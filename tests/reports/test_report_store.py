@@ -179,3 +179,19 @@ def test_bad_options_name_the_value(scripted: tuple[Store, dict[str, int]], opti
     if "interval" not in options or options["interval"] != 0.0001:  # that one needs the store's span
         with pytest.raises(error, match=match):
             balsam_dask.report("/nonexistent/dir/store.db", **options)
+
+
+def test_a_task_running_now_and_a_run_end_that_does_not_name_its_node(store: Store) -> None:
+    """A task still running counts as busy until the window's end; a run whose end event does not
+    name its worker (written by whoever saw it end without knowing where it ran) counts on the
+    node its start named: two overlapping runs on node-0 keep one node busy, not two."""
+    a, b = store.create_tasks([NewTask(0, f"k{i}", TaskSpec(name="sim"), created_at=B - 5) for i in range(2)])
+    steps = [(a, "CREATED", "READY", -1, 0, None), (a, "READY", "RUNNING", 0, 1, "node-0"),
+             (a, "RUNNING", "RUN_DONE", 10, 1, None), (a, "RUN_DONE", "FINISHED", 10, 1, None),
+             (b, "CREATED", "READY", -1, 0, None), (b, "READY", "RUNNING", 5, 1, "node-0")]  # fmt: skip
+    store.apply([Transition(store.new_id(), t, frm, to, B + at, att, w) for t, frm, to, at, att, w in steps])
+    r = store.report(since=B, until=B + 40, interval=10)
+    assert list(r.utilization["busy_cores"]) == pytest.approx([1.5, 1, 1, 1])
+    assert list(r.utilization["busy_nodes"]) == pytest.approx([1, 1, 1, 1])
+    assert r.summary["delay_s"]["count"] == 2 and r.summary["delay_s"]["max"] == 6
+    assert r.durations.loc["sim"].to_dict()["runs"] == 1
