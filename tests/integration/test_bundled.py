@@ -77,6 +77,9 @@ def test_each_bundled_task_is_recorded_as_its_own(store_url: str, tmp_path: Path
                 assert [e.to_state for e in hist] == ["READY", "RUNNING", "RUN_DONE", "FINISHED"]
                 running = hist[1]
                 assert running.worker in ("node-0", "node-1") and running.ts <= hist[2].ts
+                # each event: when its task entered the state it leaves; a run's end names its node
+                assert [e.since for e in hist[1:]] == [e.ts for e in hist[:-1]] and hist[0].since is not None
+                assert hist[2].worker == running.worker
                 nodes.add(running.worker)
                 assert t.attempt == 1 and t.name == "inc"
             assert nodes == {"node-0", "node-1"}  # both nodes took bundles

@@ -58,6 +58,7 @@ def test_history_names_nodes_and_the_command_that_ran(ens: tuple[LocalEnsembleCl
     assert running.worker in {"node-0", "node-1"}
     (done,) = [e for e in events if e.to_state == "RUN_DONE"]
     assert done.message == "command: echo 'hello world'"
+    assert (done.worker, done.since) == (running.worker, running.ts)  # the run, from its end alone
     assert t.return_code == 0 and t.workdir.endswith(f"greet-{t.id}")
 
 
