@@ -8,7 +8,7 @@ Not collected by pytest. Sizes come from the command line, for example::
 For each backend a store of ``--tasks`` finished tasks (``report_workload.py``: ~4 events each,
 5% retried, 4 allocations) is written with the raw driver, then ``--repeat`` rounds alternate:
 
-- ours: ``Store.report_data`` (three statements that aggregate in the database) and the
+- ours: ``Store.report_data`` (statements that aggregate in the database) and the
   DataFrames built from it (``reports.frames.build``), on a store opened read-only;
 - baseline: every task and event read with the raw driver (sqlite3, psycopg) into pandas,
   runs paired, buckets, islands, delays, durations and errors computed there, and the same

@@ -1,9 +1,10 @@
 """Reports of what ran: ``Store.report`` (``balsam_dask.report`` opens a store and calls it).
 
-Three statements aggregate in SQL (``store/reportsql.py``): tasks by state and attempts (which
-also gives the run's span), the runs (busy resources per interval, delays, durations), and the
-ends and errors; the allocations are read as they are (a run has few). The pure computations
-of ``balsam_dask.reports`` turn the rows into DataFrames.
+Statements aggregate in SQL (``store/reportsql.py``): tasks by state and attempts (which give
+the run's span), then on two connections at once the runs (busy resources per interval,
+durations), the nodes' busy stretches, the delays and the ends and errors; the allocations are
+read as they are (a run has few). The pure computations of ``balsam_dask.reports`` turn the
+rows into DataFrames.
 """
 
 from __future__ import annotations
