@@ -2,7 +2,7 @@
 
     balsam-dask submit sim -p n=4 -p out=run4.h5 --cores 2 --tag exp=sweep1 --name sim-4
     balsam-dask submit mypkg.tasks:fit -j alpha=0.1 --parent 1099511627777
-    balsam-dask submit --file tasks.yaml          (or .csv, .jsonl: see balsam_dask/taskfile.py)
+    balsam-dask submit --file tasks.yaml          (or .csv, .jsonl: one task per row, the fields of submit)
     balsam-dask modify --tag exp=sweep1 --state READY --walltime 20m -p steps=200
     balsam-dask retry --state FAILED --tag exp=sweep1
     balsam-dask kill 1099511627777 --tag exp=sweep1
@@ -176,7 +176,8 @@ def _add_values(p: argparse.ArgumentParser) -> None:
 def add_commands(sub: Any) -> None:
     s = sub.add_parser("submit", help="add tasks: an app (or a function pkg.mod:fn) with parameters, or a file")
     s.add_argument("target", nargs="?", help="an app's name, or a function's import path pkg.mod:fn")
-    s.add_argument("--file", help="a task file: .yaml, .yml, .csv or .jsonl (see balsam_dask/taskfile.py)")
+    s.add_argument("--file", help="a task file: .yaml, .yml, .csv or .jsonl, one task per row with the "
+                   "fields of submit (app or function, params, name, tags, parents, ...)")  # fmt: skip
     s.add_argument("--version", type=int, help="the app's version (default: the latest)")
     s.add_argument("--name")
     _add_values(s)
