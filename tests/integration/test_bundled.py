@@ -11,6 +11,7 @@ import signal
 import time
 from pathlib import Path
 
+import cloudpickle
 import pytest
 
 from balsam_dask import Client, Store, TaskTimeout
@@ -217,6 +218,7 @@ def test_bundled_apps_keep_their_work_directories_and_output(tmp_path: Path) -> 
         with Store(cluster.store_url) as s:
             (t,) = s.tasks(name="echo1")
             assert t.state == "FINISHED" and t.return_code == 0 and Path(t.workdir) == results[1].workdir
+            assert cloudpickle.loads(s.result_bytes(t.id) or b"") == results[1]  # the value, stored
             hist = s.history(t.id)
             assert "command: sh -c" in (hist[-2].message or "")  # RUN_DONE names the command
             (b,) = s.tasks(name="bad")
