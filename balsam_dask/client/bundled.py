@@ -33,10 +33,11 @@ SUBMIT_CHUNK = 5000
 class BundledFuture(concurrent.futures.Future):
     """The future of one bundled task."""
 
-    def __init__(self, key: str, client: Any) -> None:
+    def __init__(self, key: str, client: Any, value: bool = True) -> None:
         super().__init__()
         self.key = key
         self.client = client
+        self.value = value  # False: its owner does not read the value (None), nothing is unpickled
 
     @property
     def status(self) -> str:
@@ -71,10 +72,10 @@ class BundledFutures:
         self.pending: dict[str, BundledFuture] = {}
         self.early: dict[str, BundledOutcome] = {}  # outcomes that came before their future
 
-    def expect(self, client: Any, keys: Sequence[str]) -> list[BundledFuture]:
+    def expect(self, client: Any, keys: Sequence[str], values: bool = True) -> list[BundledFuture]:
         futs = []
         for key in keys:
-            fut = BundledFuture(key, client)
+            fut = BundledFuture(key, client, values)
             outcome = self.early.pop(key, None)
             if outcome is None:
                 self.pending[key] = fut
@@ -97,7 +98,7 @@ def resolve(fut: BundledFuture, outcome: BundledOutcome) -> None:
     status = outcome.get("status")
     try:
         if status == "ok":
-            fut.set_result(cloudpickle.loads(outcome["value"]))
+            fut.set_result(cloudpickle.loads(outcome["value"]) if fut.value else None)
         elif status == "error":
             fut.set_exception(cloudpickle.loads(outcome["error"]))
         else:
@@ -211,9 +212,10 @@ class BundledClient(distributed.Client):
         for msg in submit_messages(batches):
             self._send_to_scheduler_safe(msg)
 
-    def expect_bundled(self, keys: Sequence[str]) -> list[BundledFuture]:
-        """Futures for bundled tasks submitted for this client by other means (``serve``'s claims)."""
-        return self.bundled_futures.expect(self, keys)
+    def expect_bundled(self, keys: Sequence[str], values: bool = True) -> list[BundledFuture]:
+        """Futures for bundled tasks submitted for this client by other means (``serve``'s claims);
+        ``values=False``: their results are not read (they resolve to None, unpickled nowhere)."""
+        return self.bundled_futures.expect(self, keys, values)
 
     async def balsam_kill_keys(self, keys: list[Hashable], reason: str) -> list[str]:
         """Kill tasks by key (what a BundledFuture's ``cancel`` sends)."""
