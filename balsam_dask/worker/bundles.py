@@ -48,6 +48,9 @@ FUNCTION_CACHE = 64
 #: running tasks' thread): held 2 ms, that was ~0.27 ms per 1.5 ms app; held 10 ms, ~0.1 ms.
 #: The prefetch queue holds ~50 ms of work (scheduler/bundles.py), so refills still come in time.
 REPORT_DELAY = 0.01
+#: Reports that leave at once, without waiting for REPORT_DELAY: tasks of a few microseconds
+#: would otherwise end faster than the refills of a queue of MAX_DEPTH come.
+REPORT_MAX = 256
 
 
 class BundleExecutor:
@@ -232,13 +235,15 @@ class BundleExecutor:
 
     # ------------------------------------------------------------------ reports
     def _report(self, msg: Any) -> None:
-        """Queue a report (any thread); they leave in one message per turn of the event loop."""
+        """Queue a report (any thread); they leave in one message per turn of the event loop,
+        REPORT_DELAY later while tasks wait here, or at once when REPORT_MAX are waiting."""
         with self._lock:
             self._reports.append(msg)
-            if self._flushing:
+            full = len(self._reports) == REPORT_MAX
+            if self._flushing and not full:
                 return
             self._flushing = True
-        if self.queue:
+        if self.queue and not full:
             self.worker.loop.add_callback(self.worker.loop.call_later, REPORT_DELAY, self._flush)
         else:
             self.worker.loop.add_callback(self._flush)
