@@ -23,6 +23,7 @@ from typing import Any
 import cloudpickle
 
 from balsam_dask.errors import TaskKilled
+from balsam_dask.payload import dump_value
 from balsam_dask.protocol import (
     BUNDLE_OP,
     BUNDLE_REPORTS_OP,
@@ -200,7 +201,7 @@ class BundleExecutor:
         else:
             data = None if "job" in task else done.pop("result", None)  # a durable result: pickled and sent once
             report = {"op": "end", "key": key, "ts": time.time(), "status": "ok",
-                      "value": data if data is not None else cloudpickle.dumps(value), "done": done}  # fmt: skip
+                      "value": data if data is not None else dump_value(value), "done": done}  # fmt: skip
             if data is not None:
                 report["stored"] = True
         finally:
