@@ -299,6 +299,22 @@ def test_executable_lookup_uses_given_path_and_workdir(tmp_path: Path) -> None:
         run_process([str(plain)], workdir=tmp_path)
 
 
+def test_a_program_found_on_path_is_looked_up_again_once_it_is_gone(tmp_path: Path) -> None:
+    dirs = [tmp_path / "bin1", tmp_path / "bin2"]
+    for i, d in enumerate(dirs, 1):
+        d.mkdir()
+        (d / "tool").write_text(f"#!/bin/sh\necho tool {i}\n")
+        (d / "tool").chmod(0o755)
+    env = {"PATH": f"{dirs[0]}:{dirs[1]}:{os.defpath}"}
+    assert run_process(["tool"], workdir=tmp_path / "w", env=env).stdout_tail == "tool 1"
+    assert run_process(["tool"], workdir=tmp_path / "w", env=env).stdout_tail == "tool 1"  # as found before
+    (dirs[0] / "tool").chmod(0o644)  # no longer a program: searched again
+    assert run_process(["tool"], workdir=tmp_path / "w", env=env).stdout_tail == "tool 2"
+    (dirs[1] / "tool").unlink()
+    with pytest.raises(InvalidSpec, match=r"executable 'tool' not found on PATH="):
+        run_process(["tool"], workdir=tmp_path / "w", env=env)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
