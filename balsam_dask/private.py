@@ -19,8 +19,21 @@ FILE_MODE = 0o600
 def private_dir(path: str | os.PathLike[str]) -> Path:
     """``path`` as a directory, creating it and its missing parents with mode 0700. A
     directory that already exists is left as it is (a ``workdir=`` the user chose)."""
-    p = Path(path)
+    try:  # the common case, one call: a new task's directory in an existing root
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise NotADirectoryError(f"{path} exists and is not a directory") from None
+    except FileNotFoundError:  # parents are missing too
+        _make_parents(Path(path))
+    else:
+        _own_mode(path)
+    return path if isinstance(path, Path) else Path(path)
+
+
+def _make_parents(path: Path) -> None:
     missing: list[Path] = []
+    p = path
     while not os.path.lexists(p):
         missing.append(p)
         if p.parent == p:
@@ -31,11 +44,15 @@ def private_dir(path: str | os.PathLike[str]) -> Path:
             os.mkdir(d, DIR_MODE)
         except FileExistsError:  # made meanwhile (another task, another worker)
             continue
-        if stat.S_IMODE(os.stat(d).st_mode) != DIR_MODE:
-            os.chmod(d, DIR_MODE)
+        _own_mode(d)
     if not os.path.isdir(path):
         raise NotADirectoryError(f"{path} exists and is not a directory")
-    return Path(path)
+
+
+def _own_mode(path: str | os.PathLike[str]) -> None:
+    """Mode 0700 on a directory just made, if the umask took some of the owner's bits."""
+    if stat.S_IMODE(os.stat(path).st_mode) != DIR_MODE:
+        os.chmod(path, DIR_MODE)
 
 
 def open_private(path: str | os.PathLike[str], flags: int) -> int:

@@ -139,7 +139,8 @@ class BundledTask(BundledCall, total=False):
 class BundleReport(Launch, total=False):
     """What a node's executor says of one bundled task: ``start`` (its first attempt began),
     ``attempt`` (an :class:`AttemptReport`'s fields: a failed attempt), ``end`` (``status``
-    "ok" with the pickled ``value`` and the :class:`DoneReport` fields, "error" with the
+    "ok" with the pickled ``value`` and the :class:`DoneReport` fields (``stored``: the
+    value is also the stored result, sent once, not again as ``done["result"]``), "error" with the
     pickled ``error`` and its text, or "killed"), ``unqueued``/``kept`` (answers to
     ``BUNDLE_UNQUEUE_OP``: given back unstarted, or already started)."""
 
@@ -149,6 +150,7 @@ class BundleReport(Launch, total=False):
     attempt: int
     status: Literal["ok", "error", "killed"]
     value: bytes
+    stored: bool
     error: bytes
     text: str
     traceback: str

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pickle
+import sys
 
 import cloudpickle
+import pytest
 from dask._task_spec import Task
 
-from balsam_dask.payload import _FUNCTIONS, dump_payload, load_payload
+from balsam_dask.payload import _FUNCTIONS, dump_payload, dump_value, load_payload
 from balsam_dask.protocol import task_spec, wire_spec
 from balsam_dask.spec import Resources, TaskSpec
 from balsam_dask.worker.execute import run_python
@@ -56,3 +58,17 @@ def test_specs_travel_to_workers_as_bytes() -> None:
     assert task_spec(SPEC) is SPEC
     assert task_spec(None) == TaskSpec()
     assert pickle.loads(wire) == SPEC
+
+
+def test_a_value_pickles_by_reference_only_where_its_reader_finds_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dump_value: the C pickler for importable things; cloudpickle for a lambda and for a class
+    the pickle would look up in ``__main__`` (the reader's ``__main__`` is not the writer's)."""
+    plain = {"n": [1, 2.5, "x"], "spec": SPEC}
+    assert dump_value(plain) == pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
+    assert cloudpickle.loads(dump_value(lambda x: x + 1))(1) == 2
+    main = sys.modules["__main__"]
+    local = type("Brought", (), {"__module__": "__main__", "size": 3})
+    monkeypatch.setattr(main, "Brought", local, raising=False)  # as a class cloudpickle brought there
+    data = dump_value(local())
+    monkeypatch.delattr(main, "Brought")  # the reader's __main__ has no such class
+    assert cloudpickle.loads(data).size == 3

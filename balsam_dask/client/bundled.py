@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 import uuid
 from collections.abc import Generator, Hashable, Sequence
 from typing import Any
@@ -32,10 +33,11 @@ SUBMIT_CHUNK = 5000
 class BundledFuture(concurrent.futures.Future):
     """The future of one bundled task."""
 
-    def __init__(self, key: str, client: Any) -> None:
+    def __init__(self, key: str, client: Any, value: bool = True) -> None:
         super().__init__()
         self.key = key
         self.client = client
+        self.value = value  # False: its owner does not read the value (None), nothing is unpickled
 
     @property
     def status(self) -> str:
@@ -70,10 +72,10 @@ class BundledFutures:
         self.pending: dict[str, BundledFuture] = {}
         self.early: dict[str, BundledOutcome] = {}  # outcomes that came before their future
 
-    def expect(self, client: Any, keys: Sequence[str]) -> list[BundledFuture]:
+    def expect(self, client: Any, keys: Sequence[str], values: bool = True) -> list[BundledFuture]:
         futs = []
         for key in keys:
-            fut = BundledFuture(key, client)
+            fut = BundledFuture(key, client, values)
             outcome = self.early.pop(key, None)
             if outcome is None:
                 self.pending[key] = fut
@@ -96,7 +98,7 @@ def resolve(fut: BundledFuture, outcome: BundledOutcome) -> None:
     status = outcome.get("status")
     try:
         if status == "ok":
-            fut.set_result(cloudpickle.loads(outcome["value"]))
+            fut.set_result(cloudpickle.loads(outcome["value"]) if fut.value else None)
         elif status == "error":
             fut.set_exception(cloudpickle.loads(outcome["error"]))
         else:
@@ -136,11 +138,21 @@ def app_call(spec: TaskSpec, fn_id: str, key: str, app: Any, handlers: Any) -> B
             "args": cloudpickle.dumps(((app, handlers), {}))}  # fmt: skip
 
 
-def submit_messages(calls: list[BundledCall], fn_id: str, fn_bytes: bytes) -> list[dict[str, Any]]:
-    """The stream messages carrying ``calls`` (the function in each: ``(callable, *leading
-    arguments)`` pickled, which a node calls with each task's arguments after them)."""
-    return [{"op": BUNDLE_SUBMIT_OP, "tasks": calls[i : i + SUBMIT_CHUNK], "fns": {fn_id: fn_bytes}}
-            for i in range(0, len(calls), SUBMIT_CHUNK)]  # fmt: skip
+def submit_messages(batches: list[tuple[list[BundledCall], dict[str, bytes]]]) -> list[dict[str, Any]]:
+    """The stream messages carrying ``batches`` of calls, in order, each with the functions its
+    calls use (``(callable, *leading arguments)`` pickled, which a node calls with each task's
+    arguments after them); at most SUBMIT_CHUNK calls a message."""
+    msgs: list[dict[str, Any]] = []
+    for calls, fns in batches:
+        for i in range(0, len(calls), SUBMIT_CHUNK):
+            part = calls[i : i + SUBMIT_CHUNK]
+            last = msgs[-1] if msgs else None
+            if last is not None and len(last["tasks"]) + len(part) <= SUBMIT_CHUNK:
+                last["tasks"].extend(part)
+                last["fns"].update(fns)
+            else:
+                msgs.append({"op": BUNDLE_SUBMIT_OP, "tasks": list(part), "fns": dict(fns)})
+    return msgs
 
 
 def new_fn_id() -> str:
@@ -151,7 +163,9 @@ class BundledClient(distributed.Client):
     """What ``balsam_dask.Client`` adds to ``distributed.Client`` for bundled tasks."""
 
     _bundled: BundledFutures | None = None
-    _app_fn_id: str | None = None
+    _app_fn: tuple[str, bytes] | None = None
+    _outgoing: list[tuple[list[BundledCall], dict[str, bytes]]] | None = None  # calls not yet sent
+    _outgoing_lock = threading.Lock()  # one for every client: held for an append
 
     @property
     def bundled_futures(self) -> BundledFutures:
@@ -165,22 +179,43 @@ class BundledClient(distributed.Client):
         fn_id = new_fn_id()
         calls = calls_for(spec, fn_id, lists, kwargs, key, prefix)
         futs = self.bundled_futures.expect(self, [c["key"] for c in calls])
-        for msg in submit_messages(calls, fn_id, cloudpickle.dumps((run_python, task_fn, handlers))):
-            self._send_to_scheduler(msg)
+        self._send_bundled(calls, {fn_id: cloudpickle.dumps((run_python, task_fn, handlers))})
         return futs
 
     def _submit_app_bundled(self, spec: TaskSpec, key: str, app: AppCall, handlers: Any) -> BundledFuture:
-        if self._app_fn_id is None:
-            self._app_fn_id = new_fn_id()
+        if self._app_fn is None:
+            self._app_fn = (new_fn_id(), cloudpickle.dumps((run_app,)))
+        fn_id, fn_bytes = self._app_fn
         (fut,) = self.bundled_futures.expect(self, [key])
-        (msg,) = submit_messages([app_call(spec, self._app_fn_id, key, app, handlers)], self._app_fn_id,
-                                 cloudpickle.dumps((run_app,)))  # fmt: skip
-        self._send_to_scheduler(msg)
+        self._send_bundled([app_call(spec, fn_id, key, app, handlers)], {fn_id: fn_bytes})
         return fut
 
-    def expect_bundled(self, keys: Sequence[str]) -> list[BundledFuture]:
-        """Futures for bundled tasks submitted for this client by other means (``serve``'s claims)."""
-        return self.bundled_futures.expect(self, keys)
+    def _send_bundled(self, calls: list[BundledCall], fns: dict[str, bytes]) -> None:
+        """Queue ``calls`` for the scheduler: what is queued until the event loop's next turn
+        leaves together, in order (``submit_app`` in a loop: one message, not one each)."""
+        if self.status not in ("running", "closing", "connecting", "newly-created"):
+            raise distributed.client.ClosedClientError(f"Client is {self.status}: bundled tasks cannot be sent")
+        with self._outgoing_lock:
+            first = self._outgoing is None
+            if first:
+                self._outgoing = []
+            assert self._outgoing is not None
+            self._outgoing.append((calls, fns))
+        if first:
+            loop = self.loop
+            assert loop is not None  # a running client has its loop
+            loop.add_callback(self._flush_bundled)
+
+    def _flush_bundled(self) -> None:
+        with self._outgoing_lock:
+            batches, self._outgoing = self._outgoing or [], None
+        for msg in submit_messages(batches):
+            self._send_to_scheduler_safe(msg)
+
+    def expect_bundled(self, keys: Sequence[str], values: bool = True) -> list[BundledFuture]:
+        """Futures for bundled tasks submitted for this client by other means (``serve``'s claims);
+        ``values=False``: their results are not read (they resolve to None, unpickled nowhere)."""
+        return self.bundled_futures.expect(self, keys, values)
 
     async def balsam_kill_keys(self, keys: list[Hashable], reason: str) -> list[str]:
         """Kill tasks by key (what a BundledFuture's ``cancel`` sends)."""

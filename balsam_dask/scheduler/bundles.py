@@ -185,8 +185,11 @@ class Bundler:
         status = r.get("status")
         if track.state not in FINAL_STATES:
             if status == "ok":
-                if r.get("done"):
-                    rec.on_done(track.key, r["done"])
+                done = r.get("done")
+                if done:
+                    if r.get("stored"):  # the value is the stored result (sent once)
+                        done["result"] = r["value"]
+                    rec.on_done(track.key, done)
                 stops = ({"action": "compute", "stop": r["ts"]},)
                 rec.on_transition(track, "processing", "memory", None, False, False, None,
                                   {"startstops": stops, "worker": worker})  # fmt: skip

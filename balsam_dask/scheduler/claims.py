@@ -8,7 +8,6 @@ plugin recognizes the key and tracks the existing row instead of creating one.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from typing import Any
@@ -44,8 +43,13 @@ def claim_jobs(store: Store, limit: int, lease: float, tags: dict[str, str] | No
     parent_ids = {p for t in claimed if t.input_files for p in t.parents}
     workdirs = {p.id: p.workdir for p in store.tasks(ids=sorted(parent_ids), limit=None)} if parent_ids else {}
     out = []
+    specs: dict[str, dict[str, Any]] = {}  # one spec, checked once, for the tasks that share it
     for t in claimed:
-        spec = TaskSpec.from_json(t.spec, name=t.name, tags=t.tags)
+        text = json.dumps([t.spec, t.name, t.tags], sort_keys=True)
+        spec_json = specs.get(text)
+        if spec_json is None:
+            spec = TaskSpec.from_json(t.spec, name=t.name, tags=t.tags)
+            spec_json = specs[text] = {**spec.to_json(), "name": spec.name, "tags": spec.tag_dict}
         app = app_defs.get((t.app, t.app_version or 0)) if t.app else None
         job = DbJob(
             task_id=t.id, name=task_key(t).rsplit("-", 1)[0], function=t.function, args=tuple(t.args or ()),
@@ -54,9 +58,8 @@ def claim_jobs(store: Store, limit: int, lease: float, tags: dict[str, str] | No
             stage_in=tuple(t.stage_in or ()), stage_out=tuple(t.stage_out or ()),
             hooks=dict(app.hooks) if app else {},
         )  # fmt: skip
-        out.append({"key": task_key(t), "task_id": t.id, "state": t.state, "attempt": t.attempt,
-                    "spec": {**spec.to_json(), "name": spec.name, "tags": spec.tag_dict},
-                    "job": dataclasses.asdict(job)})  # fmt: skip
+        out.append({"key": task_key(t), "task_id": t.id, "state": t.state, "attempt": t.attempt, "spec": spec_json,
+                    "job": job.to_dict()})  # fmt: skip
     return out
 
 
@@ -70,12 +73,16 @@ def bundleable(item: dict[str, Any]) -> bool:
 def bundled_calls(items: list[dict[str, Any]]) -> list[BundledCall]:
     """Claimed items as bundled calls (one pickled spec per distinct spec)."""
     wired: dict[str, bytes] = {}
+    by_id: dict[int, bytes] = {}  # claim_jobs gives the items of one spec the same dict
     out: list[BundledCall] = []
     for item in items:
-        text = json.dumps(item["spec"], sort_keys=True)
-        wire = wired.get(text)
+        wire = by_id.get(id(item["spec"]))
         if wire is None:
-            wire = wired[text] = wire_spec(spec_of(item))
+            text = json.dumps(item["spec"], sort_keys=True)
+            wire = wired.get(text)
+            if wire is None:
+                wire = wired[text] = wire_spec(spec_of(item))
+            by_id[id(item["spec"])] = wire
         out.append({"key": item["key"], "spec": wire, "priority": int(item["spec"].get("priority") or 0),
                     "job": item["job"]})  # fmt: skip
     return out

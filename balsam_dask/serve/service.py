@@ -160,7 +160,7 @@ class Service:
                                                apps=opts.apps, owner=client.id if opts.bundled else None)  # fmt: skip
                 bundled = [item for item in items if item.get("bundled")]
                 if bundled:  # the scheduler runs them already: follow them
-                    self._follow(client.expect_bundled([item["key"] for item in bundled]), bundled)
+                    self._follow(client, bundled)
                 if len(bundled) < len(items):  # MPI launches, or not bundled: one Dask task each
                     self._submit(client, [item for item in items if not item.get("bundled")])
                 got = len(items)
@@ -208,15 +208,18 @@ class Service:
 
         return done
 
-    def _follow(self, futures: list[Any], items: list[dict[str, Any]]) -> None:
-        """Follow claimed tasks the scheduler runs bundled (their futures, from their outcomes)."""
+    def _follow(self, client: Client, items: list[dict[str, Any]]) -> None:
+        """Follow claimed tasks the scheduler runs bundled (their futures, from their outcomes);
+        only a task with hooks or transfers has a value to read (what it sent back)."""
         done = self._done_callback()
-        for item, fut in zip(items, futures, strict=True):
-            job = item["job"]
-            self.in_flight[item["key"]] = fut
-            if job.get("hooks") or job.get("stage_in") or job.get("stage_out"):
-                self._outcomes.add(item["key"])
-            fut.add_done_callback(done)
+        keep = [item for item in items if _has_outcome(item["job"])]
+        self._outcomes.update(item["key"] for item in keep)
+        plain = [item for item in items if not _has_outcome(item["job"])]
+        for group, values in ((keep, True), (plain, False)):
+            futures = client.expect_bundled([item["key"] for item in group], values=values)
+            for item, fut in zip(group, futures, strict=True):
+                self.in_flight[item["key"]] = fut
+                fut.add_done_callback(done)
         self.report.submitted += len(items)
 
     def _submit(self, client: Client, items: list[dict[str, Any]]) -> None:
@@ -290,6 +293,11 @@ class Service:
         busy = sum(1 for n in nodes.values() if n.get("running") or n.get("free_cores", 0) < n.get("cores", 0))
         return {"states": counts, "in_flight": len(self.in_flight), "nodes": len(nodes), "busy_nodes": busy,
                 "report": self.report, "stopping": self._stopping}  # fmt: skip
+
+
+def _has_outcome(job: dict[str, Any]) -> bool:
+    """Whether a database task's result carries what the service records (transfers, new tasks)."""
+    return bool(job.get("hooks") or job.get("stage_in") or job.get("stage_out"))
 
 
 async def serve(store: Store, make_cluster: Callable[[], Awaitable[Any]], options: ServeOptions | None = None,

@@ -23,6 +23,7 @@ from typing import Any
 import cloudpickle
 
 from balsam_dask.errors import TaskKilled
+from balsam_dask.payload import dump_value
 from balsam_dask.protocol import (
     BUNDLE_OP,
     BUNDLE_REPORTS_OP,
@@ -43,8 +44,14 @@ log = logging.getLogger(__name__)
 #: Unpickled functions kept per node (a map's function is sent with each bundle, loaded once).
 FUNCTION_CACHE = 64
 #: While tasks wait in its queue, the node holds reports this long to send more per message
-#: (an idle node sends at once: the round trip of a lone task pays nothing).
-REPORT_DELAY = 0.002
+#: (an idle node sends at once: the round trip of a lone task pays nothing). Each message costs
+#: the node's event loop ~0.5 ms (sizing, encoding, the write, the GIL taken back from the
+#: running tasks' thread): held 2 ms, that was ~0.27 ms per 1.5 ms app; held 10 ms, ~0.1 ms.
+#: The prefetch queue holds ~50 ms of work (scheduler/bundles.py), so refills still come in time.
+REPORT_DELAY = 0.01
+#: Reports that leave at once, without waiting for REPORT_DELAY: tasks of a few microseconds
+#: would otherwise end faster than the refills of a queue of MAX_DEPTH come.
+REPORT_MAX = 256
 
 
 class BundleExecutor:
@@ -192,9 +199,11 @@ class BundleExecutor:
             report = {"op": "end", "key": key, "ts": time.time(), "status": "error", "error": _pickled_error(e),
                       "text": f"{type(e).__name__}: {e}"[-ERROR_TAIL:], "traceback": own_error_tail(e)}  # fmt: skip
         else:
-            data = None if "job" in task else done.get("result")  # a durable result: pickled once for both
+            data = None if "job" in task else done.pop("result", None)  # a durable result: pickled and sent once
             report = {"op": "end", "key": key, "ts": time.time(), "status": "ok",
-                      "value": data if data is not None else cloudpickle.dumps(value), "done": done}  # fmt: skip
+                      "value": data if data is not None else dump_value(value), "done": done}  # fmt: skip
+            if data is not None:
+                report["stored"] = True
         finally:
             set_site(None)
         with self._lock:
@@ -227,13 +236,15 @@ class BundleExecutor:
 
     # ------------------------------------------------------------------ reports
     def _report(self, msg: Any) -> None:
-        """Queue a report (any thread); they leave in one message per turn of the event loop."""
+        """Queue a report (any thread); they leave in one message per turn of the event loop,
+        REPORT_DELAY later while tasks wait here, or at once when REPORT_MAX are waiting."""
         with self._lock:
             self._reports.append(msg)
-            if self._flushing:
+            full = len(self._reports) == REPORT_MAX
+            if self._flushing and not full:
                 return
             self._flushing = True
-        if self.queue:
+        if self.queue and not full:
             self.worker.loop.add_callback(self.worker.loop.call_later, REPORT_DELAY, self._flush)
         else:
             self.worker.loop.add_callback(self._flush)

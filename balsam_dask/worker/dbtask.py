@@ -161,9 +161,11 @@ class _DbRun:
             self.prepared = True
             bring_inputs(job.inputs, self.workdir, job.input_mode)
             stage_in(job.stage_in, self.workdir, job.transfer_retries, self.transfers)
-            self.call_hook("pre", self.hook_context())
+            if "pre" in job.hooks:
+                self.call_hook("pre", self.hook_context())
         value = self.run(ctx, handle)
-        self.call_hook("post", self.hook_context(result=value))
+        if "post" in job.hooks:
+            self.call_hook("post", self.hook_context(result=value))
         stage_out(job.stage_out, self.workdir, job.transfer_retries, self.transfers)
         return value
 

@@ -32,6 +32,7 @@ from balsam_dask.apps import AppResult
 from balsam_dask.daskconfig import user_traceback
 from balsam_dask.errors import AppError, HookError, TaskKilled, TaskTimeout
 from balsam_dask.function import PickledFunction, unpack
+from balsam_dask.payload import dump_value
 from balsam_dask.private import private_dir, write_private
 from balsam_dask.protocol import (
     DISPATCH_ANNOTATION,
@@ -244,7 +245,7 @@ def _report_done(ctx: TaskContext, spec: TaskSpec, value: Any, started: float,
     msg.update(ctx.launch)
     if spec.durable:
         try:
-            data = cloudpickle.dumps(value)
+            data = dump_value(value)
         except Exception as e:
             msg["message"] = f"result not stored: it does not pickle ({type(e).__name__}: {e})"
         else:

@@ -9,13 +9,14 @@ import os
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from balsam_dask import validate
 from balsam_dask.errors import InvalidSpec
@@ -29,6 +30,13 @@ DEFAULT_GRACE = 0.5
 MAX_POLL = 0.05
 
 _HAS_WAITID = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
+_DEVNULL: int | None = None
+#: Programs found on PATH: (name, PATH) -> where (see resolve_executable), at most FOUND_MAX.
+_FOUND: dict[tuple[str, str], str] = {}
+FOUND_MAX = 256
+_DEVNULL_LOCK = threading.Lock()
+#: How output files are opened: created or truncated, readable for the tails, not inherited.
+_OUTPUT_FLAGS = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -82,40 +90,70 @@ def run_process(
         if not isinstance(value, str) or not value or os.sep in value or value in (".", ".."):
             raise InvalidSpec(f"{name}={value!r} is invalid: give a file name such as 'stdout.txt'")
     wd = Path(os.fspath(workdir))
-    full_env = _merged_env(env)
-    for name in unset:
-        full_env.pop(name, None)
-    resolve_executable(args[0], wd, full_env.get("PATH", os.defpath))
+    full_env = _merged_env(env, unset)
+    path_var = os.environ.get("PATH", os.defpath) if full_env is None else full_env.get("PATH", os.defpath)
+    found = resolve_executable(args[0], wd, path_var)
+    # a program found on PATH is started by its absolute path (the child does not search PATH
+    # again); a path with a slash stays relative to the workdir, as Popen's cwd= makes it
+    executable = found if "/" not in args[0] and os.path.isabs(found) else None
 
     private_dir(wd)  # created readable by its owner only; an existing one is left as it is
     stdout_path = wd / stdout_name
     stderr_path = wd / stderr_name
-    same_file = stdout_name == stderr_name
-    out = open(stdout_path, "wb")  # noqa: SIM115 - closed right after Popen
-    err: IO[bytes] | None = None if same_file else open(stderr_path, "wb")  # noqa: SIM115
-    started_at = time.time()
-    t0 = time.monotonic()
+    # kept open until the end: the tails are read from them (an empty file costs one fstat)
+    out = os.open(stdout_path, _OUTPUT_FLAGS, 0o666)
+    err = out
     try:
-        proc = subprocess.Popen(
-            args,
-            cwd=wd,
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT if err is None else err,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        # The program vanished or is not runnable (e.g. a script without "#!"); other
-        # errors (out of file descriptors, processes, memory) are not the spec's fault.
-        if isinstance(exc, (FileNotFoundError, PermissionError, NotADirectoryError)) or (exc.errno == errno.ENOEXEC):
-            raise InvalidSpec(f"cannot start {args[0]!r} in {wd}: {exc}") from None
-        raise
+        if stderr_name != stdout_name:
+            err = os.open(stderr_path, _OUTPUT_FLAGS, 0o666)
+        started_at = time.time()
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                args,
+                executable=executable,  # found once here; the child does not search PATH again
+                cwd=wd,
+                env=full_env,
+                stdin=_devnull(),
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            # The program vanished or is not runnable (e.g. a script without "#!"); other
+            # errors (out of file descriptors, processes, memory) are not the spec's fault.
+            if isinstance(exc, (FileNotFoundError, PermissionError, NotADirectoryError)) or (
+                exc.errno == errno.ENOEXEC
+            ):
+                raise InvalidSpec(f"cannot start {args[0]!r} in {wd}: {exc}") from None
+            raise
+        returncode, timed_out, killed = _supervise(proc, t0, timeout, kill_event, on_start, grace_s)
+        ended_at = time.time()
+        duration = time.monotonic() - t0
+        stdout_tail = _fd_tail(out)
+        stderr_tail = stdout_tail if err == out else _fd_tail(err)
     finally:
-        out.close()
-        if err is not None:
-            err.close()
+        os.close(out)
+        if err != out:
+            os.close(err)
+    return ProcessResult(
+        returncode=returncode,
+        started_at=started_at,
+        ended_at=ended_at,
+        duration=duration,
+        timed_out=timed_out,
+        killed=killed,
+        stdout_path=stdout_path,
+        stderr_path=stderr_path,
+        stdout_tail=stdout_tail,
+        stderr_tail=stderr_tail,
+        pid=proc.pid,
+    )
 
+
+def _supervise(proc: subprocess.Popen[bytes], t0: float, timeout: float | None, kill_event: threading.Event | None,
+               on_start: Callable[[int], None] | None, grace_s: float) -> tuple[int, bool, bool]:  # fmt: skip
+    """Watch the started ``proc`` to its end; returns ``(returncode, timed_out, killed)``."""
     timed_out = killed = False
     guard.watch(proc.pid, grace_s)  # stopped with its group if this process dies meanwhile
     try:
@@ -138,20 +176,7 @@ def run_process(
         raise
     finally:
         guard.unwatch(proc.pid)
-    ended_at = time.time()
-    return ProcessResult(
-        returncode=returncode,
-        started_at=started_at,
-        ended_at=ended_at,
-        duration=time.monotonic() - t0,
-        timed_out=timed_out,
-        killed=killed,
-        stdout_path=stdout_path,
-        stderr_path=stderr_path,
-        stdout_tail=read_tail(stdout_path),
-        stderr_tail=read_tail(stderr_path),
-        pid=proc.pid,
-    )
+    return returncode, timed_out, killed
 
 
 def kill_process_group(pgid: int, grace: float = DEFAULT_GRACE, *, root: int | None = None) -> bool:
@@ -171,11 +196,17 @@ def resolve_executable(program: str, workdir: Path, path: str | None) -> str:
     """Where ``program`` will be found when started in ``workdir`` with ``PATH=path``.
 
     A name with a slash is taken relative to ``workdir`` (as :class:`subprocess.Popen`
-    does with ``cwd``); a bare name is searched on ``path``.
+    does with ``cwd``); a bare name is searched on ``path``, once: what was found is used again
+    while it is still executable, as a shell's hash table does (a search walks the directories
+    of ``path``: 12 stat calls for ``true`` here, most of what resolving a name cost).
     """
     if "/" in program:
         candidate = Path(program) if os.path.isabs(program) else workdir / program
-        if candidate.is_file() and os.access(candidate, os.X_OK):
+        try:
+            is_file = stat.S_ISREG(os.stat(candidate).st_mode)
+        except OSError:
+            is_file = False
+        if is_file and os.access(candidate, os.X_OK):
             return str(candidate)
         if not candidate.exists():
             why = "does not exist"
@@ -188,7 +219,15 @@ def resolve_executable(program: str, workdir: Path, path: str | None) -> str:
             "existing program, absolute or relative to the task's workdir, e.g. './sim' or "
             "'/usr/bin/env'"
         )
+    key = (program, path or "")
+    found = _FOUND.get(key)
+    if found is not None and os.access(found, os.X_OK):
+        return found
     found = shutil.which(program, path=path)
+    if found is not None and os.path.isabs(found):
+        if len(_FOUND) >= FOUND_MAX:
+            _FOUND.clear()
+        _FOUND[key] = found
     if found is None:
         raise InvalidSpec(
             f"executable {program!r} not found on PATH={path!r}; give its absolute path or put "
@@ -200,10 +239,22 @@ def resolve_executable(program: str, workdir: Path, path: str | None) -> str:
 def read_tail(path: str | os.PathLike[str], max_bytes: int = TAIL_BYTES, max_lines: int = TAIL_LINES) -> str:
     """The last lines of a text file (at most ``max_bytes``/``max_lines``), "" if unreadable."""
     try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - max_bytes))
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        return _fd_tail(fd, max_bytes, max_lines)
+    finally:
+        os.close(fd)
+
+
+def _fd_tail(fd: int, max_bytes: int = TAIL_BYTES, max_lines: int = TAIL_LINES) -> str:
+    """:func:`read_tail` of an open file."""
+    try:
+        size = os.fstat(fd).st_size
+        if not size:
+            return ""
+        data = os.pread(fd, min(size, max_bytes), max(0, size - max_bytes))
     except OSError:
         return ""
     lines = data.decode("utf-8", errors="replace").splitlines()
@@ -229,19 +280,25 @@ def _check_argv(argv: Any) -> list[str]:
     return args
 
 
-def _merged_env(env: Mapping[str, str] | None) -> dict[str, str]:
-    merged = dict(os.environ)
-    if env is None:
-        return merged
-    if not isinstance(env, Mapping):
+def _merged_env(env: Mapping[str, str] | None, unset: Sequence[str] = ()) -> dict[str, str] | None:
+    """``env`` over ``os.environ`` without ``unset``; None when that is ``os.environ`` itself (a
+    task's thread-pool variables usually hold the worker's values): the child then inherits
+    it, with no copy and no encoding of every variable per launch."""
+    if env is not None and not isinstance(env, Mapping):
         raise InvalidSpec(f"env={env!r} is invalid: give a dict, e.g. env={{'OMP_NUM_THREADS': '2'}}")
-    for key, value in env.items():
+    for key, value in (env or {}).items():
         if not isinstance(key, str) or not key or "=" in key or not isinstance(value, str):
             raise InvalidSpec(
                 f"env entry {key!r}={value!r} is invalid: names and values must be strings, "
                 "e.g. env={'OMP_NUM_THREADS': '2'}"
             )
-        merged[key] = value
+    environ = os.environ
+    if all(environ.get(k) == v for k, v in (env or {}).items()) and not any(n in environ for n in unset):
+        return None
+    merged = dict(environ)
+    merged.update(env or {})
+    for name in unset:
+        merged.pop(name, None)
     return merged
 
 
@@ -303,6 +360,16 @@ def _wait(
             time.sleep(step)
         delay *= 2
     return False, False
+
+
+def _devnull() -> int:
+    """A descriptor of /dev/null for the children's stdin, opened once per process."""
+    global _DEVNULL
+    if _DEVNULL is None:
+        with _DEVNULL_LOCK:
+            if _DEVNULL is None:
+                _DEVNULL = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return _DEVNULL
 
 
 def _pidfd(pid: int) -> int | None:

@@ -17,12 +17,16 @@ from balsam_dask.protocol import CORES_RESOURCE, ENV_VAR, EXTRA_KEY, STREAM_INTE
 from balsam_dask.worker import guard
 from balsam_dask.worker.bundles import BundleExecutor
 from balsam_dask.worker.runtime import BalsamWorkerPlugin, install
+from balsam_dask.worker.threads import pin_missing
 
 
 async def setup_node(worker: Any) -> None:
     """Make ``worker`` a node-worker: its guard, runtime, resources and registration info."""
     # a worker process a Nanny started gets a process group of its own, for what its threads start
-    guard.start(own_group=multiprocessing.parent_process() is not None)
+    nanny = multiprocessing.parent_process() is not None
+    guard.start(own_group=nanny)
+    if nanny:  # its one-thread pools, every pool variable alike
+        pin_missing(os.environ)
     text = os.environ.get(ENV_VAR)
     if text:
         config = NodeConfig.from_env(text)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 #: Variables that size a process's thread pools, set to a task's threads per rank.
@@ -24,6 +24,18 @@ POOL_VARIABLES = (
     "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS",
 )  # fmt: skip
+
+
+def pin_missing(environ: MutableMapping[str, str]) -> None:
+    """Give the pool variables ``environ`` lacks the value its set ones agree on. Dask's nanny
+    sets OMP_NUM_THREADS, MKL_NUM_THREADS and OPENBLAS_NUM_THREADS to 1, not the others (BLIS
+    and numexpr follow OMP_NUM_THREADS anyway): pinned alike, a one-thread task's environment is
+    the worker's own, and its processes start without a copy of it (worker/process.py)."""
+    values = {environ[name] for name in POOL_VARIABLES if name in environ}
+    if len(values) == 1:
+        (value,) = values
+        for name in POOL_VARIABLES:
+            environ.setdefault(name, value)
 
 
 class PoolLimits:

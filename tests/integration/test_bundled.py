@@ -10,12 +10,15 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
+import cloudpickle
 import pytest
 
 from balsam_dask import Client, Store, TaskTimeout
 from balsam_dask.client.bundled import BundledFuture
 from balsam_dask.errors import AppError, InvalidSpec
+from balsam_dask.protocol import BUNDLE_SUBMIT_OP
 from tests.clusters import ensemble
 from tests.integration.test_faults import flaky
 
@@ -220,10 +223,39 @@ def test_bundled_apps_keep_their_work_directories_and_output(tmp_path: Path) -> 
         with Store(cluster.store_url) as s:
             (t,) = s.tasks(name="echo1")
             assert t.state == "FINISHED" and t.return_code == 0 and Path(t.workdir) == results[1].workdir
+            assert cloudpickle.loads(s.result_bytes(t.id) or b"") == results[1]  # the value, stored
             hist = s.history(t.id)
             assert "command: sh -c" in (hist[-2].message or "")  # RUN_DONE names the command
             (b,) = s.tasks(name="bad")
             assert b.state == "FAILED" and b.return_code == 3
+
+
+def count_submits(dask_scheduler: Any) -> None:
+    """Have the scheduler note the size of each bundled submission it receives."""
+    plugin = dask_scheduler.plugins["balsam-dask"]
+    handler = dask_scheduler.stream_handlers[BUNDLE_SUBMIT_OP]
+    plugin.seen_submits = []
+
+    def counting(tasks: list[Any], **kwargs: Any) -> None:
+        plugin.seen_submits.append([t["key"] for t in tasks])
+        handler(tasks=tasks, **kwargs)
+
+    dask_scheduler.stream_handlers[BUNDLE_SUBMIT_OP] = counting
+
+
+def test_submissions_of_one_loop_turn_leave_in_one_message(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    with ensemble(url, tmp_path, nodes=1, cores_per_node=2) as (_cluster, client):
+        client.run_on_scheduler(count_submits)
+        client.balsam_info(refresh=True)  # fresh: no round trip to the scheduler while its loop sleeps
+        client.loop.add_callback(time.sleep, 1.0)  # the loop is busy while the submissions queue
+        apps = [client.submit_app(["true"], bundled=True, key=f"app-{i}") for i in range(20)]
+        mapped = client.map(inc, range(3), bundled=True, key=[f"inc-{i}" for i in range(3)])
+        more = client.submit_app(["true"], bundled=True, key="app-last")
+        assert [r.returncode for r in client.gather([*apps, more])] == [0] * 21
+        assert client.gather(mapped) == [1, 2, 3]
+        seen = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.plugins["balsam-dask"].seen_submits)
+        assert seen == [[f"app-{i}" for i in range(20)] + [f"inc-{i}" for i in range(3)] + ["app-last"]]
 
 
 def test_a_long_task_holds_no_queued_task_hostage(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ MPI, input files, staging, hooks."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +152,12 @@ def test_broken_hooks_fail_the_task_naming_the_hook(ens: Ens) -> None:
         run(client, job, TaskSpec())
     with pytest.raises(HookError, match=r"the post hook .*:nope raised FunctionLoadError: hooks.post .* cannot be"):
         run(client, DbJob(1072, "no-post", hooks={"post": f"{H}:nope"}), app("true"))
+
+
+def test_a_job_travels_as_its_fields() -> None:
+    job = DbJob(task_id=7, name="sim", params={"n": 2}, inputs=((3, "/w/p-3", "*.out"),),
+                stage_in=({"src": "a", "dest": "b"},), hooks={"post": "m:f"})  # fmt: skip
+    d = job.to_dict()
+    assert set(d) == {f.name for f in dataclasses.fields(DbJob)}
+    assert DbJob.from_dict(d) == job
+    assert DbJob.from_dict({**d, "inputs": [list(i) for i in d["inputs"]], "stage_in": list(d["stage_in"])}) == job

@@ -121,6 +121,30 @@ def test_env_is_merged_over_os_environ(tmp_path: Path, monkeypatch: pytest.Monke
     assert res.stdout_tail == "bar baz|from-parent|3"
 
 
+def test_env_equal_to_the_workers_and_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Overrides that equal os.environ's values (the child inherits it as it is), and names to unset."""
+    monkeypatch.setenv("BALSAM_TEST_SAME", "same")
+    monkeypatch.setenv("BALSAM_TEST_GONE", "here")
+    script = 'echo "$BALSAM_TEST_SAME|${BALSAM_TEST_GONE-unset}"'
+    res = run_process(["sh", "-c", script], workdir=tmp_path / "a", env={"BALSAM_TEST_SAME": "same"})
+    assert res.stdout_tail == "same|here"
+    res = run_process(["sh", "-c", script], workdir=tmp_path / "b", env={"BALSAM_TEST_SAME": "same"},
+                      unset=["BALSAM_TEST_GONE", "BALSAM_TEST_NEVER_SET"])  # fmt: skip
+    assert res.stdout_tail == "same|unset"
+    res = run_process(["sh", "-c", script], workdir=tmp_path / "c", unset=["BALSAM_TEST_NEVER_SET"])
+    assert res.stdout_tail == "same|here"
+
+
+def test_tails_are_of_what_the_process_wrote(tmp_path: Path) -> None:
+    """The tails come from the files as the process left them, even if it renamed them away."""
+    res = run_process(["sh", "-c", "echo kept; echo gone >&2; mv stderr.txt moved.txt"], workdir=tmp_path)
+    assert (res.stdout_tail, res.stderr_tail) == ("kept", "gone")
+    assert not res.stderr_path.exists() and (tmp_path / "moved.txt").read_text() == "gone\n"
+    again = run_process(["true"], workdir=tmp_path)  # the files are truncated for the next run
+    assert (again.stdout_tail, again.stderr_tail) == ("", "")
+    assert res.stdout_path.read_text() == ""
+
+
 def test_timeout_kills_the_whole_group(tmp_path: Path, pids: list[int]) -> None:
     started: list[int] = []
     t0 = time.monotonic()
@@ -273,6 +297,22 @@ def test_executable_lookup_uses_given_path_and_workdir(tmp_path: Path) -> None:
     plain.write_text("not a program")
     with pytest.raises(InvalidSpec, match=r"is not executable \(chmod \+x"):
         run_process([str(plain)], workdir=tmp_path)
+
+
+def test_a_program_found_on_path_is_looked_up_again_once_it_is_gone(tmp_path: Path) -> None:
+    dirs = [tmp_path / "bin1", tmp_path / "bin2"]
+    for i, d in enumerate(dirs, 1):
+        d.mkdir()
+        (d / "tool").write_text(f"#!/bin/sh\necho tool {i}\n")
+        (d / "tool").chmod(0o755)
+    env = {"PATH": f"{dirs[0]}:{dirs[1]}:{os.defpath}"}
+    assert run_process(["tool"], workdir=tmp_path / "w", env=env).stdout_tail == "tool 1"
+    assert run_process(["tool"], workdir=tmp_path / "w", env=env).stdout_tail == "tool 1"  # as found before
+    (dirs[0] / "tool").chmod(0o644)  # no longer a program: searched again
+    assert run_process(["tool"], workdir=tmp_path / "w", env=env).stdout_tail == "tool 2"
+    (dirs[1] / "tool").unlink()
+    with pytest.raises(InvalidSpec, match=r"executable 'tool' not found on PATH="):
+        run_process(["tool"], workdir=tmp_path / "w", env=env)
 
 
 @pytest.mark.parametrize(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy  # noqa: F401 - loads the BLAS pool in the worker when this module is imported there
 import pytest
 import sklearn.ensemble  # noqa: F401 - loads an OpenMP runtime as well
 from threadpoolctl import threadpool_info
 
 from balsam_dask import Client, LocalEnsembleCluster, current_task
+from balsam_dask.worker.threads import POOL_VARIABLES, pin_missing
 
 
 def pool_sizes() -> dict[str, int]:
@@ -29,6 +32,29 @@ def test_an_app_gets_its_cores_as_pool_sizes(ens: tuple[LocalEnsembleCluster, Cl
     _, client = ens
     script = "echo $OMP_NUM_THREADS $OPENBLAS_NUM_THREADS $MKL_NUM_THREADS"
     assert client.submit_app(["sh", "-c", script], cores=3).result(timeout=60).stdout_tail == "3 3 3"
+
+
+def test_pool_variables_the_nanny_left_out_are_pinned_alike() -> None:
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PATH": "/bin"}
+    pin_missing(env)
+    assert {name: env[name] for name in POOL_VARIABLES} == dict.fromkeys(POOL_VARIABLES, "1") and env["PATH"] == "/bin"
+    mixed = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "4"}
+    pin_missing(mixed)  # no value they agree on: left as they are
+    assert mixed == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "4"}
+    none: dict[str, str] = {}
+    pin_missing(none)
+    assert none == {}
+
+
+def worker_pools() -> dict[str, str | None]:
+    return {name: os.environ.get(name) for name in POOL_VARIABLES}
+
+
+def test_a_node_worker_pins_every_pool_variable(ens: tuple[LocalEnsembleCluster, Client]) -> None:
+    _, client = ens
+    assert all(w == dict.fromkeys(POOL_VARIABLES, "1") for w in client.run(worker_pools).values())
+    script = "echo $BLIS_NUM_THREADS $NUMEXPR_NUM_THREADS $VECLIB_MAXIMUM_THREADS"
+    assert client.submit_app(["sh", "-c", script]).result(timeout=60).stdout_tail == "1 1 1"
 
 
 def whoami() -> tuple[str, int | None, int, int]:
