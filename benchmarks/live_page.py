@@ -7,7 +7,9 @@ runs ``--tasks`` no-op tasks placed by the plugin (``cores=1``) per run, waited 
 store flushed (untimed). Runs rotate (each repetition starts one side later) between
 "closed" (no browser shows the page), "open" (a headless Chromium shows ``/balsam``: started,
 its first render awaited and ``--settle`` seconds let pass before the run; stopped after it;
-its Bokeh session gone before the next run) and "open-niced" (the same browser at nice 19).
+its Bokeh session gone before the next run), "open-niced" (the same browser at nice 19) and
+"blank" (the same browser showing about:blank: what a browser on the same cores costs without the
+page; open / blank is the page's own cost).
 The open runs pay for the page's whole cost: the plugin's snapshot and the Bokeh document's
 update on the scheduler's event loop every second, the messages to the browser, and the
 browser itself on the same cores; niced, the browser takes only CPU the cluster leaves idle,
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--nodes", type=count(1), default=2)
     p.add_argument("--settle", type=float, default=3.0, help="seconds between the page's first render and the run")
     args = p.parse_args(argv)
-    sides = ("closed", "open", "open-niced")
+    sides = ("closed", "open", "open-niced", "blank")
     rates: dict[str, list[float]] = {side: [] for side in sides}
     cpus: dict[str, list[float]] = {side: [] for side in sides}
     pages: list[float] = []
@@ -128,10 +130,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             url = f"http://127.0.0.1:{cluster.scheduler.http_server.port}{PAGE}"
             one_run(client, min(args.tasks, 200))  # warm-up (imports, first placements), untimed
             for rep in range(args.repeat):
-                for side in sides[rep % 3 :] + sides[: rep % 3]:
+                for side in sides[rep % len(sides) :] + sides[: rep % len(sides)]:
                     wait_closed(client)
                     if side == "closed":
                         rate, cpu, _ = one_run(client, args.tasks)
+                    elif side == "blank":  # the same browser on the same cores, showing no page
+                        with Chromium("about:blank") as browser:
+                            browser.text_when(lambda t: True, timeout=120)
+                            time.sleep(args.settle)
+                            rate, cpu, _ = one_run(client, args.tasks)
                     else:
                         with Chromium(url, nice=19 if side == "open-niced" else 0) as browser:
                             text = browser.text_when(lambda t: "nodes" in t and "busy" in t, timeout=120)
@@ -162,6 +169,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         figures[f"loop_cpu_{key}_over_closed"] = round(cpu_ratio, 3)
         print(f"  {side} / closed: {med[side] / med['closed']:.3f} (paired: {paired:.3f}; target >= 0.95); "
               f"loop CPU per task {cpu_ratio:.3f}x")  # fmt: skip
+    paired = statistics.median(o / b for o, b in zip(rates["open"], rates["blank"], strict=True))
+    figures["paired_open_over_blank"] = round(paired, 3)
+    print(f"  open / blank (the page's own cost, the browser present in both): paired {paired:.3f}")
     print(f"  the open page's updates on the scheduler's event loop, sending included: "
           f"{statistics.median(pages):.2f} ms CPU per second of run")  # fmt: skip
     print(f"  one snapshot: {micro['snapshot_us']:.0f} us; one page update: {micro['page_update_us']:.0f} us")
