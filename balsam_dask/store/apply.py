@@ -72,18 +72,7 @@ TASK_COLS = (
 _STATE_COL, _ATTEMPT_COL, _UPDATED_COL, _STATE_AT_COL = (
     TASK_COLS.index(c) for c in ("state", "attempt", "updated_at", "state_at")
 )
-EVENT_COLS = (
-    "id",
-    "task_id",
-    "attempt",
-    "from_state",
-    "to_state",
-    "ts",
-    "since",
-    "worker",
-    "hosts",
-    "message",
-)
+EVENT_COLS = ("id", "task_id", "attempt", "from_state", "to_state", "ts", "since", "worker", "hosts", "message")
 _JSON_COLS = frozenset({"spec", "tags", "parents"})
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
