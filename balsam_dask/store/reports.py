@@ -182,8 +182,9 @@ def _read(engine: Engine, d: Dialect, statement: tuple[str, dict[str, Any]], bou
 
 def report_data(engine: Engine, query: ReportQuery, where: str = "") -> ReportData:
     """Everything a report needs, aggregated in the database: the tasks first (they give the
-    window), then the runs on a second connection while this one reads the delays, the ends
-    and errors, and the allocations (each statement sees the store as it is when it starts)."""
+    window), then the runs and the ends on a second connection while this one reads the nodes'
+    busy stretches, the allocations and the delays (each statement sees the store as it is when
+    it starts)."""
     d = Dialect(engine.dialect.name)
     with read_tx(engine) as conn:
         _setup(conn, d)
