@@ -276,8 +276,12 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
         cur = state[tid]
         if to not in legal.get(cur, _NOTHING):
             raise illegal(cur, to, tid)
+        since = entered[tid]
+        if since is not None and ts < since:  # another clock (a worker's) ran behind: keep history causal
+            ts = since
+            op = op._replace(ts=ts)
         # from_state: the store's state is the truth, whatever the writer believed
-        add_row((eid, tid, att, cur, to, ts, entered[tid], worker, hosts, message))
+        add_row((eid, tid, att, cur, to, ts, since, worker, hosts, message))
         state[tid] = to
         entered[tid] = ts
         last[tid] = op

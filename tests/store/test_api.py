@@ -91,6 +91,26 @@ def test_history_and_states(store: Store) -> None:
         store.task(999)
 
 
+def test_an_event_stamped_by_a_clock_that_ran_behind_stays_after_its_task_entered_the_state(store: Store) -> None:
+    """A worker's clock may read earlier than the scheduler's: its RUN_DONE keeps the order
+    of the task's history (ordered by time) and never makes a negative run."""
+    a, b = store.create_tasks([TaskSpec(name="a"), TaskSpec(name="b")])
+    t0 = time.time()
+
+    def ev(tid: int, src: str, dst: str, ts: float) -> Transition:
+        return Transition(store.new_id(), tid, src, dst, ts)
+
+    store.apply([ev(a, "CREATED", "READY", t0), ev(a, "READY", "RUNNING", t0 + 1)])
+    store.apply([ev(a, "RUNNING", "RUN_DONE", t0 - 5)])  # in a later batch: behind the stored state time
+    one_batch = [ev(b, "CREATED", "READY", t0), ev(b, "READY", "RUNNING", t0 + 1), ev(b, "RUNNING", "RUN_DONE", t0 - 5)]
+    store.apply(one_batch)
+    for tid in (a, b):
+        hist = store.history(tid)
+        assert [e.to_state for e in hist] == ["READY", "RUNNING", "RUN_DONE"]
+        assert hist[2].ts == hist[2].since == t0 + 1
+        assert store.task(tid).state == "RUN_DONE"
+
+
 def test_batch_is_all_or_nothing(store: Store) -> None:
     a, b = store.create_tasks([TaskSpec(name="a"), TaskSpec(name="b")])
     ops = [
