@@ -17,7 +17,8 @@ as a browser on the user's own machine would (the page's cost to the scheduler, 
 
 Also the CPU time the open page's updates took on the scheduler's event loop during the open
 runs (``BalsamPage.cpu``: snapshot, model changes, serialization, websocket write), per second;
-and, on the scheduler at the end: the time of one snapshot (``Live.snapshot``) and of one page
+the CPU the browser's processes used per second of run (open, niced, blank); and, on the
+scheduler at the end: the time of one snapshot (``Live.snapshot``) and of one page
 update (``BalsamPage.update``, without a browser: the Python side), medians of 200.
 
 Reported: each side's median tasks/s, the ratios of the medians (open / closed) and the
@@ -83,20 +84,22 @@ def page_cpu(dask_scheduler: Any) -> float:
     return sum(page.cpu for page in dask_scheduler.plugins["balsam-dask"].live.pages)
 
 
-def one_run(client: Client, n: int) -> tuple[float, float, float]:
+def one_run(client: Client, n: int, browser: Chromium | None = None) -> tuple[float, float, float, float]:
     """Tasks per second of ``n`` placed no-op tasks, and the scheduler's event loop's CPU
-    milliseconds per task meanwhile, and the open pages' CPU milliseconds per second of the run
-    (CPU times: unlike wall time, not stretched by other processes taking the cores)."""
+    milliseconds per task meanwhile, the open pages' CPU milliseconds per second of the run and
+    the browser's (CPU times: unlike wall time, not stretched by other processes taking the cores)."""
     c0, p0 = client.run_on_scheduler(loop_cpu), client.run_on_scheduler(page_cpu)
+    b0 = browser.cpu() if browser is not None else 0.0
     t0 = time.perf_counter()
     futures = client.map(noop, range(n), pure=False, cores=1)
     wait(futures)
     elapsed = time.perf_counter() - t0
     cpu = (client.run_on_scheduler(loop_cpu) - c0) * 1000 / n
     page = (client.run_on_scheduler(page_cpu) - p0) * 1000 / elapsed
+    shown = (browser.cpu() - b0) * 1000 / elapsed if browser is not None else 0.0
     del futures
     client.run_on_scheduler(flush_store)
-    return n / elapsed, cpu, page
+    return n / elapsed, cpu, page, shown
 
 
 def wait_closed(client: Client, timeout: float = 120.0) -> None:
@@ -120,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rates: dict[str, list[float]] = {side: [] for side in sides}
     cpus: dict[str, list[float]] = {side: [] for side in sides}
     pages: list[float] = []
+    browsers: dict[str, list[float]] = {side: [] for side in sides[1:]}
     with tempfile.TemporaryDirectory(prefix="live-page-") as work:
         os.chdir(work)
         with (
@@ -133,20 +137,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for side in sides[rep % len(sides) :] + sides[: rep % len(sides)]:
                     wait_closed(client)
                     if side == "closed":
-                        rate, cpu, _ = one_run(client, args.tasks)
+                        rate, cpu, _, _ = one_run(client, args.tasks)
                     elif side == "blank":  # the same browser on the same cores, showing no page
                         with Chromium("about:blank") as browser:
                             browser.text_when(lambda t: True, timeout=120)
                             time.sleep(args.settle)
-                            rate, cpu, _ = one_run(client, args.tasks)
+                            rate, cpu, _, shown = one_run(client, args.tasks, browser)
+                            browsers[side].append(shown)
                     else:
                         with Chromium(url, nice=19 if side == "open-niced" else 0) as browser:
                             text = browser.text_when(lambda t: "nodes" in t and "busy" in t, timeout=120)
                             if "busy" not in text:
                                 raise RuntimeError(f"the page did not render: {text[:300]!r}")
                             time.sleep(args.settle)  # the page loaded: its steady cost is measured
-                            rate, cpu, page = one_run(client, args.tasks)
+                            rate, cpu, page, shown = one_run(client, args.tasks, browser)
                             pages.append(page)
+                            browsers[side].append(shown)
                     rates[side].append(rate)
                     cpus[side].append(cpu)
                     print(f"repetition {rep + 1} {side:10s}: {rate:8.1f} tasks/s, scheduler loop {cpu:.3f} ms CPU/task",
@@ -174,6 +180,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"  open / blank (the page's own cost, the browser present in both): paired {paired:.3f}")
     print(f"  the open page's updates on the scheduler's event loop, sending included: "
           f"{statistics.median(pages):.2f} ms CPU per second of run")  # fmt: skip
+    for side, used in browsers.items():
+        figures[f"browser_{side.replace('-', '_')}_cpu_ms_per_s"] = round(statistics.median(used), 1)
+        print(f"  the browser ({side}): {statistics.median(used):.1f} ms CPU per second of run")
     print(f"  one snapshot: {micro['snapshot_us']:.0f} us; one page update: {micro['page_update_us']:.0f} us")
     figures.update(page_cpu_ms_per_s=round(statistics.median(pages), 3), snapshot_us=round(micro["snapshot_us"], 1),
                    page_update_us=round(micro["page_update_us"], 1))  # fmt: skip

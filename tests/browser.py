@@ -122,6 +122,19 @@ class Chromium:
 
         Path(path).write_bytes(self.run(steps))
 
+    def cpu(self) -> float:
+        """CPU seconds the browser's processes (its process group: renderers included) have used."""
+        total = 0
+        for pid in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # not a process, or gone
+            if int(fields[2]) == self.proc.pid:  # state, ppid, pgrp, ...: utime and stime are 12th, 13th
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
     def close(self) -> None:
         """Stop the browser: its process group (the renderers are its children), by its pid."""
         if self.proc.poll() is None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from bokeh.document import Document
 from bokeh.layouts import column, row
-from bokeh.models import ColumnDataSource, FactorRange
+from bokeh.models import ColumnDataSource, CustomJS, FactorRange
 from bokeh.models.widgets.markups import Div
 from bokeh.models.widgets.tables import DataTable, TableColumn
 from bokeh.plotting import figure
@@ -41,14 +41,21 @@ def left_text(seconds: float | None) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def summary_html(snap: Snapshot) -> str:
+def summary_data(snap: Snapshot) -> dict[str, list[Any]]:
+    """The header's one row: what the nodes hold and the tasks by state."""
     busy, cores = snap.cores
     gbusy, gpus = snap.gpus
-    counts = " &middot; ".join(f"{s} {n}" for s, n in zip(snap.states, snap.counts, strict=True) if n)
-    when = time.strftime("%H:%M:%S", time.localtime(snap.time))
-    gpu_text = f", GPUs {gbusy}/{gpus} busy" if gpus else ""
-    return (f"<h2>Balsam</h2><p><b>{len(snap.nodes)} nodes</b>: cores {busy}/{cores} busy{gpu_text}; "
-            f"{len(snap.allocations)} allocations; updated {when}</p><p>tasks: {counts or 'none yet'}</p>")  # fmt: skip
+    counts = " \u00b7 ".join(f"{s} {n}" for s, n in zip(snap.states, snap.counts, strict=True) if n)
+    return {"nodes": [len(snap.nodes)], "cores": [f"{busy}/{cores}"], "gpus": [f"{gbusy}/{gpus}" if gpus else "-"],
+            "allocations": [len(snap.allocations)], "tasks": [counts or "none yet"],
+            "updated": [time.strftime("%H:%M:%S", time.localtime(snap.time))]}  # fmt: skip
+
+
+def legend_html(items: Any) -> str:
+    """A legend of (label, color) as HTML: drawn once, not on every repaint of its plot."""
+    return "".join(f"<span style='display: inline-block; margin-right: 12px'><span style='display: inline-block; "
+                   f"width: 12px; height: 12px; background: {color}; vertical-align: middle'></span> "
+                   f"{html.escape(label)}</span>" for label, color in items)  # fmt: skip
 
 
 def failures_html(snap: Snapshot) -> str:
@@ -112,11 +119,14 @@ def history_data(snap: Snapshot) -> dict[str, Any]:
     return data
 
 
-def _table(columns: dict[str, str], height: int) -> tuple[ColumnDataSource, DataTable]:
+def _table(columns: dict[str, str], height: int, widths: dict[str, int] | None = None
+           ) -> tuple[ColumnDataSource, DataTable]:  # fmt: skip
     source = ColumnDataSource({c: [] for c in columns})
-    cols = [TableColumn(field=f, title=t) for f, t in columns.items()]
-    return source, DataTable(source=source, columns=cols, index_position=None, height=height,
-                             sizing_mode="stretch_width")  # fmt: skip
+    cols = [TableColumn(field=f, title=t, width=(widths or {}).get(f, 100)) for f, t in columns.items()]
+    table = DataTable(source=source, columns=cols, index_position=None, height=height, sizing_mode="stretch_width")
+    # Bokeh's table redraws its rows when their number changes, not when only their values do
+    source.js_on_change("data", CustomJS(args={"view": table.view}, code="view.change.emit()"))
+    return source, table
 
 
 class BalsamPage:
@@ -127,16 +137,19 @@ class BalsamPage:
         live.pages.add(self)
         self.cpu = 0.0  # CPU seconds its updates took on the event loop, sending included
         self.since = 0.0
-        self.header = Div(text="", sizing_mode="stretch_width")
+        # Text that changes lives in tables: a changed Div lays the whole page out again, and
+        # legends are HTML, not drawn on the canvas at each repaint (the browser's CPU: docs/).
+        self.header = Div(text="<h2>Balsam</h2>", sizing_mode="stretch_width")
+        self.summary_source, self.summary = _table({"nodes": "nodes", "cores": "cores busy", "gpus": "GPUs busy",
+                                                    "allocations": "allocations", "tasks": "tasks by state",
+                                                    "updated": "updated"}, 2 * ROW + 4, {"tasks": 600})  # fmt: skip
         self.nodes_source = ColumnDataSource({"node": [], **{k: [] for k in (*USE_KINDS, "free")}})
         self.node_range = FactorRange()
         self.bars = figure(y_range=self.node_range, height=160, sizing_mode="stretch_width", toolbar_location=None,
                            title="cores in use by kind", x_axis_label="cores")  # fmt: skip
         stack = [*USE_KINDS, "free"]
-        self.bars.hbar_stack(stack, y="node", height=0.8, source=self.nodes_source, color=[COLORS[k] for k in stack],
-                             legend_label=stack)  # fmt: skip
-        self.bars.legend.orientation = "horizontal"
-        self.bars.add_layout(self.bars.legend[0], "above")
+        self.bars.hbar_stack(stack, y="node", height=0.8, source=self.nodes_source, color=[COLORS[k] for k in stack])
+        bars_legend = Div(text=legend_html((k, COLORS[k]) for k in stack))
         cols = {"node": "node", "alloc": "allocation", "cores": "cores busy", **{k: k for k in USE_KINDS},
                 "gpus": "GPUs busy", "running": "tasks", "queued": "queued",
                 "kept": "gang / reserved / held"}  # fmt: skip
@@ -150,17 +163,17 @@ class BalsamPage:
         self.lines = figure(x_axis_type="datetime", height=220, sizing_mode="stretch_width", toolbar_location=None,
                             title="tasks by state")  # fmt: skip
         for s, color in zip(DRAWN, STATE_COLORS, strict=True):
-            self.lines.line("t", s, source=self.history_source, color=color, legend_label=s, line_width=2)
-        self.lines.add_layout(self.lines.legend[0], "right")
+            self.lines.line("t", s, source=self.history_source, color=color, line_width=2)
+        lines_legend = Div(text=legend_html(zip(DRAWN, STATE_COLORS, strict=True)))
         self.fail_source, self.fail_table = _table({"time": "time", "task": "task", "name": "name", "kind": "kind",
                                                     "state": "state", "error": "error (last line)"}, 160)  # fmt: skip
         self.tails = Div(text="", sizing_mode="stretch_width")
         self.root = column(
-            self.header, self.bars, self.nodes_table,
+            self.header, self.summary, bars_legend, self.bars, self.nodes_table,
             row(column(Div(text="<h3>Allocations</h3>"), self.alloc_table, sizing_mode="stretch_width"),
                 column(Div(text="<h3>Gangs, reservations, holds</h3>"), self.keeps_table, sizing_mode="stretch_width"),
                 sizing_mode="stretch_width"),
-            self.lines, self.fail_table, self.tails, sizing_mode="stretch_width",
+            self.lines, lines_legend, self.fail_table, self.tails, sizing_mode="stretch_width",
         )  # fmt: skip
         self._shown: dict[str, Any] = {}
 
@@ -185,7 +198,7 @@ class BalsamPage:
         if snap.history:
             self.since = snap.history[-1][0]
             self.history_source.stream(history_data(snap), rollover=SAMPLES)
-        self._set("header", self.header, "text", summary_html(snap))
+        self._set("summary", self.summary_source, "data", summary_data(snap))
         self._set("tails", self.tails, "text", failures_html(snap))
         nodes = nodes_data(snap)
         if self._shown.get("names") != nodes["node"]:
