@@ -7,17 +7,19 @@ runs ``--tasks`` no-op tasks placed by the plugin (``cores=1``) per run, waited 
 store flushed (untimed). Runs rotate (each repetition starts one side later) between
 "closed" (no browser shows the page), "open" (a headless Chromium shows ``/balsam``: started,
 its first render awaited and ``--settle`` seconds let pass before the run; stopped after it;
-its Bokeh session gone before the next run), "open-niced" (the same browser at nice 19) and
+its Bokeh session gone before the next run), "open-paused" (the same, the browser stopped by
+SIGSTOP once the page settled and continued after the run, as a laptop gone to sleep: the page's
+session and its updates go on, unread, and the browser takes no CPU) and
 "blank" (the same browser showing about:blank: what a browser on the same cores costs without the
 page; open / blank is the page's own cost).
 The open runs pay for the page's whole cost: the plugin's snapshot and the Bokeh document's
 update on the scheduler's event loop every second, the messages to the browser, and the
-browser itself on the same cores; niced, the browser takes only CPU the cluster leaves idle,
-as a browser on the user's own machine would (the page's cost to the scheduler, mostly).
+browser itself on the same cores; paused, the updates that no browser reads pile up in the
+scheduler's socket buffers.
 
 Also the CPU time the open page's updates took on the scheduler's event loop during the open
 runs (``BalsamPage.cpu``: snapshot, model changes, serialization, websocket write), per second;
-the CPU the browser's processes used per second of run (open, niced, blank); and, on the
+the CPU the browser's processes used per second of run (open, blank); and, on the
 scheduler at the end: the time of one snapshot (``Live.snapshot``) and of one page
 update (``BalsamPage.update``, without a browser: the Python side), medians of 200.
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--nodes", type=count(1), default=2)
     p.add_argument("--settle", type=float, default=3.0, help="seconds between the page's first render and the run")
     args = p.parse_args(argv)
-    sides = ("closed", "open", "open-niced", "blank")
+    sides = ("closed", "open", "open-paused", "blank")
     rates: dict[str, list[float]] = {side: [] for side in sides}
     cpus: dict[str, list[float]] = {side: [] for side in sides}
     pages: list[float] = []
@@ -145,13 +148,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             rate, cpu, _, shown = one_run(client, args.tasks, browser)
                             browsers[side].append(shown)
                     else:
-                        with Chromium(url, nice=19 if side == "open-niced" else 0) as browser:
+                        with Chromium(url) as browser:
                             text = browser.text_when(lambda t: "nodes" in t and "busy" in t, timeout=120)
                             if "busy" not in text:
                                 raise RuntimeError(f"the page did not render: {text[:300]!r}")
                             time.sleep(args.settle)  # the page loaded: its steady cost is measured
-                            rate, cpu, page, shown = one_run(client, args.tasks, browser)
-                            pages.append(page)
+                            if side == "open-paused":
+                                os.killpg(browser.proc.pid, signal.SIGSTOP)
+                            try:
+                                rate, cpu, page, shown = one_run(client, args.tasks, browser)
+                            finally:
+                                os.killpg(browser.proc.pid, signal.SIGCONT)
+                            if side == "open":
+                                pages.append(page)
                             browsers[side].append(shown)
                     rates[side].append(rate)
                     cpus[side].append(cpu)
