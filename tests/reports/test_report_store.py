@@ -98,6 +98,15 @@ def test_errors_grouped_by_message(scripted: tuple[Store, dict[str, int]]) -> No
     ]
 
 
+def test_the_report_leaves_pooled_connections_as_the_engine_made_them(scripted: tuple[Store, dict[str, int]]) -> None:
+    """On SQLite the report sorts in temporary files; the store's other work keeps them in memory."""
+    store, _ = scripted
+    store.report()
+    if store.engine.dialect.name == "sqlite":
+        with store.engine.connect() as conn:  # the pool hands out the connection the report used
+            assert conn.exec_driver_sql("PRAGMA temp_store").scalar() == 2  # MEMORY
+
+
 def test_filters_and_window(scripted: tuple[Store, dict[str, int]]) -> None:
     store, _ = scripted
     post = store.report(tags={"exp": "b"}, interval=10)
