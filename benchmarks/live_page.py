@@ -18,7 +18,7 @@ browser itself on the same cores; paused, the updates that no browser reads pile
 scheduler's socket buffers.
 
 Also the CPU time the open page's updates took on the scheduler's event loop during the open
-runs (``BalsamPage.cpu``: snapshot, model changes, serialization, websocket write), per second;
+runs (``Live.page_cpu``: snapshot, model changes, serialization, websocket write), per second;
 the CPU the browser's processes used per second of run (open, blank); and, on the
 scheduler at the end: the time of one snapshot (``Live.snapshot``) and of one page
 update (``BalsamPage.update``, without a browser: the Python side), medians of 200.
@@ -84,7 +84,7 @@ def loop_cpu(dask_scheduler: Any) -> float:
 
 def page_cpu(dask_scheduler: Any) -> float:
     """CPU seconds the open pages' updates have taken on the event loop (sending included)."""
-    return sum(page.cpu for page in dask_scheduler.plugins["balsam-dask"].live.pages)
+    return float(dask_scheduler.plugins["balsam-dask"].live.page_cpu)
 
 
 def one_run(client: Client, n: int, browser: Chromium | None = None) -> tuple[float, float, float, float]:

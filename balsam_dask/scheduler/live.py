@@ -25,6 +25,7 @@ class Live:
         self.history = History(ALL_STATES)
         self.app: Any = None  # the page's Bokeh server application, while installed
         self.pages: weakref.WeakSet[Any] = weakref.WeakSet()  # the open pages (one per browser tab)
+        self.page_cpu = 0.0  # CPU seconds the pages' updates took, closed pages' included
 
     def allocation(self, alloc_id: int, fields: dict[str, Any]) -> None:
         """An allocation's record changed (an ended one is no longer shown)."""

@@ -135,7 +135,6 @@ class BalsamPage:
     def __init__(self, live: Any) -> None:
         self.live = live
         live.pages.add(self)
-        self.cpu = 0.0  # CPU seconds its updates took on the event loop, sending included
         self.since = 0.0
         # Text that changes lives in tables: a changed Div lays the whole page out again, and
         # legends are HTML, not drawn on the canvas at each repaint (the browser's CPU: docs/).
@@ -191,7 +190,7 @@ class BalsamPage:
             finally:
                 doc.unhold()
         finally:
-            self.cpu += time.thread_time() - t0
+            self.live.page_cpu += time.thread_time() - t0  # on the event loop, sending included
 
     def _update(self) -> None:
         snap = self.live.snapshot(since=self.since)

@@ -3,11 +3,13 @@ and failures, and a snapshot of a real placer's accounting."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
 from balsam_dask.packing.placer import NodeInfo, NodeStatus, Placer
+from balsam_dask.scheduler.page import summary_data
 from balsam_dask.scheduler.snapshot import (
     OTHER,
     TAIL,
@@ -167,3 +169,8 @@ def test_a_snapshot_of_a_real_placers_accounting() -> None:
     assert snap.states == ("READY", "RUNNING", "FINISHED") and snap.counts == (1, 3, 0)
     assert snap.history == ((1000.0, (1, 3, 0)),)
     assert [f.name for f in snap.failures] == ["bad"]
+    # the page's header row (a table's: a changed Div would lay the whole page out again)
+    assert summary_data(snap) == {
+        "nodes": [4], "cores": ["12/16"], "gpus": ["1/4"], "allocations": [2], "tasks": ["READY 1 \u00b7 RUNNING 3"],
+        "updated": [time.strftime("%H:%M:%S", time.localtime(1000.0))],
+    }  # fmt: skip
