@@ -4,6 +4,12 @@ MPI, input files, staging, hooks."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +25,7 @@ from balsam_dask.spec import Resources, TaskSpec
 from balsam_dask.taskdb.job import DbJob, DbResult
 from balsam_dask.worker import staging
 from balsam_dask.worker.dbtask import run_db_task
+from tests.conftest import require_or_skip
 
 H = "tests.worker.dbtask_helpers"
 Ens = tuple[LocalEnsembleCluster, Client]
@@ -103,6 +110,55 @@ def test_stage_in_local_file_url_and_rsync_then_stage_out(ens: Ens, tmp_path: Pa
         client.run(staging.register_transport, "copy", staging.CopyTransport())
     assert res.value.stdout_tail == "y.txt"
     assert [(t.transport, t.nbytes, t.dest) for t in res.transfers] == [("rsync", 3, f"{res.workdir}/d")]
+
+
+@pytest.fixture
+def rsync_daemon(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A real rsync daemon on loopback serving module ``data`` (its directory, writable): its
+    URL and the directory. Stopped by its pid."""
+    exe = shutil.which("rsync")
+    if exe is None:
+        require_or_skip("rsync (apt-get install -y rsync)")
+    assert exe is not None
+    root = tmp_path / "module"
+    root.mkdir()
+    conf = tmp_path / "rsyncd.conf"
+    owner = "  uid = 0\n  gid = 0\n" if os.getuid() == 0 else ""  # as root it would run as nobody
+    conf.write_text(f"pid file = {tmp_path}/rsyncd.pid\nuse chroot = no\n[data]\n  path = {root}\n  read only = no\n"
+                    f"{owner}")  # fmt: skip
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "--daemon", "--no-detach", "--address=127.0.0.1", f"--port={port}",
+                             f"--config={conf}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # listening once it answers a module listing
+            ok = subprocess.run([exe, f"rsync://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=10)
+            if "data" in ok.stdout:
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, f"rsync --daemon: {ok.stderr}"
+            time.sleep(0.1)
+        yield f"rsync://127.0.0.1:{port}/data", root
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_stage_in_and_out_through_an_rsync_daemon(ens: Ens, tmp_path: Path, rsync_daemon: tuple[str, Path]) -> None:
+    """rsync:// locations: the files cross rsync's own protocol over TCP, both ways."""
+    _, client = ens
+    url, root = rsync_daemon
+    (root / "inputs").mkdir()
+    (root / "inputs" / "a.txt").write_text("aaaa")
+    (root / "inputs" / "b.txt").write_text("bb")
+    job = DbJob(1030, "over-rsync", stage_in=({"src": f"{url}/inputs", "dest": "in"},),
+                stage_out=({"src": "*.out", "dest": f"{url}/results/"},))  # fmt: skip
+    res = run(client, job, app("sh -c 'cat in/a.txt in/b.txt > joined.out'"))
+    assert [(t.direction, t.transport, t.ok, t.nbytes) for t in res.transfers] == [
+        ("in", "rsync", True, 6), ("out", "rsync", True, 6)]  # fmt: skip
+    assert sorted(p.name for p in (Path(res.workdir) / "in").iterdir()) == ["a.txt", "b.txt"]
+    assert (root / "results" / "joined.out").read_text() == "aaaabb"
 
 
 def test_a_failing_stage_in_is_retried_and_fails_with_its_transfers(ens: Ens, tmp_path: Path) -> None:
