@@ -26,7 +26,11 @@ from balsam_dask.protocol import ENV_VAR, PRELOAD, NodeConfig
 #: Where each batch system says which node of the job this is, and its host name.
 INDEX_VARS = ("SLURM_NODEID", "PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "BALSAM_DASK_NODE_INDEX")
 HOST_VARS = ("SLURMD_NODENAME", "BALSAM_DASK_NODE_HOST")
-_LAUNCHER_VARS = frozenset({"PMI_FD", "PMI_PORT", "PMI_RANK", "PMI_SIZE", "PMI_ID", "HYDI_CONTROL_FD"})
+#: The launcher's connection, which a task must not inherit. ``SLURM_STEP_ID``: Open MPI takes a
+#: program that sees it for a rank ``srun`` started and, with no PMI of Slurm's, aborts in
+#: ``MPI_Init``; without it a task's program runs as a singleton.
+_LAUNCHER_VARS = frozenset({"PMI_FD", "PMI_PORT", "PMI_RANK", "PMI_SIZE", "PMI_ID", "HYDI_CONTROL_FD", "SLURM_STEP_ID",
+                            "SLURM_STEPID"})  # fmt: skip
 
 
 def _first(names: Sequence[str]) -> str | None:

@@ -77,6 +77,30 @@ def test_mpi_function_on_slurm(slurm4: tuple[object, Client]) -> None:
         store.close()
 
 
+#: A serial program of Open MPI's (Debian's, NWChem's): MPI_Init as a singleton, its world's size.
+OPEN_MPI_SERIAL = (
+    "import ctypes, sys; m = ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_GLOBAL); assert m.MPI_Init(None, None) == 0; "
+    "world = ctypes.c_void_p(ctypes.addressof(ctypes.c_char.in_dll(m, 'ompi_mpi_comm_world'))); "
+    "n = ctypes.c_int(); m.MPI_Comm_size(world, ctypes.byref(n)); "
+    "print('world', n.value); m.MPI_Finalize()"
+)
+
+
+def test_a_serial_open_mpi_program_runs_as_a_singleton_on_a_slurm_node(slurm4: tuple[object, Client]) -> None:
+    """The node-worker runs in a job step; a task's program does not see the step's id, or Open
+    MPI would take it for a rank srun started and abort in MPI_Init."""
+    lib = next((p for p in ("/usr/lib/x86_64-linux-gnu/libmpi.so.40", "/usr/lib/aarch64-linux-gnu/libmpi.so.40")
+                if os.path.exists(p)), None)  # fmt: skip
+    if lib is None:
+        require_or_skip("Debian's Open MPI (libmpi.so.40: apt-get install -y libopenmpi3)")
+    _, client = slurm4
+    r = client.submit_app([sys.executable, "-c", OPEN_MPI_SERIAL, str(lib)], cores=1, name="ompi-serial").result(
+        timeout=120
+    )
+    assert r.stdout_tail.strip() == "world 1"
+    assert client.submit(os.environ.get, "SLURM_STEP_ID", "gone", pure=False).result(timeout=60) == "gone"
+
+
 def test_job_script_text(tmp_path: Path) -> None:
     from balsam_dask.deploy.jobs import EnsembleJobSpec
     from balsam_dask.deploy.systems.slurm import job_script
