@@ -28,27 +28,18 @@ FUNCTION = "benchmarks.qc_chem:pyscf_energy"
 #: component that works between nodes over TCP, and NWChem's ARMCI needs MPI windows
 #: (``gmr_create`` fails); UCX's does.
 ACROSS_NODES_ENV = {"OMPI_MCA_osc": "ucx"}
-#: And every NWChem MPI task in a Slurm job: Open MPI's ``mpirun`` takes the job's slots per node
-#: from Slurm (1: the ensemble job has one task per node, its node-worker) and refuses a second
-#: rank on a node without this; the placer already gave the task its cores.
-IN_SLURM_ENV = {"OMPI_MCA_rmaps_base_oversubscribe": "1"}
 NODES = {"mpi2n": 2}
 RANKS_PER_NODE = {"mpi1": 1, "mpi2": 2, "mpi2n": 1}
-#: What a serial NWChem task runs under on a Slurm node: its node-worker runs in a job step, and
-#: Open MPI, seeing the step's ids, takes the serial program for an ``srun``-launched rank and
-#: aborts in MPI_Init; without them it runs as a singleton.
-OUTSIDE_STEP = ["env", "-u", "SLURM_STEP_ID", "-u", "SLURM_STEPID"]
 
 
 def nwchem_argv(plan: dict[str, Any], molecule: str, method: str, variant: str = "mpi1") -> list[str]:
-    """The NWChem command of a calculation (a serial one on a Slurm node: outside the step)."""
-    prefix = OUTSIDE_STEP if variant == "serial" and plan["slurm_nodes"] else []
-    return [*prefix, plan["nwchem"], plan["inputs"][f"{molecule}-{method}"]]
+    """The NWChem command of a calculation (``variant``: the same command for each)."""
+    return [plan["nwchem"], plan["inputs"][f"{molecule}-{method}"]]
 
 
 def extra_env(plan: dict[str, Any], variant: str) -> dict[str, str]:
     """What an MPI task of ``variant`` needs on the plan's cluster besides ``mpi_env``."""
-    return {**(ACROSS_NODES_ENV if NODES.get(variant, 1) > 1 else {}), **(IN_SLURM_ENV if plan["slurm_nodes"] else {})}
+    return ACROSS_NODES_ENV if NODES.get(variant, 1) > 1 else {}
 
 
 def _cluster(plan: dict[str, Any]) -> tuple[Any, int]:
@@ -142,7 +133,7 @@ def run_serve(plan: dict[str, Any], where: list[str]) -> dict[str, float]:
     d.mkdir(parents=True, exist_ok=True)
     base = [plan["nwchem"], "{input}"]
     with Store(url) as store:
-        store.add_app("nwchem", [*(OUTSIDE_STEP if plan["slurm_nodes"] else []), *base])
+        store.add_app("nwchem", base)
         launcher = {"launcher": plan["launcher"]} if plan["launcher"] else {}
         store.add_app("nwchem-mpi", base, defaults={**launcher, "env": plan["mpi_env"]})
     tasks = d / "tasks.yaml"

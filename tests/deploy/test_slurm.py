@@ -77,28 +77,57 @@ def test_mpi_function_on_slurm(slurm4: tuple[object, Client]) -> None:
         store.close()
 
 
-#: A serial program of Open MPI's (Debian's, NWChem's): MPI_Init as a singleton, its world's size.
-OPEN_MPI_SERIAL = (
-    "import ctypes, sys; m = ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_GLOBAL); assert m.MPI_Init(None, None) == 0; "
+#: A program of Open MPI's (its libmpi by ctypes, the path in argv[1]): its rank and world's size
+#: on stdout and in rank-<rank>.txt with its Slurm node.
+OPEN_MPI_PROGRAM = (
+    "import ctypes, os, sys; m = ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_GLOBAL); "
+    "assert m.MPI_Init(None, None) == 0; "
     "world = ctypes.c_void_p(ctypes.addressof(ctypes.c_char.in_dll(m, 'ompi_mpi_comm_world'))); "
-    "n = ctypes.c_int(); m.MPI_Comm_size(world, ctypes.byref(n)); "
-    "print('world', n.value); m.MPI_Finalize()"
+    "n, r = ctypes.c_int(), ctypes.c_int(); m.MPI_Comm_size(world, ctypes.byref(n)); "
+    "m.MPI_Comm_rank(world, ctypes.byref(r)); print('world', n.value); "
+    "open(f'rank-{r.value}.txt', 'w').write(f\"{r.value} {os.environ.get('SLURMD_NODENAME')} {n.value}\"); "
+    "m.MPI_Finalize()"
 )
+
+
+def debian_open_mpi() -> str:
+    """Debian's Open MPI library (installed with NWChem by the test command), or skip."""
+    lib = next((p for p in ("/usr/lib/x86_64-linux-gnu/libmpi.so.40", "/usr/lib/aarch64-linux-gnu/libmpi.so.40")
+                if os.path.exists(p)), None)  # fmt: skip
+    if lib is None or not os.path.exists("/usr/bin/mpirun"):
+        require_or_skip("Debian's Open MPI (apt-get install -y openmpi-bin)")
+    assert lib is not None
+    return lib
 
 
 def test_a_serial_open_mpi_program_runs_as_a_singleton_on_a_slurm_node(slurm4: tuple[object, Client]) -> None:
     """The node-worker runs in a job step; a task's program does not see the step's id, or Open
     MPI would take it for a rank srun started and abort in MPI_Init."""
-    lib = next((p for p in ("/usr/lib/x86_64-linux-gnu/libmpi.so.40", "/usr/lib/aarch64-linux-gnu/libmpi.so.40")
-                if os.path.exists(p)), None)  # fmt: skip
-    if lib is None:
-        require_or_skip("Debian's Open MPI (libmpi.so.40: apt-get install -y libopenmpi3)")
+    lib = debian_open_mpi()
     _, client = slurm4
-    r = client.submit_app([sys.executable, "-c", OPEN_MPI_SERIAL, str(lib)], cores=1, name="ompi-serial").result(
+    r = client.submit_app([sys.executable, "-c", OPEN_MPI_PROGRAM, lib], cores=1, name="ompi-serial").result(
         timeout=120
     )
     assert r.stdout_tail.strip() == "world 1"
     assert client.submit(os.environ.get, "SLURM_STEP_ID", "gone", pure=False).result(timeout=60) == "gone"
+
+
+def test_open_mpi_ranks_fill_the_cores_the_placer_gave_not_the_jobs_one_slot_per_node(
+    slurm4: tuple[object, Client],
+) -> None:
+    """Open MPI's mpirun in the ensemble job (Debian's Open MPI 4, NWChem's): the job has one task
+    per node (the node-workers), yet an MPI task has 2 ranks on each of its 2 nodes."""
+    lib = debian_open_mpi()
+    _, client = slurm4
+    root = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"} if os.getuid() == 0 else {}
+    for _ in range(2):  # on two pairs of nodes, mpirun on either
+        f = client.submit_mpi([sys.executable, "-c", OPEN_MPI_PROGRAM, lib], nodes=2, ranks_per_node=2,
+                              launcher="openmpi:/usr/bin/mpirun", env=root, name="ompi-2x2")  # fmt: skip
+        r = f.result(timeout=120)
+        lines = sorted((r.workdir / f"rank-{i}.txt").read_text().split() for i in range(4))
+        assert [(x[0], x[2]) for x in lines] == [("0", "4"), ("1", "4"), ("2", "4"), ("3", "4")]
+        nodes = [x[1] for x in lines]
+        assert len(set(nodes)) == 2 and all(nodes.count(n) == 2 for n in nodes), lines
 
 
 def test_job_script_text(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ ENV = LaunchSpec(argv=("./app",), env=(("A", "1"), ("B", "x y")))
 EXTRA = LaunchSpec(argv=("./app",), extra_args=("--verbose",))
 NOBIND = LaunchSpec(argv=("./app",), resources=Resources(ranks_per_node=4, threads_per_rank=2), cpu_bind=False)
 
+NO_BATCH = {"OMPI_MCA_ras": "^slurm,tm,pbs,lsf,gridengine,alps", "PRTE_MCA_ras": "^slurm,tm,pbs,lsf,gridengine,alps"}
 H1 = ["n1"]
 H2 = ["n1", "n2"]
 NID1 = ["nid00001"]
@@ -222,7 +223,7 @@ def test_every_flavour_has_cases() -> None:
         ("pals", GPU, H1, {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "0,1"}),
         ("aprun", WIDE, NID2, {"OMP_NUM_THREADS": "2"}),
         ("jsrun", NOBIND, H1, {"OMP_NUM_THREADS": "2"}),
-        ("openmpi", WIDE, H2, {"OMP_NUM_THREADS": "2"}),
+        ("openmpi", WIDE, H2, {"OMP_NUM_THREADS": "2", **NO_BATCH}),
         # srun carries the task's variables on its own environment (--export=ALL).
         ("srun", ENV, H1, {"OMP_NUM_THREADS": "1", "A": "1", "B": "x y"}),
         ("srun", GPU, H1, {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "0,1"}),
@@ -248,10 +249,17 @@ def test_openmpi_as_root_environ() -> None:
     env = get_launcher("openmpi", {"as_root": True}).environ(ONE, H1)
     assert env == {
         "OMP_NUM_THREADS": "1",
+        **NO_BATCH,
         "OMPI_ALLOW_RUN_AS_ROOT": "1",
         "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
     }
     assert "OMPI_ALLOW_RUN_AS_ROOT" not in OpenMPILauncher().environ(ONE, H1)
+
+
+def test_openmpi_takes_the_placers_hosts_not_the_batch_jobs_allocation_unless_the_task_says() -> None:
+    spec = LaunchSpec(argv=("./app",), env={"PRTE_MCA_ras": "slurm"})
+    assert OpenMPILauncher().environ(spec, H1) == {"OMP_NUM_THREADS": "1", "OMPI_MCA_ras": NO_BATCH["OMPI_MCA_ras"],
+                                                   "PRTE_MCA_ras": "slurm"}  # fmt: skip
 
 
 def test_srun_options() -> None:

@@ -10,6 +10,13 @@ from typing import ClassVar
 from balsam_dask.errors import LauncherError
 from balsam_dask.mpi_tasks.launchers.base import Launcher, LaunchSpec
 
+#: Batch systems whose allocation ``mpirun`` would read (Open MPI's ``ras`` components). In an
+#: ensemble job it finds one slot per node (one node-worker each) and refuses a second rank;
+#: the hosts and slots an MPI task has are the placer's, given with ``--host``.
+BATCH_ALLOCATIONS = "^slurm,tm,pbs,lsf,gridengine,alps"
+#: The variable naming them: Open MPI 4's, and PRRTE's (Open MPI 5).
+RAS_VARS = ("OMPI_MCA_ras", "PRTE_MCA_ras")
+
 
 class OpenMPILauncher(Launcher):
     name: ClassVar[str] = "openmpi"
@@ -49,6 +56,9 @@ class OpenMPILauncher(Launcher):
 
     def environ(self, spec: LaunchSpec, hosts: Sequence[str]) -> dict[str, str]:
         env = super().environ(spec, hosts)
+        given = spec.env_dict
+        for name in RAS_VARS:  # the task's own choice, if it made one
+            env[name] = given.get(name, BATCH_ALLOCATIONS)
         if self.as_root:
             env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
             env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
