@@ -55,6 +55,19 @@ def test_kinds_and_resources(row: dict[str, Any], want: tuple[Any, ...]) -> None
     assert (r.spec.kind, res.nodes, res.ranks_per_node, res.threads_per_rank, res.gpus_per_rank) == want
 
 
+def test_a_function_row_may_run_isolated_in_a_process_of_its_own(tmp_path: Path) -> None:
+    plain, isolated = check_rows([{"function": "m:f"}, {"function": "m:f", "isolate": True}], APPS)
+    assert (plain.spec.isolate, isolated.spec.isolate) == (False, True)
+    with pytest.raises(InvalidTaskRow, match=r"field 'isolate': isolate='yes please' is invalid: give True or False"):
+        check_rows([{"function": "m:f", "isolate": "yes please"}], APPS)
+    f = tmp_path / "t.csv"
+    f.write_text("function,isolate\nm:f,true\nm:f,0\nm:f,maybe\n")
+    rows, labels = load_task_file(f)
+    assert [r["isolate"] for r in rows] == [True, False, "maybe"]
+    with pytest.raises(InvalidTaskRow, match=r"^t\.csv line 4, field 'isolate': isolate='maybe' is invalid"):
+        check_rows(rows, APPS, labels)
+
+
 def test_parents_by_id_and_by_earlier_name() -> None:
     rows = check_rows([{"function": "m:f", "name": "a"}, {"function": "m:f", "name": "b", "parents": "a"},
                        {"function": "m:f", "parents": [7, "a", "b", 7, "a"]}], APPS)  # fmt: skip

@@ -7,7 +7,8 @@ each row labelled with its file and line for error messages (``tasks.csv line 7`
   durations are read as numbers when they are; ``params``, ``tags``, ``env`` hold a JSON object,
   and ``param.NAME``, ``tag.NAME``, ``env.NAME`` columns give one entry each, as strings;
   ``args``, ``parents``, ``input_files``, ``stage_in`` and ``stage_out`` hold a JSON list or
-  ``;``-separated values (a parent of digits only is a task id, else an earlier row's name).
+  ``;``-separated values (a parent of digits only is a task id, else an earlier row's name);
+  ``isolate`` is ``true`` or ``false``.
 
 YAML needs PyYAML (a dependency of Dask) and is the slowest to read (PyYAML builds every value
 in Python): for very large batches prefer CSV or JSON lines.
@@ -151,6 +152,9 @@ def _csv(text: str, name: str) -> TaskFile:
     return TaskFile(rows, labels)
 
 
+_FLAGS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
 def _put(row: dict[str, Any], col: str, cell: str, label: str, index: int) -> None:
     """One CSV cell into its row (see the module docstring)."""
     for prefix, field in _PREFIXES.items():
@@ -162,6 +166,8 @@ def _put(row: dict[str, Any], col: str, cell: str, label: str, index: int) -> No
             row[col] = int(cell) if cell.strip().lstrip("+-").isdigit() else cell
         elif col in taskfields.DURATIONS:
             row[col] = _number(cell)
+        elif col == "isolate":  # true/false, 1/0 (another word is left for the row's check to name)
+            row[col] = _FLAGS.get(cell.strip().lower(), cell)
         elif col in _OBJECTS:
             row[col] = {**json.loads(cell), **row.get(col, {})}
         elif col in _LISTS:

@@ -28,12 +28,12 @@ from balsam_dask.template import plain, render
 FIELDS: tuple[str, ...] = (
     "app", "version", "function", "params", "args", "name", "tags", "priority", "nodes", "ranks_per_node",
     "threads_per_rank", "cores", "gpus_per_rank", "gpus", "walltime", "timeout", "retries", "env", "launcher",
-    "workdir", "parents", "on_parent_failure", "input_files", "stage_in", "stage_out",
+    "workdir", "parents", "on_parent_failure", "input_files", "stage_in", "stage_out", "isolate",
 )  # fmt: skip
 _FIELD_SET = frozenset(FIELDS)
 #: The fields that make a row's TaskSpec (with its app).
 SPEC_FIELDS = ("nodes", "ranks_per_node", "threads_per_rank", "cores", "gpus_per_rank", "gpus", "walltime",
-               "timeout", "retries", "priority", "tags", "env", "launcher", "workdir")  # fmt: skip
+               "timeout", "retries", "priority", "tags", "env", "launcher", "workdir", "isolate")  # fmt: skip
 _SPEC_SET = frozenset(SPEC_FIELDS)
 _RESOURCES = tuple(f for f in SPEC_FIELDS if f in taskfields.INTEGERS and f != "priority") + taskfields.DURATIONS
 
@@ -254,12 +254,14 @@ def _make_spec(row: Mapping[str, Any], app: AppDef | None, fn: str | None) -> Ta
         tags = validate_tags(row.get("tags"))
         field = "priority"
         priority = taskfields.check("priority", row.get("priority", 0))
+        field = "isolate"  # a function in a process of its own (an app always has one)
+        isolate = validate.flag("isolate", row.get("isolate", False))
         wide = nodes > 1 or rpn > 1
         kind = ("mpi" if wide or launcher else "app") if app else ("mpi" if wide else "python")
         field = "nodes"
         return TaskSpec(kind=kind, resources=resources, tags=tags, priority=priority, timeout=r.get("timeout"),  # type: ignore[arg-type]
                         retries=r.get("retries", 0), command=app.command if app else None, env=env,
-                        launcher=launcher, workdir=workdir)  # fmt: skip
+                        launcher=launcher, workdir=workdir, isolate=isolate)  # fmt: skip
     except InvalidSpec as e:
         raise _Bad(field, str(e)) from None
 

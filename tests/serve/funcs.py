@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+
+def where_am_i() -> str:
+    """The directory the function runs in: its task's own when isolated (a process of its own)."""
+    return os.getcwd()
+
 
 def square(x: int, *, offset: int = 0) -> int:
     return x * x + offset

@@ -61,8 +61,9 @@ def test_serve_runs_apps_functions_and_their_dag(tmp_path: Path) -> None:
             {"app": "produce", "name": "z", "parents": ["x"], "on_parent_failure": "run", "params": {"text": "z"}},
             {"app": "sleep", "name": "long", "params": {"seconds": 60}},
             {"app": "flaky", "name": "flaky"},
+            {"function": "tests.serve.funcs:where_am_i", "name": "iso", "isolate": True},
         ])  # fmt: skip
-    a, b, f, x, y, z, long, flaky = ids
+    a, b, f, x, y, z, long, flaky, iso = ids
     added: list[int] = []
 
     def during() -> None:
@@ -94,11 +95,13 @@ def test_serve_runs_apps_functions_and_their_dag(tmp_path: Path) -> None:
         assert (wb / "out.txt").is_symlink()
         result = cloudpickle.loads(s.result_bytes(f) or b"")
         assert result == 50  # the function's own value (the store keeps what the user returned)
+        # an isolated function ran in a process of its own, in its task's directory
+        assert states[iso] == "FINISHED" and cloudpickle.loads(s.result_bytes(iso) or b"") == s.task(iso).workdir
         assert _events(s, a) == ["READY", "RUNNING", "RUN_DONE", "FINISHED"]
         assert _events(s, b) == ["AWAITING_PARENTS", "READY", "RUNNING", "RUN_DONE", "FINISHED"]
         # claimed by the scheduler's session: the lease is its provenance
         assert s.task(a).lease_owner is not None
-    assert report.finished == 6 and report.failed == 2 and report.submitted == 9
+    assert report.finished == 7 and report.failed == 2 and report.submitted == 10
 
 
 def test_serve_options_and_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
