@@ -62,13 +62,14 @@ def test_submit_and_the_filters(store_url: str, capsys: pytest.CaptureFixture[st
     assert out == f"added task {first} (READY 1)\n"
     out = _out(capsys, [*cli, "submit", "mypkg.tasks:fit", "-j", "alpha=0.5", "-j", "xs=[1, 2]", "--arg", "3",
                         "--parent", str(first), "--tag", "exp=a", "--stage-in", "host:/d/in.h5",
-                        "--stage-out", "*.h5=/project/", "--input-file", "*.dat"])  # fmt: skip
+                        "--stage-out", "*.h5=/project/", "--input-file", "*.dat", "--isolate"])  # fmt: skip
     fit = int(out.split()[2])
     assert out == f"added task {fit} (AWAITING_PARENTS 1)\n"
     with Store(store_url) as s:
         t, f = s.task(first), s.task(fit)
     assert (t.params, t.cores, t.walltime, t.tags, t.name, t.priority, t.spec["retries"]) == (
         {"n": "4"}, 2, 300.0, {"exp": "a"}, "first", 3, 2)  # fmt: skip
+    assert (t.spec["isolate"], f.spec["isolate"]) == (False, True)
     assert (f.function, f.params, f.args, f.parents, f.input_files) == (
         "mypkg.tasks:fit", {"alpha": 0.5, "xs": [1, 2]}, [3], [first], ["*.dat"])  # fmt: skip
     assert f.stage_in == [{"src": "host:/d/in.h5", "dest": "in.h5"}]

@@ -86,6 +86,8 @@ def _row(args: argparse.Namespace) -> dict[str, Any]:
             row[field] = value
     if args.arg:
         row["args"] = args.arg
+    if args.isolate:
+        row["isolate"] = True
     if args.stage_out:
         row["stage_out"] = [{"src": src, "dest": dest} for src, dest in args.stage_out]
     return row
@@ -160,7 +162,8 @@ def show_transfers(transfers: Sequence[Transfer]) -> None:
 #: Options of ``submit`` that make one row (refused with --file).
 _ROW_OPTIONS = ("target", "version", "name", "priority", "on_parent_failure", "workdir", "p", "j", "arg", "tag",
                 "parent", "input_file", "stage_in", "stage_out", "nodes", "ranks_per_node", "threads_per_rank",
-                "cores", "gpus", "gpus_per_rank", "walltime", "timeout", "retries", "launcher", "env")  # fmt: skip
+                "cores", "gpus", "gpus_per_rank", "walltime", "timeout", "retries", "launcher", "env",
+                "isolate")  # fmt: skip
 
 
 def _add_values(p: argparse.ArgumentParser) -> None:
@@ -182,6 +185,7 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--name")
     _add_values(s)
     s.add_argument("--arg", action="append", type=parse_json, help="a function's positional argument, as JSON")
+    s.add_argument("--isolate", action="store_true", help="run the function in a process of its own")
     s.add_argument("--tag", action="append", type=parse_tag, help="a tag name=value (repeatable)")
     s.add_argument("--parent", action="append", type=task_id, help="a parent task's id (repeatable)")
     s.add_argument("--workdir", help="the work directory, relative to the site's")
