@@ -7,9 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import select
-import shutil
 import signal
-import stat
 import subprocess
 import threading
 import time
@@ -22,6 +20,7 @@ from balsam_dask import validate
 from balsam_dask.errors import InvalidSpec
 from balsam_dask.private import private_dir
 from balsam_dask.worker import guard, proctree
+from balsam_dask.worker.programs import resolve_executable
 
 TAIL_BYTES = 4096
 TAIL_LINES = 40
@@ -31,9 +30,6 @@ MAX_POLL = 0.05
 
 _HAS_WAITID = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
 _DEVNULL: int | None = None
-#: Programs found on PATH: (name, PATH) -> where (see resolve_executable), at most FOUND_MAX.
-_FOUND: dict[tuple[str, str], str] = {}
-FOUND_MAX = 256
 _DEVNULL_LOCK = threading.Lock()
 #: How output files are opened: created or truncated, readable for the tails, not inherited.
 _OUTPUT_FLAGS = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
@@ -190,50 +186,6 @@ def kill_process_group(pgid: int, grace: float = DEFAULT_GRACE, *, root: int | N
     if not proctree.have_proc():  # no /proc: the group is all we can see
         return _kill_group_only(pgid, grace)
     return proctree.stop([pgid], {} if root is None else {root: None}, grace)
-
-
-def resolve_executable(program: str, workdir: Path, path: str | None) -> str:
-    """Where ``program`` will be found when started in ``workdir`` with ``PATH=path``.
-
-    A name with a slash is taken relative to ``workdir`` (as :class:`subprocess.Popen`
-    does with ``cwd``); a bare name is searched on ``path``, once: what was found is used again
-    while it is still executable, as a shell's hash table does (a search walks the directories
-    of ``path``: 12 stat calls for ``true`` here, most of what resolving a name cost).
-    """
-    if "/" in program:
-        candidate = Path(program) if os.path.isabs(program) else workdir / program
-        try:
-            is_file = stat.S_ISREG(os.stat(candidate).st_mode)
-        except OSError:
-            is_file = False
-        if is_file and os.access(candidate, os.X_OK):
-            return str(candidate)
-        if not candidate.exists():
-            why = "does not exist"
-        elif not candidate.is_file():
-            why = "is not a file"
-        else:
-            why = f"is not executable (chmod +x {candidate})"
-        raise InvalidSpec(
-            f"executable {program!r} {why} (looked for {candidate}); give the path of an "
-            "existing program, absolute or relative to the task's workdir, e.g. './sim' or "
-            "'/usr/bin/env'"
-        )
-    key = (program, path or "")
-    found = _FOUND.get(key)
-    if found is not None and os.access(found, os.X_OK):
-        return found
-    found = shutil.which(program, path=path)
-    if found is not None and os.path.isabs(found):
-        if len(_FOUND) >= FOUND_MAX:
-            _FOUND.clear()
-        _FOUND[key] = found
-    if found is None:
-        raise InvalidSpec(
-            f"executable {program!r} not found on PATH={path!r}; give its absolute path or put "
-            "its directory on PATH, e.g. env={'PATH': '/opt/app/bin:' + os.environ['PATH']}"
-        )
-    return found
 
 
 def read_tail(path: str | os.PathLike[str], max_bytes: int = TAIL_BYTES, max_lines: int = TAIL_LINES) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from balsam_dask.errors import InvalidSpec
+from balsam_dask.worker import programs
 from balsam_dask.worker.process import (
     ProcessResult,
     kill_process_group,
@@ -313,6 +314,30 @@ def test_a_program_found_on_path_is_looked_up_again_once_it_is_gone(tmp_path: Pa
     (dirs[1] / "tool").unlink()
     with pytest.raises(InvalidSpec, match=r"executable 'tool' not found on PATH="):
         run_process(["tool"], workdir=tmp_path / "w", env=env)
+
+
+def test_a_program_added_earlier_on_path_is_found_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a fresh search would: the directories before the remembered one are watched (their
+    modification times); a relative directory before it is never remembered past."""
+    first, second = tmp_path / "bin0", tmp_path / "bin1"
+    for d in (first, second):
+        d.mkdir()
+
+    def tool(d: Path, text: str) -> None:
+        (d / "tool").write_text(f"#!/bin/sh\necho {text}\n")
+        (d / "tool").chmod(0o755)
+
+    tool(second, "later")
+    env = {"PATH": f"{first}:{second}:{os.defpath}"}
+    assert run_process(["tool"], workdir=tmp_path / "w", env=env).stdout_tail == "later"
+    tool(first, "earlier")  # installed while the worker runs: used once its directory is looked at again
+    monkeypatch.setattr(programs, "RECHECK", 0.0)
+    assert run_process(["tool"], workdir=tmp_path / "w", env=env).stdout_tail == "earlier"
+    relative = {"PATH": f"bin:{second}:{os.defpath}"}  # bin/ of each task's own directory
+    assert run_process(["tool"], workdir=tmp_path / "a", env=relative).stdout_tail == "later"
+    (tmp_path / "b" / "bin").mkdir(parents=True)
+    tool(tmp_path / "b" / "bin", "its own")
+    assert run_process(["tool"], workdir=tmp_path / "b", env=relative).stdout_tail == "its own"
 
 
 @pytest.mark.parametrize(
