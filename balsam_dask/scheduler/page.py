@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
@@ -51,7 +52,7 @@ def summary_data(snap: Snapshot) -> dict[str, list[Any]]:
             "updated": [time.strftime("%H:%M:%S", time.localtime(snap.time))]}  # fmt: skip
 
 
-def legend_html(items: Any) -> str:
+def legend_html(items: Iterable[tuple[str, str]]) -> str:
     """A legend of (label, color) as HTML: drawn once, not on every repaint of its plot."""
     return "".join(f"<span style='display: inline-block; margin-right: 12px'><span style='display: inline-block; "
                    f"width: 12px; height: 12px; background: {color}; vertical-align: middle'></span> "
