@@ -21,6 +21,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Table, bindparam, select, update
 
 from balsam_dask.errors import UnknownTask
+from balsam_dask.store import busy
 from balsam_dask.store.models import allocations_t, events_t, sessions_t, tasks_t
 from balsam_dask.store.ops import (
     DB_TASK_COLS,
@@ -319,6 +320,7 @@ def apply_ops(conn: Connection, ops: Sequence[Op], session_id: int, replay: bool
         else:
             _bulk(conn, sql["insert_event"], event_rows)
         stats.events = len(event_rows)
+        busy.record(conn, busy.ended_runs(conn, event_rows))  # the nodes' busy stretches, for reports
         rows = []
         for tid, op in last.items():
             st = state[tid]

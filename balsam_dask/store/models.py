@@ -237,6 +237,20 @@ class TransferRow(Base):
     __table_args__ = (Index("ix_transfers_task_id", "task_id"),)
 
 
+class NodeBusy(Base):
+    """A stretch of time in which a node (a worker) was busy: ``store/busy.py`` keeps them as
+    runs end, so reports need not order every run of every node."""
+
+    __tablename__ = "node_busy"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    worker: Mapped[str] = mapped_column(String(255))
+    started: Mapped[float] = mapped_column(Float)
+    ended: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_node_busy_worker_ended", "worker", "ended"),)
+
+
 tasks_t = cast(Table, Task.__table__)
 events_t = cast(Table, Event.__table__)
 allocations_t = cast(Table, Allocation.__table__)
@@ -245,3 +259,4 @@ shape_counts_t = cast(Table, ShapeCount.__table__)
 apps_t = cast(Table, App.__table__)
 task_parents_t = cast(Table, TaskParent.__table__)
 transfers_t = cast(Table, TransferRow.__table__)
+node_busy_t = cast(Table, NodeBusy.__table__)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from balsam_dask.reports.records import ReportQuery
+from balsam_dask.store.busy import START_WORKER
 from balsam_dask.store.queries import like_pattern
 
 READY_STATES = "('READY', 'RESTART_READY')"
@@ -104,6 +105,13 @@ def _tasks_where(q: ReportQuery, d: Dialect) -> tuple[str, dict[str, Any]]:
     return where, params
 
 
+def span_sql(q: ReportQuery, d: Dialect) -> tuple[str, dict[str, Any]]:
+    """The first creation and the last change of the tasks alive in the window (created by its
+    end, changed since its start): the run's span."""
+    where, params = _tasks_where(q, d)
+    return f"SELECT MIN(t.created_at), MAX(t.updated_at) FROM tasks t WHERE 1 = 1{where}", params
+
+
 def tasks_sql(q: ReportQuery, d: Dialect) -> tuple[str, dict[str, Any]]:
     """Tasks by state and attempts made (alive in the window: created by its end, changed since
     its start), with the first creation and the last change."""
@@ -171,14 +179,20 @@ def islands_sql(q: ReportQuery, d: Dialect) -> tuple[str, dict[str, Any]]:
     until every run that began on it has ended): each with its start and end, the running
     maximum of the ends before it and the next start on its node (a stretch starts where a run
     starts after every earlier end, and ends at the running maximum of the ends where the next
-    run starts after it). Parameters: ``t0``, ``t1``."""
-    # an event that ended a run before schema 0005 may not name the worker: its start does
-    start_worker = ("(SELECT MIN(x.worker) FROM events x WHERE x.task_id = {tid} AND x.to_state = 'RUNNING' "
-                    "AND x.ts = {at})")  # fmt: skip
-    ended = start_worker.format(tid="r.task_id", at="r.since")
-    running = start_worker.format(tid="t.id", at="t.state_at")
-    runs, params = _runs(q, d, f"COALESCE(r.worker, {ended}, '') AS worker, {{s}} AS s, {{e}} AS e",
-                         f"COALESCE({running}, ''), {{s}}, {{e}}")  # fmt: skip
+    run starts after it). Every task's runs are read as the stretches the writer kept
+    (``store/busy.py``), cut to the window, with the runs going on now; some tasks' as their
+    runs. Parameters: ``t0``, ``t1``."""
+    running = START_WORKER.format(tid="t.id", at="t.state_at")
+    if q.filters_tasks:  # an event that ended a run before schema 0005 may not name the worker: its start does
+        ended = START_WORKER.format(tid="r.task_id", at="r.since")
+        runs, params = _runs(q, d, f"COALESCE(r.worker, {ended}, '') AS worker, {{s}} AS s, {{e}} AS e",
+                             f"COALESCE({running}, ''), {{s}}, {{e}}")  # fmt: skip
+    else:
+        params = {}
+        runs = (f"SELECT worker, {d.greatest('started', ':t0')} AS s, {d.least('ended', ':t1')} AS e "
+                f"FROM node_busy WHERE started <= :t1 AND ended >= :t0 "
+                f"UNION ALL SELECT COALESCE({running}, ''), {d.greatest('t.state_at', ':t0')}, :t1 FROM tasks t "
+                f"WHERE t.state = 'RUNNING' AND t.state_at <= :t1")  # fmt: skip
     until = d.greatest("COALESCE(prev, e)", "e")
     sql = f"""
 SELECT s, e, prev, next FROM (

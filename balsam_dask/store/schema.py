@@ -14,7 +14,7 @@ from balsam_dask.errors import SchemaMissing, SchemaTooNew, StoreError
 from balsam_dask.store.engine import write_tx
 
 #: Every revision this version knows, oldest first. The last is the head.
-REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005")
+REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006")
 HEAD = REVISIONS[-1]
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _PG_LOCK_ID = 0x6261_6C73  # "bals": serializes concurrent schema creation on PostgreSQL

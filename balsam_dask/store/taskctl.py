@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, bindparam, delete, update
 
 from balsam_dask.errors import InvalidSpec, UnknownTask
+from balsam_dask.store import busy
 from balsam_dask.store import queries as Q
 from balsam_dask.store.apply import add_shape_counts, chunks
 from balsam_dask.store.dag import AWAITING, KILLED, children_of, start_state, task_states
@@ -220,7 +221,9 @@ def remove(conn: Connection, records: list[TaskRecord]) -> None:
     for t in records:
         deltas[(shape_of(t.nodes, t.cores, t.gpus, t.walltime), t.state)] -= 1
     pc = task_parents_t.c
+    workers: set[str] = set()  # whose busy stretches change
     for part in chunks(ids):
+        workers |= busy.workers_of(conn, part)
         conn.execute(delete(events_t).where(events_t.c.task_id.in_(part)))
         conn.execute(delete(transfers_t).where(transfers_t.c.task_id.in_(part)))
         conn.execute(delete(task_parents_t).where(pc.parent_id.in_(part)))
@@ -230,3 +233,4 @@ def remove(conn: Connection, records: list[TaskRecord]) -> None:
         conn.execute(delete(task_parents_t).where(pc.parent_id == bindparam("p"), pc.child_id == bindparam("c")),
                      pairs)  # fmt: skip
     add_shape_counts(conn, deltas)
+    busy.rebuild(conn, workers)

@@ -205,7 +205,8 @@ def test_a_0002_store_is_upgraded_to_the_task_database(store_url: str) -> None:
 
 def test_a_0004_store_gets_state_times(store_url: str) -> None:
     """0005 gives every event already there the time its task entered the state it leaves, the
-    end of each run its worker, each task the time it entered its state; new events follow."""
+    end of each run its worker, each task the time it entered its state; 0006 the nodes' busy
+    stretches; new events follow."""
     from alembic import command
     from alembic.config import Config
 
@@ -253,6 +254,9 @@ def test_a_0004_store_gets_state_times(store_url: str) -> None:
         assert [tuple(r) for r in rows] == [(11, None, None), (12, 10.0, "node-3"), (13, 12.0, "node-3"),
                                             (14, 20.0, None), (21, None, None), (22, 30.0, "node-1")]  # fmt: skip
         assert at == {1: 20.0, 2: 31.5, 3: 5.0}
+        busy = "SELECT worker, started, ended FROM node_busy ORDER BY worker"
+        with store.engine.connect() as conn:  # 0006: the busy stretches of the runs already there
+            assert [tuple(r) for r in conn.execute(text(busy))] == [("node-3", 12.0, 20.0)]
         store.apply(
             [
                 Transition(store.new_id(), 2, "RUNNING", "RUN_DONE", 40.0, 1, "node-1", None, None),
@@ -264,3 +268,4 @@ def test_a_0004_store_gets_state_times(store_url: str) -> None:
                                                       ("FINISHED", 40.0)]  # fmt: skip
         with store.engine.connect() as conn:
             assert conn.execute(text("SELECT state_at FROM tasks WHERE id = 2")).scalar_one() == 41.0
+            assert [tuple(r) for r in conn.execute(text(busy))] == [("node-1", 31.5, 40.0), ("node-3", 12.0, 20.0)]
