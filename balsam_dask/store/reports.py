@@ -1,8 +1,8 @@
 """Reports of what ran: ``Store.report`` (``balsam_dask.report`` opens a store and calls it).
 
 Statements aggregate in SQL (``store/reportsql.py``): the tasks' span (which gives the window),
-then on two connections at once the runs (busy resources per interval, durations) and the tasks
-by state and attempts, and the ends and errors, the nodes' busy stretches (kept by the writer,
+then on three connections at once the runs (busy resources per interval, durations); the ends
+and errors, then the tasks by state and attempts; the nodes' busy stretches (kept by the writer,
 ``store/busy.py``) and the delays; the allocations are read as they are (a run has few). The
 pure computations of ``balsam_dask.reports`` turn the rows into DataFrames.
 """
@@ -196,7 +196,7 @@ def _read(engine: Engine, d: Dialect, statement: tuple[str, dict[str, Any]], bou
 
 def report_data(engine: Engine, query: ReportQuery, where: str = "") -> ReportData:
     """Everything a report needs, aggregated in the database: the tasks' span first (it gives
-    the window), then on two connections at once the runs and the tasks by state, and the ends,
+    the window), then on three connections at once the runs; the ends, then the tasks by state;
     the nodes' busy stretches, the allocations and the delays (each statement sees the store as
     it is when it starts)."""
     d = Dialect(engine.dialect.name)
@@ -207,15 +207,15 @@ def report_data(engine: Engine, query: ReportQuery, where: str = "") -> ReportDa
     end = query.until if query.until is not None else last if last is not None else start
     window = window_for(start, max(end, start), query.interval)
     bounds = {"t0": window.start, "t1": window.end, "dt": window.interval}
-    with ThreadPoolExecutor(1, thread_name_prefix="balsam-report") as pool:  # two connections at once
+    with ThreadPoolExecutor(2, thread_name_prefix="balsam-report") as pool:  # three connections at once
         runs = pool.submit(_read, engine, d, runs_sql(query, d), bounds)
+        ended = pool.submit(_read, engine, d, ends_sql(query, d), bounds)
         tasks = pool.submit(_read, engine, d, tasks_sql(query, d), {})
-        ends_rows = _read(engine, d, ends_sql(query, d), bounds)
         islands = _read(engine, d, islands_sql(query, d), bounds)
         with report_tx(engine, d) as conn:
             allocations = read_allocations(conn, window.start, window.end)
             delays = delays_of(conn, query, d, bounds)
-        run_rows = runs.result()
+        run_rows, ends_rows = runs.result(), ended.result()
         states, attempts = task_counts([(st, int(a), int(n), float(c), float(u)) for st, a, n, c, u in tasks.result()])
     ends = tuple(EndCount(int(r[3]), st, int(r[4 + i] or 0)) for r in ends_rows if r[0] == "end"
                  for i, st in enumerate(("FINISHED", "FAILED", "KILLED")))  # fmt: skip
