@@ -52,6 +52,23 @@ if ! command -v chromium >/dev/null; then
     fi
 fi
 
+step "OpenSSH server (scp and rsync-over-ssh staging: the tests start their own sshd on loopback)"
+if [ ! -x /usr/sbin/sshd ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    no_start=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then  # installed, not started as a service on every interface
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && no_start=1
+    fi
+    sshd_ok=1
+    apt-get install -y -q openssh-server >.venv/apt-sshd.log 2>&1 \
+        || { apt-get update -q >>.venv/apt-sshd.log 2>&1 &&
+             apt-get install -y -q openssh-server >>.venv/apt-sshd.log 2>&1; } || sshd_ok=0
+    if [ -n "$no_start" ]; then rm -f /usr/sbin/policy-rc.d; fi
+    if [ "$sshd_ok" = 0 ]; then
+        cat .venv/apt-sshd.log >&2; echo "test.sh: installing openssh-server failed" >&2; exit 1
+    fi
+fi
+
 step "Slurm (4 virtual nodes on localhost)"
 scripts/slurm_local.sh install
 scripts/slurm_local.sh start

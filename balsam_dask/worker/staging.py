@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -105,13 +105,20 @@ class CopyTransport:
 
 
 class CommandTransport:
-    """A transport running a command (``program``) per transfer: the base of rsync and scp."""
+    """A transport running a command (``program``) per transfer: the base of rsync and scp.
+    ``options`` go first on every command line (``ScpTransport(options=["-F", "~/.ssh/dtn"])``:
+    a site's own ssh configuration; ``RsyncTransport(options=["-e", "ssh -F ~/.ssh/dtn"])``)."""
 
     name = "command"
 
-    def __init__(self, program: str, timeout: float = COMMAND_TIMEOUT) -> None:
+    def __init__(self, program: str, timeout: float = COMMAND_TIMEOUT, options: Sequence[str] = ()) -> None:
+        opts = list(options) if isinstance(options, (list, tuple)) else None
+        if opts is None or not all(isinstance(o, str) for o in opts):
+            raise validate.invalid("options", options, "a list of command-line arguments",
+                                   "ScpTransport(options=['-F', '/home/me/.ssh/dtn_config'])")  # fmt: skip
         self.program = program
         self.timeout = timeout
+        self.options = tuple(os.path.expanduser(o) if o.startswith("~/") else o for o in opts)
 
     def run(self, args: list[str]) -> None:
         exe = shutil.which(self.program)
@@ -137,7 +144,7 @@ class CommandTransport:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".stage-", dir=dest.parent))
         try:
-            self.run([*opts, where, f"{tmp}/"])
+            self.run([*self.options, *opts, where, f"{tmp}/"])
             entries = list(tmp.iterdir())
             got = entries[0] if len(entries) == 1 and not src.endswith("/") else tmp
             _clear(dest)
@@ -149,7 +156,7 @@ class CommandTransport:
 
     def push(self, src: Path, dest: str) -> int:
         opts, where = self.remote(dest)
-        self.run([*opts, str(src), where])
+        self.run([*self.options, *opts, str(src), where])
         return size_of(src)
 
 
@@ -158,8 +165,8 @@ class RsyncTransport(CommandTransport):
 
     name = "rsync"
 
-    def __init__(self, program: str = "rsync", timeout: float = COMMAND_TIMEOUT) -> None:
-        super().__init__(program, timeout)
+    def __init__(self, program: str = "rsync", timeout: float = COMMAND_TIMEOUT, options: Sequence[str] = ()) -> None:
+        super().__init__(program, timeout, options)
 
     def remote(self, location: str) -> tuple[list[str], str]:
         return ["-a"], location
@@ -170,8 +177,8 @@ class ScpTransport(CommandTransport):
 
     name = "scp"
 
-    def __init__(self, program: str = "scp", timeout: float = COMMAND_TIMEOUT) -> None:
-        super().__init__(program, timeout)
+    def __init__(self, program: str = "scp", timeout: float = COMMAND_TIMEOUT, options: Sequence[str] = ()) -> None:
+        super().__init__(program, timeout, options)
 
     def remote(self, location: str) -> tuple[list[str], str]:
         u = urllib.parse.urlsplit(location)
