@@ -62,6 +62,10 @@ def test_the_report_of_a_real_run(tmp_path: Path) -> None:
     }
     assert rep.durations.loc["work", "runs"] == 42
     assert int(rep.throughput["ended"].sum()) == 36
+    # busy nodes from the stretches the writer kept equal those from every run (a filter reads the runs)
+    every_run = balsam_dask.report(url, tags={"exp": "real"}, interval=rep.summary["interval_s"])
+    assert list(rep.utilization["busy_nodes"]) == pytest.approx(list(every_run.utilization["busy_nodes"]))
+    assert rep.utilization["busy_nodes"].max() > 1
 
 
 @pytest.fixture(scope="module")
