@@ -188,6 +188,22 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+#: The oldest SQLite the store's statements run on (``UPDATE ... FROM ... RETURNING``, ``MATERIALIZED``).
+MIN_SQLITE = (3, 35, 0)
+
+
+def check_sqlite_version(version: tuple[int, int, int] | None = None) -> None:
+    """Refuse, with one clear error, an SQLite library older than MIN_SQLITE (this Python's, by
+    default): RHEL 8's system Python, for one, has 3.26."""
+    have = sqlite3.sqlite_version_info if version is None else version
+    if tuple(have) < MIN_SQLITE:
+        need, got = ".".join(map(str, MIN_SQLITE)), ".".join(map(str, have))
+        raise StoreUnavailable(
+            f"this Python's SQLite is {got}; a SQLite store needs {need} or newer: use a Python built with a "
+            "newer SQLite (conda's, pyenv's, python.org's) or a PostgreSQL store (--store postgresql://...)"
+        )
+
+
 def make_engine(url: URL, mode: str = "rw") -> Engine:
     """An engine for a normalized URL; raises StoreUnavailable if it cannot connect. ``mode``:
     "rw", or "ro" (no writes), or "immutable" (SQLite: a snapshot that takes no locks)."""
@@ -196,6 +212,7 @@ def make_engine(url: URL, mode: str = "rw") -> Engine:
     kwargs: dict[str, Any] = {}
     sqlite = url.get_backend_name() == "sqlite"
     if sqlite:
+        check_sqlite_version()
         db = url.database or ""
         parent = Path(db).parent
         if not parent.is_dir():

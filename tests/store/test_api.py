@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,7 @@ from balsam_dask.errors import (
 )
 from balsam_dask.spec import Resources, TaskSpec
 from balsam_dask.store import NewTask, Store, TaskUpdate, Transition
+from balsam_dask.store.engine import check_sqlite_version
 
 
 def _move(store: Store, tid: int, *states: str, worker: str | None = None) -> None:
@@ -314,3 +316,16 @@ def test_ids_are_unique_across_threads_and_sessions(store_url: str) -> None:
         assert session_of(b.new_id()) == b.session_id != a.session_id
     with pytest.raises(ValueError, match=r"session id 0 out of range 1..2\*\*23-1"):
         IdAllocator(0)
+
+
+def test_an_sqlite_too_old_for_the_store_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An SQLite without ``UPDATE ... FROM ... RETURNING`` (RHEL 8's 3.26) is refused when the
+    store opens, naming both versions and what to use, and no file is made."""
+    import sqlite3
+
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 26, 0))
+    want = r"this Python's SQLite is 3\.26\.0; a SQLite store needs 3\.35\.0 or newer: use a Python built .* PostgreSQL"
+    with pytest.raises(StoreUnavailable, match=want):
+        Store(f"sqlite:///{tmp_path}/old.db")
+    assert not (tmp_path / "old.db").exists()
+    check_sqlite_version((3, 35, 0))  # the oldest it takes
