@@ -6,6 +6,7 @@ imported when a store must be created or upgraded.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, inspect, text
@@ -17,6 +18,7 @@ from balsam_dask.store.engine import write_tx
 REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006")
 HEAD = REVISIONS[-1]
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+log = logging.getLogger(__name__)
 _PG_LOCK_ID = 0x6261_6C73  # "bals": serializes concurrent schema creation on PostgreSQL
 
 
@@ -72,6 +74,9 @@ def upgrade(engine: Engine, where: str) -> str:
                 f"the store at {where} has balsam_dask tables but no schema version; it was not "
                 "created by balsam_dask or is damaged. Use a new store."
             )
+        if rev is not None:  # shown once, before a pause that grows with the store
+            log.warning("upgrading the store at %s from schema %s to %s (once; a large store takes a while)",
+                        where, rev, HEAD)  # fmt: skip
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         cfg.attributes["connection"] = conn

@@ -203,7 +203,7 @@ def test_a_0002_store_is_upgraded_to_the_task_database(store_url: str) -> None:
     engine.dispose()
 
 
-def test_a_0004_store_gets_state_times(store_url: str) -> None:
+def test_a_0004_store_gets_state_times(store_url: str, caplog: pytest.LogCaptureFixture) -> None:
     """0005 gives every event already there the time its task entered the state it leaves, the
     end of each run its worker, each task the time it entered its state; 0006 the nodes' busy
     stretches; new events follow."""
@@ -246,8 +246,9 @@ def test_a_0004_store_gets_state_times(store_url: str) -> None:
                           "(1, 1, 0, 0.0, 'FINISHED', 1), (1, 1, 0, 0.0, 'RUNNING', 1), "
                           "(1, 1, 0, 0.0, 'CREATED', 1)"))  # fmt: skip
     engine.dispose()
-    with Store(store_url) as store:  # opening upgrades
+    with Store(store_url) as store:  # opening upgrades, and says so
         assert store.revision == HEAD
+        assert f"from schema 0004 to {HEAD} (once; a large store takes a while)" in caplog.text
         with store.engine.connect() as conn:
             rows = conn.execute(text("SELECT id, since, worker FROM events ORDER BY id")).all()
             at = dict(conn.execute(text("SELECT id, state_at FROM tasks")).all())
